@@ -1,0 +1,130 @@
+"""The baseline network: a supplied checkpoint, a cached copy, or a freshly trained one.
+
+A baseline is trained once per recipe (model, data split and augmentation, trainer settings,
+seed) and cached under ``baseline.cache_dir/<model>-<hash>/baseline.pt``; every later run and
+every job of a sweep with the same recipe loads it instead of retraining. A file lock keeps
+parallel sweep jobs from training the same baseline twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lrx.io import save_torch
+from lrx.module import Classifier
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change the trained weights, left out of the cache key.
+_DATA_NON_RECIPE = {"root", "num_workers", "download", "eval_batch_size"}
+_TRAINER_NON_RECIPE = {"accelerator", "devices", "enable_checkpointing", "log_every_n_steps",
+                       "limit_val_batches", "limit_test_batches"}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's tensors do not fit the model."""
+
+
+def recipe(cfg: DictConfig) -> dict:
+    """Everything that determines the baseline's trained weights."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "model": c["model"],
+        "data": {k: v for k, v in c["data"].items() if k not in _DATA_NON_RECIPE},
+        "trainer": {k: v for k, v in c["trainer"].items() if k not in _TRAINER_NON_RECIPE},
+        "seed": c["seed"],
+    }
+
+
+def recipe_key(cfg: DictConfig) -> str:
+    blob = json.dumps(recipe(cfg), sort_keys=True, default=str)
+    return f"{cfg.model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def load_state_dict(net: nn.Module, path: str | Path) -> dict:
+    """Load a state_dict (raw, or under ``"state_dict"``) into ``net``; returns the file's dict.
+
+    Raises CheckpointMismatchError naming the first missing, unexpected or mis-shaped key.
+    """
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"checkpoint {str(path)!r} holds no state_dict")
+    state = {k.removeprefix("net."): v for k, v in state.items()}  # Lightning checkpoints
+    own = net.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            raise CheckpointMismatchError(f"checkpoint {str(path)!r} does not match the model: missing key {k!r}")
+        if state[k].shape != v.shape:
+            raise CheckpointMismatchError(
+                f"checkpoint {str(path)!r} does not match the model: key {k!r} has shape "
+                f"{tuple(state[k].shape)}, the model expects {tuple(v.shape)}"
+            )
+    for k in state:
+        if k not in own:
+            raise CheckpointMismatchError(f"checkpoint {str(path)!r} does not match the model: unexpected key {k!r}")
+    net.load_state_dict(state)
+    return obj
+
+
+def _load_cached(net: nn.Module, path: Path, key: str) -> dict | None:
+    """The cached checkpoint's metadata, or None when it is absent, partial or stale."""
+    if not path.is_file():
+        return None
+    try:
+        obj = load_state_dict(net, path)
+    except Exception as e:  # a partial or corrupt file is rebuilt, never trusted
+        log.warning("cached baseline %s is unusable (%s); retraining", path, e)
+        return None
+    if obj.get("key") != key:
+        log.warning("cached baseline %s belongs to another recipe; retraining", path)
+        return None
+    return obj.get("meta", {})
+
+
+def train(cfg: DictConfig, net: nn.Module, datamodule, logger, callbacks) -> dict:
+    """Fit ``net`` with the model's optimiser recipe and the Lightning trainer config."""
+    module = Classifier(
+        net,
+        optimizer=instantiate(cfg.model.optimizer),
+        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+        label_smoothing=cfg.model.get("label_smoothing", 0.0),
+        channels_last=cfg.model.get("channels_last", False),
+    )
+    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    net.to(memory_format=torch.contiguous_format)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return {"train_time_s": time.perf_counter() - start, "epochs": trainer.current_epoch, "metrics": metrics}
+
+
+def get_baseline(cfg: DictConfig, net: nn.Module, datamodule, logger=None, callbacks=()) -> dict:
+    """Fill ``net`` with baseline weights; returns where they came from and how they were made."""
+    if cfg.baseline.ckpt:
+        load_state_dict(net, cfg.baseline.ckpt)
+        return {"source": "checkpoint", "path": str(cfg.baseline.ckpt)}
+    key = recipe_key(cfg)
+    folder = Path(cfg.baseline.cache_dir) / key
+    path = folder / "baseline.pt"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        meta = _load_cached(net, path, key)
+        if meta is not None:
+            log.info("baseline loaded from cache %s", path)
+            return {"source": "cache", "path": str(path), **meta}
+        log.info("training baseline %s (cached at %s)", key, path)
+        torch.manual_seed(cfg.seed)
+        meta = train(cfg, net, datamodule, logger, list(callbacks))
+        save_torch(path, {"key": key, "recipe": recipe(cfg), "meta": meta, "state_dict": net.state_dict()})
+    return {"source": "trained", "path": str(path), **meta}

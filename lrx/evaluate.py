@@ -1,0 +1,24 @@
+"""Top-1 accuracy of a classifier over a data loader."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@torch.inference_mode()
+def accuracy(net: nn.Module, loader, max_batches: int | None = None, desc: str = "eval") -> float:
+    """acc@1 in percent over ``loader`` (the first ``max_batches`` batches if given)."""
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    correct = total = 0
+    n = len(loader) if max_batches is None else min(max_batches, len(loader))
+    for i, (x, y) in enumerate(tqdm(loader, total=n, desc=desc, leave=False)):
+        if i == n:
+            break
+        correct += (net(x.to(device)).argmax(1).cpu() == y).sum().item()
+        total += len(y)
+    net.train(was_training)
+    return 100.0 * correct / total

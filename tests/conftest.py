@@ -1,0 +1,43 @@
+"""Shared fixtures: the data root, composed configs and a subprocess runner for lrx.train."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+DATA_ROOT = Path(os.environ.get("LRX_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "cifar-10-batches-bin").is_dir():
+        pytest.skip(f"CIFAR-10 not found under {DATA_ROOT}; set LRX_DATA_ROOT")
+    return DATA_ROOT
+
+
+def compose_cfg(overrides: list[str], run_dir: Path | None = None):
+    """Compose conf/train.yaml as ``python -m lrx.train`` would, hydra interpolations included."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir or REPO / "outputs" / "tests")
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run_train(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m lrx.train ARGS`` in ``cwd`` with the data root set; returns the result."""
+    full_env = {**os.environ, "LRX_DATA_ROOT": str(DATA_ROOT), "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lrx.train", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,105 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lrx.data import RECORD_BYTES, CIFAR10DataModule, CorruptBatchError, DataRootError, load_cifar10
+
+
+def _fake_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def _write_binary(folder, n_train=20, n_test=7):
+    folder.mkdir(parents=True)
+    for i, n in enumerate([n_train] * 5 + [n_test]):
+        name = f"data_batch_{i + 1}.bin" if i < 5 else "test_batch.bin"
+        planes, labels = _fake_split(n, i)
+        records = np.concatenate([labels[:, None].astype(np.uint8), planes.reshape(n, -1)], axis=1)
+        records.tofile(folder / name)
+
+
+def _write_python(folder, n_train=20, n_test=7):
+    folder.mkdir(parents=True)
+    for i, n in enumerate([n_train] * 5 + [n_test]):
+        name = f"data_batch_{i + 1}" if i < 5 else "test_batch"
+        planes, labels = _fake_split(n, i)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": planes.reshape(n, -1), "labels": labels.tolist()}, f)
+
+
+@pytest.mark.parametrize("layout", ["binary", "python"])
+def test_both_layouts_parse_to_the_same_arrays(tmp_path, layout):
+    if layout == "binary":
+        _write_binary(tmp_path / "cifar-10-batches-bin")
+    else:
+        _write_python(tmp_path / "cifar-10-batches-py")
+    images, labels = load_cifar10(tmp_path, train=True)
+    expected = np.concatenate([_fake_split(20, i)[0] for i in range(5)]).transpose(0, 2, 3, 1)
+    assert images.shape == (100, 32, 32, 3) and labels.shape == (100,)
+    np.testing.assert_array_equal(images, expected)
+    np.testing.assert_array_equal(labels, np.concatenate([_fake_split(20, i)[1] for i in range(5)]))
+    test_images, _ = load_cifar10(tmp_path, train=False)
+    assert test_images.shape == (7, 32, 32, 3)
+
+
+def test_shared_binary_data_matches_provenance(data_root):
+    images, labels = load_cifar10(data_root, train=True)
+    assert images.shape == (50_000, 32, 32, 3)
+    assert labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert np.bincount(labels).tolist() == [5000] * 10
+
+
+@pytest.mark.parametrize("make", ["missing", "empty"])
+def test_bad_root_names_path_and_layouts(tmp_path, make):
+    root = tmp_path / "nowhere"
+    if make == "empty":
+        root.mkdir()
+    with pytest.raises(DataRootError) as e:
+        CIFAR10DataModule(root=str(root)).check_root()
+    msg = str(e.value)
+    assert str(root) in msg and "cifar-10-batches-bin" in msg and "cifar-10-batches-py" in msg
+
+
+def test_truncated_batch_names_file_and_record_size(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    _write_binary(folder)
+    path = folder / "data_batch_3.bin"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CorruptBatchError) as e:
+        load_cifar10(tmp_path, train=True)
+    assert "data_batch_3.bin" in str(e.value) and str(RECORD_BYTES) in str(e.value)
+
+
+def test_batch_cut_at_record_boundary_is_caught(tmp_path):
+    folder = tmp_path / "cifar-10-batches-bin"
+    _write_binary(folder)
+    path = folder / "data_batch_2.bin"
+    path.write_bytes(path.read_bytes()[: 5 * RECORD_BYTES])
+    with pytest.raises(CorruptBatchError, match="data_batch_2.bin"):
+        load_cifar10(tmp_path, train=True)
+
+
+def test_validation_split_is_seeded_disjoint_and_sized(tmp_path):
+    _write_binary(tmp_path / "cifar-10-batches-bin")
+    dm = CIFAR10DataModule(root=str(tmp_path), val_size=30, split_seed=3)
+    train_idx, val_idx = dm.split_indices(100)
+    again = CIFAR10DataModule(root=str(tmp_path), val_size=30, split_seed=3).split_indices(100)
+    other = CIFAR10DataModule(root=str(tmp_path), val_size=30, split_seed=4).split_indices(100)
+    assert len(val_idx) == 30 and len(train_idx) == 70
+    assert set(train_idx.tolist()).isdisjoint(val_idx.tolist())
+    assert torch.equal(val_idx, again[1]) and not torch.equal(val_idx, other[1])
+
+
+def test_loaders_normalise_augment_and_resize(tmp_path):
+    _write_binary(tmp_path / "cifar-10-batches-bin")
+    dm = CIFAR10DataModule(root=str(tmp_path), val_size=10, batch_size=8, eval_batch_size=8, resize=64)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 64, 64) and x.dtype == torch.float32 and y.dtype == torch.int64
+    xv, _ = next(iter(dm.val_dataloader()))
+    xv2, _ = next(iter(dm.val_dataloader()))
+    assert torch.equal(xv, xv2)  # no augmentation outside training
+    assert len(dm.calibration_set) == len(dm.train_set) == 90

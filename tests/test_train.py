@@ -1,0 +1,71 @@
+"""Real runs of ``python -m lrx.train`` on the shared CIFAR-10 data, in subprocesses."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_train
+
+
+def _results(root):
+    return sorted(root.rglob("results.json"))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_root):
+    cwd = tmp_path_factory.mktemp("smoke")
+    res = run_train(["experiment=smoke", "logger=csv"], cwd=cwd)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return cwd
+
+
+def test_smoke_run_writes_complete_results(smoke_run):
+    (path,) = _results(smoke_run / "outputs" / "runs")
+    results = json.loads(path.read_text())
+    assert results["status"] == "complete"
+    for stage in ("baseline", "final"):
+        entry = results[stage]
+        assert 0.0 <= entry["acc1"] <= 100.0
+        assert entry["macs"] > 0 and entry["params"] > 0
+        assert entry["latency_ms"]["cpu"] > 0
+    assert isinstance(results["layers"], list)
+    assert results["config"]["model"]["name"] == "alexnet_cifar"
+    assert results["baseline"]["origin"]["source"] == "trained"
+    assert (smoke_run / "outputs" / "baselines").is_dir()
+
+
+def test_second_run_reuses_the_cached_baseline(smoke_run):
+    res = run_train(["experiment=smoke", "logger=none"], cwd=smoke_run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    newest = max(_results(smoke_run / "outputs" / "runs"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(newest.read_text())["baseline"]["origin"]["source"] == "cache"
+
+
+def test_corrupt_cached_baseline_is_rebuilt(smoke_run):
+    (cached,) = (smoke_run / "outputs" / "baselines").rglob("baseline.pt")
+    cached.write_bytes(cached.read_bytes()[:1000])
+    res = run_train(["experiment=smoke", "logger=none"], cwd=smoke_run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    newest = max(_results(smoke_run / "outputs" / "runs"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(newest.read_text())["baseline"]["origin"]["source"] == "trained"
+
+
+def test_two_job_multirun(tmp_path, data_root):
+    res = run_train(["-m", "experiment=smoke", "logger=none", "decomp.bases=2,4"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    found = _results(tmp_path / "outputs" / "multiruns")
+    assert len(found) == 2
+    bases = sorted(json.loads(p.read_text())["config"]["decomp"]["bases"] for p in found)
+    assert bases == [2, 4]
+
+
+@pytest.mark.parametrize("root_kind", ["missing", "empty"])
+def test_bad_data_root_fails_before_any_work(tmp_path, root_kind):
+    root = tmp_path / "no-data"
+    if root_kind == "empty":
+        root.mkdir()
+    res = run_train(["experiment=smoke", "logger=none", f"data.root={root}"], cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    assert str(root) in res.stderr and "cifar-10-batches-bin" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not _results(tmp_path) and not (tmp_path / "outputs" / "baselines").exists()
