@@ -32,6 +32,11 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return _atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=False), "w")
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file + rename)."""
+    return _atomic_write(path, lambda f: f.write(text), "w")
+
+
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` to ``path`` atomically (temp file + rename)."""
     return _atomic_write(path, lambda f: torch.save(obj, f), "wb")

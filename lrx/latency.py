@@ -1,12 +1,62 @@
-"""Measured forward latency: eval mode, inference mode, warm-up, median of repeated runs."""
+"""Measured latency: whole models and single layers, baseline and low-rank side by side.
+
+Every timing uses eval mode and ``torch.inference_mode()``, warm-up runs, and the median of
+repeated runs; CUDA is synchronised around each run. Modules compared with each other run
+interleaved (round-robin, one call each per round), so drifts of clock and load hit all sides
+alike.
+
+Two speed-ups are named the same everywhere (DESIGN.md, section 4):
+- conv speed-up: summed latency of ALL conv layers of the baseline / the same sum for the
+  approximated model, each layer timed on its real input shape (a replaced layer as its whole
+  low-rank module; an untouched conv is timed once and counts on both sides);
+- model speed-up: end-to-end forward latency of the baseline / the approximated model.
+"""
 
 from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
+
+
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a latency figure was measured under."""
+
+    device: str
+    threads: int
+    batch_size: int
+    dtype: str = "float32"
+    memory_format: str = "contiguous"
+    cudnn_benchmark: bool | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def setup_for(device: torch.device, batch_size: int, memory_format: str = "contiguous") -> Setup:
+    cuda = device.type == "cuda"
+    return Setup(
+        device=torch.cuda.get_device_name(device) if cuda else "cpu",
+        threads=torch.get_num_threads(),
+        batch_size=batch_size,
+        memory_format=memory_format,
+        cudnn_benchmark=torch.backends.cudnn.benchmark if cuda else None,
+    )
+
+
+def devices() -> list[torch.device]:
+    """Devices to time on: the CPU, and the current CUDA device when there is one."""
+    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
 def _sync(device: torch.device) -> None:
@@ -15,35 +65,123 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def median_ms(net: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> float:
-    """Median wall time in milliseconds of ``net(x)``, synchronised on CUDA."""
-    was_training = net.training
-    net.eval()
+def interleaved_ms(
+    calls: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 3, repeats: int = 10
+) -> dict[str, float]:
+    """Median milliseconds of each zero-argument call, measured round-robin (one call of each
+    per round), synchronised on CUDA."""
     for _ in range(warmup):
-        net(x)
-    times = []
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(repeats):
-        _sync(x.device)
-        start = time.perf_counter()
-        net(x)
-        _sync(x.device)
-        times.append((time.perf_counter() - start) * 1e3)
-    net.train(was_training)
-    return statistics.median(times)
+        for k, call in calls.items():
+            _sync(device)
+            start = time.perf_counter()
+            call()
+            _sync(device)
+            times[k].append((time.perf_counter() - start) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
-def devices() -> list[torch.device]:
-    """Devices to time on: the CPU, and the current CUDA device when there is one."""
-    return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+@contextmanager
+def eval_mode(*modules: nn.Module):
+    flags = [m.training for m in modules]
+    try:
+        yield [m.eval() for m in modules]
+    finally:
+        for m, flag in zip(modules, flags):
+            m.train(flag)
 
 
-def model_latency(net: nn.Module, input_size: int, batch_size: int = 32, warmup: int = 3, repeats: int = 10) -> dict:
-    """``{device: median ms}`` for one batch of ``(batch_size, 3, input_size, input_size)``."""
-    home = next(net.parameters()).device
-    out = {}
-    for device in devices():
-        net.to(device)
-        x = torch.randn(batch_size, 3, input_size, input_size, device=device)
-        out[device.type] = median_ms(net, x, warmup, repeats)
-    net.to(home)
-    return out
+def modules_ms(modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
+    """Median milliseconds of ``m(x)`` for each module (eval mode), interleaved on the same input."""
+    with eval_mode(*modules.values()):
+        return interleaved_ms({k: partial(m, x) for k, m in modules.items()}, x.device, warmup, repeats)
+
+
+def median_ms(net: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> float:
+    """Median milliseconds of ``net(x)``."""
+    return modules_ms({"net": net}, x, warmup, repeats)["net"]
+
+
+def _device_of(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+@torch.inference_mode()
+def layer_inputs(net: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The real input tensor of each named module for the network input ``x``."""
+    captured: dict[str, torch.Tensor] = {}
+    handles = [
+        net.get_submodule(name).register_forward_pre_hook(lambda m, args, name=name: captured.setdefault(name, args[0]))
+        for name in names
+    ]
+    try:
+        with eval_mode(net):
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def conv_names(net: nn.Module) -> list[str]:
+    return [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def compare(
+    baseline: nn.Module,
+    approx: nn.Module,
+    input_size: int,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    memory_format: str = "contiguous",
+) -> dict:
+    """Time ``baseline`` against ``approx`` (the same network with some convs replaced).
+
+    Returns the setup, per-conv latencies (``baseline_ms``, ``approx_ms``, ``speedup``), the
+    conv speed-up and the model speed-up, all measured side by side in this process.
+    ``approx`` must keep the baseline's module names for the replaced layers. With
+    ``memory_format="channels_last"`` both networks and the input run channels_last.
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format={memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}")
+    device, fmt = torch.device(device), MEMORY_FORMATS[memory_format]
+    homes = (_device_of(baseline), _device_of(approx))
+    baseline.to(device, memory_format=fmt)
+    approx.to(device, memory_format=fmt)
+    try:
+        x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
+        names = conv_names(baseline)
+        inputs = layer_inputs(baseline, names, x)
+        layers = {}
+        for name in names:
+            base_m, approx_m = baseline.get_submodule(name), approx.get_submodule(name)
+            if type(approx_m) is type(base_m):  # untouched (or put back by the guard)
+                ms = median_ms(base_m, inputs[name], warmup, repeats)
+                layers[name] = {"baseline_ms": ms, "approx_ms": ms, "speedup": 1.0, "replaced": False}
+                continue
+            t = modules_ms({"baseline": base_m, "approx": approx_m}, inputs[name], warmup, repeats)
+            layers[name] = {
+                "baseline_ms": t["baseline"],
+                "approx_ms": t["approx"],
+                "speedup": t["baseline"] / t["approx"],
+                "replaced": True,
+            }
+        whole = modules_ms({"baseline": baseline, "approx": approx}, x, warmup, repeats)
+    finally:
+        baseline.to(homes[0], memory_format=torch.contiguous_format)
+        approx.to(homes[1], memory_format=torch.contiguous_format)
+    conv_base = sum(v["baseline_ms"] for v in layers.values())
+    conv_approx = sum(v["approx_ms"] for v in layers.values())
+    return {
+        "setup": setup_for(device, batch_size, memory_format).as_dict(),
+        "layers": layers,
+        "conv_ms": {"baseline": conv_base, "approx": conv_approx},
+        "conv_speedup": conv_base / conv_approx,
+        "model_ms": whole,
+        "model_speedup": whole["baseline"] / whole["approx"],
+    }

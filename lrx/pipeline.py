@@ -1,11 +1,13 @@
-"""One lrx run: data -> baseline -> evaluate -> decompose -> evaluate -> results.json.
+"""One lrx run: baseline -> filter reconstruction -> data reconstruction -> fine-tuning -> report.
 
-Everything that can be wrong with the config is checked before any training, solving or
-writing starts (:func:`prepare`); :func:`run` then does the expensive work.
+:func:`prepare` builds everything and checks the whole config (data root, checkpoint, layers,
+bases, lambda schedule, stage settings) before any training, solving or writing; :func:`run`
+then does the expensive work and writes ``results.json`` atomically at the very end.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +17,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lrx.baseline import get_baseline
+from lrx.baseline import get_baseline, load_state_dict
 from lrx.complexity import complexity
 from lrx.evaluate import accuracy
 from lrx.io import write_json
-from lrx.latency import model_latency
+from lrx.latency import MEMORY_FORMATS, compare, devices
+from lrx.lowrank.data_recon import reconstruct
+from lrx.lowrank import planner
+from lrx.lowrank.guard import put_back_slower
+from lrx.lowrank.scheme1_exec import tune
+from lrx.lowrank.surgery import decompose, validate
+from lrx.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +41,116 @@ class Job:
     net: torch.nn.Module
 
 
+def solver_options(decomp: DictConfig) -> dict:
+    """Keyword options of ``from_conv`` from the ``decomp`` config."""
+    lam = decomp.lam
+    return {"lam_schedule": lam.schedule, "lam_start": lam.start, "lam_end": lam.end, "lam_steps": lam.steps}
+
+
+def _layers_and_bases(decomp: DictConfig):
+    c = OmegaConf.to_container(decomp, resolve=True)
+    return c["layers"], c["bases"]
+
+
+def _planned(decomp: DictConfig) -> bool:
+    return decomp.target_speedup is not None
+
+
+def _decomposes(decomp: DictConfig) -> bool:
+    return decomp.scheme is not None or _planned(decomp)
+
+
+def _planner_layers(decomp: DictConfig):
+    """The planner considers the selected layers, or every decomposable conv when none is selected."""
+    layers = _layers_and_bases(decomp)[0]
+    return layers if layers else "all"
+
+
 def prepare(cfg: DictConfig) -> Job:
     """Build the data module and the network and validate the config; writes nothing."""
     datamodule = instantiate(cfg.data)
     datamodule.check_root()
     net = instantiate(cfg.model.net)
+    if cfg.baseline.ckpt:
+        load_state_dict(copy.deepcopy(net), cfg.baseline.ckpt)
+    d = cfg.decomp
+    if _planned(d):
+        planner.check_request(net, _planner_layers(d), d.target_speedup, d.target_metric, list(d.schemes),
+                              **solver_options(d))
+    elif d.scheme is not None:
+        layers, bases = _layers_and_bases(d)
+        validate(net, layers, d.scheme, bases, **solver_options(d))
     return Job(cfg, datamodule, net)
 
 
-def _measure(job: Job, split_batches: dict) -> dict:
-    cfg, net, dm = job.cfg, job.net, job.datamodule
-    lat = cfg.latency
+def _filter_reconstruction(job: Job, approx: torch.nn.Module) -> tuple[list[dict], dict | None]:
+    """Replace the selected convs of ``approx`` (explicit bases, or the planner's choice)."""
+    d, size, lat = job.cfg.decomp, job.cfg.model.input_size, job.cfg.latency
+    if not _planned(d):
+        layers, bases = _layers_and_bases(d)
+        return decompose(approx, layers, d.scheme, bases, **solver_options(d)), None
+    chosen, report = planner.plan(
+        approx, _planner_layers(d), d.target_speedup, d.target_metric, size, max(lat.batch_sizes),
+        list(d.schemes), lat.warmup, lat.repeats, **solver_options(d),
+    )
+    log.info("plan (%s, predicted conv speed-up %.2fx): %s", d.target_metric,
+             report["predicted_conv_speedup"], report["plan"])
+    return planner.apply(approx, chosen), report
+
+
+def _limit(value) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _accuracies(job: Job, net: torch.nn.Module, tag: str) -> dict:
+    dm, t = job.datamodule, job.cfg.trainer
     return {
-        "acc1": accuracy(net, dm.val_dataloader(), split_batches["val"], desc="val acc@1"),
-        "acc1_test": accuracy(net, dm.test_dataloader(), split_batches["test"], desc="test acc@1"),
-        **complexity(net, cfg.model.input_size),
-        "latency_ms": model_latency(net, cfg.model.input_size, lat.batch_size, lat.warmup, lat.repeats),
+        "acc1": accuracy(net, dm.val_dataloader(), _limit(t.get("limit_val_batches")), desc=f"{tag} val acc@1"),
+        "acc1_test": accuracy(net, dm.test_dataloader(), _limit(t.get("limit_test_batches")), desc=f"{tag} test acc@1"),
     }
+
+
+def _data_reconstruction(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, names: list[str]) -> list[dict]:
+    dr = job.cfg.decomp.data_recon
+    loader = job.datamodule.calibration_dataloader(dr.batch_size, seed=job.cfg.seed)
+    batches = [x for (x, _), _ in zip(loader, range(dr.batches))]
+    return reconstruct(
+        baseline, approx, names, batches, mode=dr.mode, steps=dr.steps, lr=dr.lr,
+        optimizer=dr.optimizer, holdout_batches=dr.holdout_batches, batch_size=dr.batch_size, seed=job.cfg.seed,
+    )
+
+
+def _finetune(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, logger) -> None:
+    ft = job.cfg.decomp.finetune
+    module = Classifier(
+        approx,
+        optimizer=instantiate(ft.optimizer),
+        scheduler=instantiate(ft.scheduler) if ft.get("scheduler") else None,
+        channels_last=job.cfg.model.get("channels_last", False),
+        loss=ft.loss,
+        teacher=baseline if ft.loss == "kd" else None,
+        temperature=ft.temperature,
+        kd_alpha=ft.kd_alpha,
+    )
+    trainer = instantiate(job.cfg.trainer, max_epochs=ft.epochs, logger=logger or False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=job.datamodule)
+    approx.to(memory_format=torch.contiguous_format)
+
+
+def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module) -> dict:
+    """``{device: {batch size: compare(...)}}`` for every device and configured batch size."""
+    lat, size = job.cfg.latency, job.cfg.model.input_size
+    fmt = MEMORY_FORMATS[lat.memory_format]
+    out = {}
+    for d in devices():
+        x = torch.randn(max(lat.batch_sizes), 3, size, size, device=d).contiguous(memory_format=fmt)
+        tune(approx.to(d, memory_format=fmt), x, lat.warmup, lat.repeats)  # Scheme 1 execution, this device
+        out[d.type] = {
+            bs: compare(baseline, approx, size, bs, d, lat.warmup, lat.repeats, lat.memory_format)
+            for bs in lat.batch_sizes
+        }
+    approx.to("cpu", memory_format=torch.contiguous_format)
+    return out
 
 
 def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
@@ -57,23 +158,62 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     cfg, dm, net = job.cfg, job.datamodule, job.net
     L.seed_everything(cfg.seed, workers=True)
     dm.setup("fit")
-    baseline_info = get_baseline(cfg, net, dm, logger, callbacks)
-    limits = {"val": cfg.trainer.get("limit_val_batches"), "test": cfg.trainer.get("limit_test_batches")}
-    limits = {k: v if isinstance(v, int) else None for k, v in limits.items()}
-    baseline = {**_measure(job, limits), "origin": baseline_info}
-    log.info("baseline: %s", baseline)
-    layers: list[dict] = []
-    final = {k: v for k, v in baseline.items() if k != "origin"}
+    origin = get_baseline(cfg, net, dm, logger, callbacks)
+    net.eval()
+    size = cfg.model.input_size
+    baseline = {**_accuracies(job, net, "baseline"), **complexity(net, size), "origin": origin}
+    stages: dict[str, dict] = {}
+    records: list[dict] = []
+    plan_report = None
+    approx = net
+    if _decomposes(cfg.decomp):
+        approx = copy.deepcopy(net)
+        records, plan_report = _filter_reconstruction(job, approx)
+        names = [r["name"] for r in records]
+        stages["filter"] = _accuracies(job, approx, "filter")
+        if cfg.decomp.data_recon.enabled:
+            by_name = {r["name"]: r for r in _data_reconstruction(job, net, approx, names)}
+            for rec in records:
+                rec["data_recon"] = by_name[rec["name"]]
+            stages["data"] = _accuracies(job, approx, "data")
+        if cfg.decomp.finetune.epochs > 0:
+            _finetune(job, net, approx, logger)
+            stages["finetune"] = _accuracies(job, approx, "finetune")
+    timings = _timings(job, net, approx)
+    main_bs = max(cfg.latency.batch_sizes)
+    guard_device = devices()[-1].type  # where the model would run: CUDA when present
+    if records and not cfg.decomp.keep_slower:
+        put_back = put_back_slower(approx, net, records, timings[guard_device][main_bs]["layers"])
+        if put_back:
+            log.warning("put back the original conv of %s: not faster on this device", put_back)
+            timings = _timings(job, net, approx)
+            stages["guard"] = _accuracies(job, approx, "guard")
+    for rec in records:
+        rec["measured_speedup"] = {dev: t[main_bs]["layers"][rec["name"]]["speedup"] for dev, t in timings.items()}
+    last = list(stages.values())[-1] if stages else baseline  # the final model is the last stage's
+    final = {"acc1": last["acc1"], "acc1_test": last["acc1_test"], **complexity(approx, size)}
+    baseline["latency_ms"] = {dev: t[main_bs]["model_ms"]["baseline"] for dev, t in timings.items()}
+    final["latency_ms"] = {dev: t[main_bs]["model_ms"]["approx"] for dev, t in timings.items()}
     results = {
         "status": "complete",
         "model": cfg.model.name,
         "baseline": baseline,
         "final": final,
-        "layers": layers,
+        "stages": stages,
+        "speedup": {
+            "macs": baseline["macs"] / final["macs"],
+            "conv": {dev: t[main_bs]["conv_speedup"] for dev, t in timings.items()},
+            "model": {dev: t[main_bs]["model_speedup"] for dev, t in timings.items()},
+        },
+        "latency": timings,
+        "layers": records,
+        "plan": plan_report,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     for lg in logger or []:
-        lg.log_metrics({"baseline/acc1": baseline["acc1"], "final/acc1": final["acc1"]})
+        lg.log_metrics({"baseline/acc1": baseline["acc1"], "final/acc1": final["acc1"],
+                        **{f"{s}/acc1": v["acc1"] for s, v in stages.items()}})
     write_json(run_dir / RESULTS, results)
-    log.info("results written to %s", run_dir / RESULTS)
+    log.info("final acc@1 %.2f (baseline %.2f); conv speed-up %s; results in %s",
+             final["acc1"], baseline["acc1"], results["speedup"]["conv"], run_dir / RESULTS)
     return results

@@ -1,0 +1,167 @@
+"""The planner: per layer, the scheme and number of bases that reach a conv speed-up target with
+the least total reconstruction error.
+
+For every selected conv it solves filter reconstruction for a grid of candidates (Scheme 1 at
+M = 1 .. min(kh*kw - 1, 12), Scheme 2 at the K giving 1.25x .. 16x theoretical speed-up) and
+prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
+layer's real input shape against the dense conv, interleaved). Keeping the dense conv is always
+a candidate (error 0). It then picks one candidate per layer minimising the sum of relative
+reconstruction errors subject to
+
+    conv cost of the whole network (untouched convs included) <= dense conv cost / target,
+
+exactly, by merging per-layer Pareto fronts of (cost, error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lrx.latency import layer_inputs, modules_ms
+from lrx.lowrank.scheme1 import LowRankExpConvV1
+from lrx.lowrank.scheme2 import LowRankExpConvV2
+from lrx.lowrank.surgery import DecompositionError, select_convs
+
+METRICS = ("macs", "latency")
+SCHEME2_TARGETS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0, 16.0)
+MAX_SCHEME1_BASES = 12
+
+
+@dataclass
+class Candidate:
+    name: str
+    scheme: int | None  # None: keep the dense conv
+    bases: int | None
+    error: float
+    cost: float
+    layer: nn.Module = field(repr=False)
+
+
+def _grid(conv: nn.Conv2d, schemes) -> list[tuple[type, int]]:
+    n, c, kh, kw = conv.weight.shape
+    grid = []
+    if 1 in schemes:
+        grid += [(LowRankExpConvV1, m) for m in range(1, min(kh * kw - 1, MAX_SCHEME1_BASES) + 1)]
+    if 2 in schemes:
+        ks = {max(1, int(n * c * kh * kw / (t * (c * kh + n * kw)))) for t in SCHEME2_TARGETS}
+        grid += [(LowRankExpConvV2, k) for k in sorted(ks) if k < min(c * kh, n * kw)]
+    return grid
+
+
+def _pareto(states: list[tuple[float, float, tuple]]) -> list[tuple[float, float, tuple]]:
+    """Keep the states no other state beats in both cost and error."""
+    front, best = [], float("inf")
+    for cost, err, picks in sorted(states, key=lambda s: (s[0], s[1])):
+        if err < best:
+            front.append((cost, err, picks))
+            best = err
+    return front
+
+
+def choose(candidates: dict[str, list[Candidate]], fixed_cost: float, budget: float) -> list[Candidate] | None:
+    """One candidate per layer with total cost <= budget and least total error (None: infeasible)."""
+    states = [(fixed_cost, 0.0, ())]
+    for options in candidates.values():
+        states = _pareto([(c + o.cost, e + o.error, p + (o,)) for c, e, p in states for o in options])
+        states = [s for s in states if s[0] <= budget]
+    return min(states, key=lambda s: s[1])[2] if states else None
+
+
+def check_request(net: nn.Module, layers, target_speedup, metric: str, schemes, **solver_options):
+    """Check a planner request without solving; returns the selected ``[(name, conv)]``."""
+    if metric not in METRICS:
+        raise DecompositionError(f"target_metric={metric!r} is unknown; valid: {', '.join(METRICS)}")
+    if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or target_speedup <= 1:
+        raise DecompositionError(f"target_speedup={target_speedup!r} is invalid; valid: a number > 1")
+    if not schemes or any(s not in (1, 2) for s in schemes):
+        raise DecompositionError(f"planner schemes={list(schemes)!r} is invalid; valid: a non-empty subset of [1, 2]")
+    LowRankExpConvV1.check_options(**solver_options)
+    return select_convs(net, layers)
+
+
+def apply(net: nn.Module, chosen: dict[str, Candidate]) -> list[dict]:
+    """Install the planned layers in ``net``; one record per replaced layer, as ``decompose`` gives."""
+    records = []
+    for name, c in chosen.items():
+        if c.scheme is None:
+            continue
+        shape = list(net.get_submodule(name).weight.shape)
+        net.set_submodule(name, c.layer)
+        records.append({"name": name, "shape": shape, **{k: v for k, v in c.layer.report.items() if k != "history"}})
+    return records
+
+
+def plan(
+    net: nn.Module,
+    layers,
+    target_speedup: float,
+    metric: str = "macs",
+    input_size: int = 32,
+    batch_size: int = 32,
+    schemes=(1, 2),
+    warmup: int = 3,
+    repeats: int = 10,
+    progress: bool = True,
+    **solver_options,
+) -> tuple[dict[str, Candidate], dict]:
+    """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
+
+    Returns the chosen candidate per selected layer (scheme None keeps the conv) and a report
+    with the predicted conv speed-up and every candidate's (scheme, bases, error, cost).
+    """
+    selected = check_request(net, layers, target_speedup, metric, schemes, **solver_options)
+    device = next(net.parameters()).device
+    x = torch.randn(batch_size, 3, input_size, input_size, device=device)
+    all_convs = [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    inputs = layer_inputs(net, all_convs, x)
+    with torch.inference_mode():
+        outputs = {name: net.get_submodule(name)(inputs[name]) for name in all_convs}
+
+    def dense_cost(name: str) -> float:
+        conv = net.get_submodule(name)
+        if metric == "macs":
+            return conv.weight.numel() * outputs[name][0, 0].numel()  # N*C*kh*kw per output pixel
+        return modules_ms({"dense": conv}, inputs[name], warmup, repeats)["dense"]
+
+    costs = {name: dense_cost(name) for name in all_convs}
+    candidates: dict[str, list[Candidate]] = {}
+    bar = tqdm(selected, desc="planner", disable=not progress)
+    for name, conv in bar:
+        options = [Candidate(name, None, None, 0.0, costs[name], conv)]
+        for cls, bases in _grid(conv, schemes):
+            bar.set_postfix_str(f"{name} {cls.__name__} {bases}")
+            layer = cls.from_conv(conv, bases, **solver_options)
+            if metric == "macs":
+                cost = costs[name] / layer.report["macs_speedup"]
+            else:
+                if hasattr(layer, "select_strategy"):
+                    layer.select_strategy(inputs[name], warmup, repeats)
+                t = modules_ms({"dense": conv, "lowrank": layer.eval()}, inputs[name], warmup, repeats)
+                cost = costs[name] * t["lowrank"] / t["dense"]
+            options.append(Candidate(name, cls.scheme, bases, layer.report["rel_error"], cost, layer))
+        candidates[name] = options
+    total = sum(costs.values())
+    fixed = total - sum(costs[name] for name, _ in selected)
+    picks = choose(candidates, fixed, total / target_speedup)
+    if picks is None:
+        cheapest = fixed + sum(min(o.cost for o in opts) for opts in candidates.values())
+        raise DecompositionError(
+            f"target_speedup={target_speedup} is out of reach for layers {[n for n, _ in selected]}: "
+            f"the cheapest candidates give {total / cheapest:.2f}x ({metric}); select more layers or lower the target"
+        )
+    chosen = {c.name: c for c in picks}
+    report = {
+        "target_speedup": target_speedup,
+        "metric": metric,
+        "predicted_conv_speedup": total / (fixed + sum(c.cost for c in picks)),
+        "plan": {c.name: {"scheme": c.scheme, "bases": c.bases, "rel_error": c.error} for c in picks},
+        "candidates": {
+            name: [{"scheme": o.scheme, "bases": o.bases, "rel_error": o.error, "cost": o.cost} for o in opts]
+            for name, opts in candidates.items()
+        },
+    }
+    return chosen, report

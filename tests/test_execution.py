@@ -1,0 +1,34 @@
+"""Every Scheme 1 execution strategy computes the same function as the reference layer."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrx.lowrank import LowRankExpConvV1
+from lrx.lowrank.scheme1_exec import STRATEGIES, choose, tune
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize(
+    "c, n, k, stride, padding, dilation, bias",
+    [(6, 10, 3, 1, 1, 1, True), (10, 4, 5, 2, 2, 1, False), (5, 7, (3, 5), (2, 1), (0, 2), (2, 1), True)],
+)
+def test_strategy_matches_the_dense_kernel(strategy, c, n, k, stride, padding, dilation, bias):
+    torch.manual_seed(0)
+    layer = LowRankExpConvV1(c, n, k, 3, stride=stride, padding=padding, dilation=dilation, bias=bias).eval()
+    layer.strategy = strategy
+    x = torch.randn(2, c, 13, 11)
+    expected = F.conv2d(x, layer.dense_weight(), layer.bias, stride, padding, dilation)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_choice_is_measured_cached_and_applied():
+    layer = LowRankExpConvV1(8, 16, 5, 2, padding=2).eval()
+    x = torch.randn(2, 8, 12, 12)
+    best, times = choose(layer, x, warmup=1, repeats=2)
+    assert set(times) == set(STRATEGIES) and best == min(times, key=times.get)
+    assert choose(layer, x) == (best, {})  # cached: not timed again
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
+    report = tune(net, torch.randn(2, 3, 12, 12), warmup=1, repeats=2)
+    assert report["1"]["strategy"] == layer.strategy == best
