@@ -179,11 +179,6 @@ class CIFAR10DataModule(L.LightningDataModule):
         self.num_workers, self.resize, self.augment, self.download = num_workers, resize, augment, download
         self.train_set = self.val_set = self.test_set = self.calibration_set = None
 
-    def check_root(self) -> None:
-        """Fail fast, before any expensive work, when the data cannot be found."""
-        if not self.download:
-            find_layout(self.root)
-
     def prepare_data(self) -> None:
         if self.download:
             load_cifar10(self.root, train=True, download=True)

@@ -60,6 +60,7 @@ class Classifier(L.LightningModule):
         return self.net(x)
 
     def on_fit_start(self) -> None:
+        self.net.train()  # Lightning keeps the mode it finds; a copied eval-mode net must train
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 

@@ -69,7 +69,8 @@ def _planner_layers(decomp: DictConfig):
 def prepare(cfg: DictConfig) -> Job:
     """Build the data module and the network and validate the config; writes nothing."""
     datamodule = instantiate(cfg.data)
-    datamodule.check_root()
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # reads and checks every batch file (a few seconds)
     net = instantiate(cfg.model.net)
     if cfg.baseline.ckpt:
         load_state_dict(copy.deepcopy(net), cfg.baseline.ckpt)
@@ -157,7 +158,6 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     """Run the pipeline and write ``run_dir/results.json`` atomically; returns its content."""
     cfg, dm, net = job.cfg, job.datamodule, job.net
     L.seed_everything(cfg.seed, workers=True)
-    dm.setup("fit")
     origin = get_baseline(cfg, net, dm, logger, callbacks)
     net.eval()
     size = cfg.model.input_size

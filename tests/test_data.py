@@ -58,7 +58,7 @@ def test_bad_root_names_path_and_layouts(tmp_path, make):
     if make == "empty":
         root.mkdir()
     with pytest.raises(DataRootError) as e:
-        CIFAR10DataModule(root=str(root)).check_root()
+        CIFAR10DataModule(root=str(root)).setup()
     msg = str(e.value)
     assert str(root) in msg and "cifar-10-batches-bin" in msg and "cifar-10-batches-py" in msg
 
@@ -103,3 +103,14 @@ def test_loaders_normalise_augment_and_resize(tmp_path):
     xv2, _ = next(iter(dm.val_dataloader()))
     assert torch.equal(xv, xv2)  # no augmentation outside training
     assert len(dm.calibration_set) == len(dm.train_set) == 90
+
+
+def test_calibration_batches_come_from_the_training_split_only(tmp_path):
+    _write_binary(tmp_path / "cifar-10-batches-bin")
+    dm = CIFAR10DataModule(root=str(tmp_path), val_size=30, augment=False)
+    dm.setup()
+    key = lambda x: x.numpy().tobytes()  # noqa: E731 - images are random, hence unique
+    train = {key(dm.train_set[i][0]) for i in range(len(dm.train_set))}
+    held_out = {key(ds[i][0]) for ds in (dm.val_set, dm.test_set) for i in range(len(ds))}
+    seen = {key(x) for xb, _ in dm.calibration_dataloader(batch_size=16) for x in xb}
+    assert seen == train and seen.isdisjoint(held_out)

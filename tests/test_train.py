@@ -28,7 +28,14 @@ def test_smoke_run_writes_complete_results(smoke_run):
         assert 0.0 <= entry["acc1"] <= 100.0
         assert entry["macs"] > 0 and entry["params"] > 0
         assert entry["latency_ms"]["cpu"] > 0
-    assert isinstance(results["layers"], list)
+    (layer,) = results["layers"]  # experiment=smoke: Scheme 1 on conv2
+    assert layer["name"] == "conv2" and layer["scheme"] == 1 and layer["bases"] == 8
+    assert 0 < layer["rel_error"] < 1 and layer["macs_speedup"] > 1 and layer["measured_speedup"]["cpu"] > 0
+    assert layer["data_recon"]["rel_error_after"] <= layer["data_recon"]["rel_error_before"]
+    assert isinstance(layer["kept"], bool)
+    assert list(results["stages"])[:3] == ["filter", "data", "finetune"]
+    assert results["speedup"]["conv"]["cpu"] > 0 and results["speedup"]["model"]["cpu"] > 0
+    assert set(results["latency"]["cpu"]) == {"1", "32"}
     assert results["config"]["model"]["name"] == "alexnet_cifar"
     assert results["baseline"]["origin"]["source"] == "trained"
     assert (smoke_run / "outputs" / "baselines").is_dir()
@@ -68,4 +75,16 @@ def test_bad_data_root_fails_before_any_work(tmp_path, root_kind):
     assert res.returncode != 0
     assert str(root) in res.stderr and "cifar-10-batches-bin" in res.stderr
     assert "Traceback" not in res.stderr
+    assert not _results(tmp_path) and not (tmp_path / "outputs" / "baselines").exists()
+
+
+def test_truncated_batch_file_fails_before_any_work(tmp_path):
+    from tests.test_data import _write_binary
+
+    _write_binary(tmp_path / "data" / "cifar-10-batches-bin")
+    bad = tmp_path / "data" / "cifar-10-batches-bin" / "data_batch_4.bin"
+    bad.write_bytes(bad.read_bytes()[:-7])
+    res = run_train(["experiment=smoke", "logger=none", f"data.root={tmp_path / 'data'}"], cwd=tmp_path, timeout=120)
+    assert res.returncode != 0
+    assert "data_batch_4.bin" in res.stderr and "3073" in res.stderr and "Traceback" not in res.stderr
     assert not _results(tmp_path) and not (tmp_path / "outputs" / "baselines").exists()

@@ -5,8 +5,9 @@ For every selected conv it solves filter reconstruction for a grid of candidates
 M = 1 .. min(kh*kw - 1, 12), Scheme 2 at the K giving 1.25x .. 16x theoretical speed-up) and
 prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
 layer's real input shape against the dense conv, interleaved). Keeping the dense conv is always
-a candidate (error 0). It then picks one candidate per layer minimising the sum of relative
-reconstruction errors subject to
+a candidate (error 0). It then picks one candidate per layer minimising the total reconstruction
+error, sum_l ||W_l - W_hat_l||_F^2 / ||W_l||_F^2 (the squared relative error: the share of each
+layer's filter energy lost, the filter-reconstruction objective itself), subject to
 
     conv cost of the whole network (untouched convs included) <= dense conv cost / target,
 
@@ -36,9 +37,14 @@ class Candidate:
     name: str
     scheme: int | None  # None: keep the dense conv
     bases: int | None
-    error: float
+    rel_error: float
     cost: float
     layer: nn.Module = field(repr=False)
+
+    @property
+    def error(self) -> float:
+        """What the planner minimises the sum of: the share of filter energy lost."""
+        return self.rel_error**2
 
 
 def _grid(conv: nn.Conv2d, schemes) -> list[tuple[type, int]]:
@@ -158,9 +164,9 @@ def plan(
         "target_speedup": target_speedup,
         "metric": metric,
         "predicted_conv_speedup": total / (fixed + sum(c.cost for c in picks)),
-        "plan": {c.name: {"scheme": c.scheme, "bases": c.bases, "rel_error": c.error} for c in picks},
+        "plan": {c.name: {"scheme": c.scheme, "bases": c.bases, "rel_error": c.rel_error} for c in picks},
         "candidates": {
-            name: [{"scheme": o.scheme, "bases": o.bases, "rel_error": o.error, "cost": o.cost} for o in opts]
+            name: [{"scheme": o.scheme, "bases": o.bases, "rel_error": o.rel_error, "cost": o.cost} for o in opts]
             for name, opts in candidates.items()
         },
     }
