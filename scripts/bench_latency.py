@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lrx.io import write_text
-from lrx.latency import layer_inputs, modules_ms, setup_for
+from lrx.latency import MEMORY_FORMATS, layer_inputs, modules_ms, setup_for
 from lrx.lowrank import LowRankExpConvV1, LowRankExpConvV2
 from lrx.lowrank.scheme1_exec import DEFAULT as TEXTBOOK
 from lrx.models import AlexNet, AlexNetCIFAR
@@ -40,7 +40,7 @@ def layer_kwargs(conv: nn.Conv2d) -> dict:
     return dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None)
 
 
-def bench_layer(conv: nn.Conv2d, x: torch.Tensor, warmup: int, repeats: int) -> list[dict]:
+def bench_layer(conv: nn.Conv2d, x: torch.Tensor, warmup: int, repeats: int, fmt: torch.memory_format) -> list[dict]:
     n, c, kh, kw = conv.weight.shape
     candidates: dict[str, tuple[nn.Module, str, int]] = {}
     for m in SCHEME1_BASES:
@@ -51,7 +51,7 @@ def bench_layer(conv: nn.Conv2d, x: torch.Tensor, warmup: int, repeats: int) -> 
         candidates[f"s2_{target}"] = (LowRankExpConvV2(c, n, (kh, kw), k, **layer_kwargs(conv)), "Scheme 2", k)
     rows = []
     for key, (layer, scheme, bases) in candidates.items():
-        layer.eval()
+        layer.to(x.device, memory_format=fmt).eval()
         row = {"scheme": scheme, "bases": bases, "theory": layer.theoretical_speedup(layer.geometry, bases)}
         if scheme == "Scheme 1":
             layer.strategy = TEXTBOOK
@@ -70,34 +70,39 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-format", default="channels_last", choices=list(MEMORY_FORMATS))
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default=None, help="markdown file to write (default: print only)")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device, fmt = torch.device(args.device), MEMORY_FORMATS[args.memory_format]
     lines = [
         "# Measured layer speed-ups against nn.Conv2d",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, device {setup_for(device, 0).device}; {datetime.date.today()}.",
         f"Command: `python scripts/bench_latency.py {' '.join(sys.argv[1:])}`. Each figure is dense ms / low-rank ms, medians of {args.repeats} "
-        "interleaved runs on the layer's real input shape, float32, contiguous memory format.",
+        f"interleaved runs on the layer's real input shape, float32, {args.memory_format} memory format "
+        "for the dense conv and the low-rank layer alike. 'measured (textbook)': Scheme 1 in the "
+        "textbook execution; 'measured': in the strategy chosen by measurement (the before/after "
+        "of lrx's execution work).",
         "",
         "| model | layer | weight | input | batch | scheme | bases | theory | measured (textbook) | measured | Scheme 1 strategy | dense ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model_name in args.models:
-        net = MODELS[model_name]().to(device).eval()
+        net = MODELS[model_name]().to(device, memory_format=fmt).eval()
         size = net.input_size
         convs = [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
         for bs in args.batch_sizes:
-            inputs = layer_inputs(net, convs, torch.randn(bs, 3, size, size, device=device))
+            x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
+            inputs = layer_inputs(net, convs, x)
             for name in convs:
-                conv, x = net.get_submodule(name), inputs[name]
-                for r in bench_layer(conv, x, args.warmup, args.repeats):
+                conv = net.get_submodule(name)
+                for r in bench_layer(conv, inputs[name], args.warmup, args.repeats, fmt):
                     textbook = f"{r['textbook']:.2f}x" if "textbook" in r else ""
                     line = (
-                        f"| {model_name} | {name} | {tuple(conv.weight.shape)} | {tuple(x.shape[1:])} | {bs} | "
+                        f"| {model_name} | {name} | {tuple(conv.weight.shape)} | {tuple(inputs[name].shape[1:])} | {bs} | "
                         f"{r['scheme']} | {r['bases']} | {r['theory']:.2f}x | {textbook} | {r['measured']:.2f}x | "
                         f"{r.get('strategy', '')} | {r['dense_ms']:.3f} |"
                     )

@@ -166,7 +166,8 @@ class LowRankConv(nn.Module):
         with torch.no_grad():
             if conv.bias is not None:
                 layer.bias.copy_(conv.bias)
-            err = torch.linalg.norm(w.double() - layer.dense_weight().double()) / torch.linalg.norm(w.double())
+            dtype = torch.promote_types(w.dtype, torch.float32)
+            err = torch.linalg.norm(w.to(dtype) - layer.dense_weight().to(dtype)) / torch.linalg.norm(w.to(dtype))
         layer.report = dict(scheme=cls.scheme, bases=bases, rel_error=float(err),
                             macs_speedup=cls.theoretical_speedup(g, bases), solve_time_s=solve_time, **info)
         return layer
