@@ -20,20 +20,15 @@ import torch
 from torch import nn
 
 from lrx.io import write_text
-from lrx.latency import MEMORY_FORMATS, layer_inputs, modules_ms, setup_for
+from lrx.latency import MEMORY_FORMATS, conv_names, layer_inputs, modules_ms, setup_for
 from lrx.lowrank import LowRankExpConvV1, LowRankExpConvV2
+from lrx.lowrank.planner import scheme2_bases
 from lrx.lowrank.scheme1_exec import DEFAULT as TEXTBOOK
 from lrx.models import AlexNet, AlexNetCIFAR
 
 MODELS = {"alexnet": AlexNet, "alexnet_cifar": AlexNetCIFAR}
 SCHEME1_BASES = (1, 2, 4, 8)
 SCHEME2_TARGETS = (1.5, 2.0, 3.0, 4.0)
-
-
-def scheme2_bases(conv: nn.Conv2d, target: float) -> int:
-    """The largest K whose theoretical speed-up N*C*kh*kw / (K*(C*kh + N*kw)) is >= target."""
-    n, c, kh, kw = conv.weight.shape
-    return max(1, int(n * c * kh * kw / (target * (c * kh + n * kw))))
 
 
 def layer_kwargs(conv: nn.Conv2d) -> dict:
@@ -93,7 +88,7 @@ def main() -> None:
     for model_name in args.models:
         net = MODELS[model_name]().to(device, memory_format=fmt).eval()
         size = net.input_size
-        convs = [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+        convs = conv_names(net)
         for bs in args.batch_sizes:
             x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
             inputs = layer_inputs(net, convs, x)

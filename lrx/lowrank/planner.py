@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrx.latency import layer_inputs, modules_ms
+from lrx.latency import conv_names, layer_inputs, modules_ms
 from lrx.lowrank.scheme1 import LowRankExpConvV1
 from lrx.lowrank.scheme2 import LowRankExpConvV2
 from lrx.lowrank.surgery import DecompositionError, select_convs
@@ -47,13 +47,19 @@ class Candidate:
         return self.rel_error**2
 
 
+def scheme2_bases(conv: nn.Conv2d, target: float) -> int:
+    """The largest K whose theoretical speed-up N*C*kh*kw / (K*(C*kh + N*kw)) is >= target."""
+    n, c, kh, kw = conv.weight.shape
+    return max(1, int(n * c * kh * kw / (target * (c * kh + n * kw))))
+
+
 def _grid(conv: nn.Conv2d, schemes) -> list[tuple[type, int]]:
     n, c, kh, kw = conv.weight.shape
     grid = []
     if 1 in schemes:
         grid += [(LowRankExpConvV1, m) for m in range(1, min(kh * kw - 1, MAX_SCHEME1_BASES) + 1)]
     if 2 in schemes:
-        ks = {max(1, int(n * c * kh * kw / (t * (c * kh + n * kw)))) for t in SCHEME2_TARGETS}
+        ks = {scheme2_bases(conv, t) for t in SCHEME2_TARGETS}
         grid += [(LowRankExpConvV2, k) for k in sorted(ks) if k < min(c * kh, n * kw)]
     return grid
 
@@ -122,7 +128,7 @@ def plan(
     selected = check_request(net, layers, target_speedup, metric, schemes, **solver_options)
     device = next(net.parameters()).device
     x = torch.randn(batch_size, 3, input_size, input_size, device=device)
-    all_convs = [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    all_convs = conv_names(net)
     inputs = layer_inputs(net, all_convs, x)
     with torch.inference_mode():
         outputs = {name: net.get_submodule(name)(inputs[name]) for name in all_convs}
