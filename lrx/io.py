@@ -37,6 +37,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return _atomic_write(path, lambda f: f.write(text), "w")
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + rename)."""
+    return _atomic_write(path, lambda f: f.write(data), "wb")
+
+
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` to ``path`` atomically (temp file + rename)."""
     return _atomic_write(path, lambda f: torch.save(obj, f), "wb")

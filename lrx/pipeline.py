@@ -116,12 +116,12 @@ def _data_reconstruction(job: Job, baseline: torch.nn.Module, approx: torch.nn.M
     loader = job.datamodule.calibration_dataloader(dr.batch_size, seed=job.cfg.seed)
     batches = [x for (x, _), _ in zip(loader, range(dr.batches))]
     return reconstruct(
-        baseline, approx, names, batches, mode=dr.mode, steps=dr.steps, lr=dr.lr,
+        baseline, approx, names, batches, mode=dr.mode, lstsq=dr.lstsq, steps=dr.steps, lr=dr.lr,
         optimizer=dr.optimizer, holdout_batches=dr.holdout_batches, batch_size=dr.batch_size, seed=job.cfg.seed,
     )
 
 
-def _finetune(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, logger) -> None:
+def _finetune(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, logger, callbacks) -> None:
     ft = job.cfg.decomp.finetune
     module = Classifier(
         approx,
@@ -133,7 +133,8 @@ def _finetune(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, logg
         temperature=ft.temperature,
         kd_alpha=ft.kd_alpha,
     )
-    trainer = instantiate(job.cfg.trainer, max_epochs=ft.epochs, logger=logger or False, num_sanity_val_steps=0)
+    trainer = instantiate(job.cfg.trainer, max_epochs=ft.epochs, logger=logger or False, callbacks=list(callbacks),
+                          num_sanity_val_steps=0)
     trainer.fit(module, datamodule=job.datamodule)
     approx.to(memory_format=torch.contiguous_format)
 
@@ -177,7 +178,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
                 rec["data_recon"] = by_name[rec["name"]]
             stages["data"] = _accuracies(job, approx, "data")
         if cfg.decomp.finetune.epochs > 0:
-            _finetune(job, net, approx, logger)
+            _finetune(job, net, approx, logger, callbacks)
             stages["finetune"] = _accuracies(job, approx, "finetune")
     timings = _timings(job, net, approx)
     main_bs = max(cfg.latency.batch_sizes)
@@ -210,9 +211,6 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
         "plan": plan_report,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    for lg in logger or []:
-        lg.log_metrics({"baseline/acc1": baseline["acc1"], "final/acc1": final["acc1"],
-                        **{f"{s}/acc1": v["acc1"] for s, v in stages.items()}})
     write_json(run_dir / RESULTS, results)
     log.info("final acc@1 %.2f (baseline %.2f); conv speed-up %s; results in %s",
              final["acc1"], baseline["acc1"], results["speedup"]["conv"], run_dir / RESULTS)

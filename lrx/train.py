@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from lrx.pipeline import prepare, run
+from lrx.pipeline import RESULTS, prepare, run
+from lrx.tracking import finish, log_results, make_loggers
 
 log = logging.getLogger("lrx")
 
@@ -19,21 +22,44 @@ log = logging.getLogger("lrx")
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
-def _instantiate_all(node: DictConfig | None) -> list:
-    return [instantiate(v) for v in (node or {}).values() if v is not None and "_target_" in v]
+def finished(run_dir: Path, cfg: DictConfig) -> bool:
+    """True if ``run_dir`` holds a complete ``results.json`` of this very config: a re-run of a
+    killed sweep skips such jobs. A partial, corrupt or other-config file does not count."""
+    try:
+        done = json.loads((run_dir / RESULTS).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(done, dict) and done.get("status") == "complete"
+            and done.get("config") == OmegaConf.to_container(cfg, resolve=True))
+
+
+def _sweep_group() -> str | None:
+    hc = HydraConfig.get()
+    return str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+
+
+def _callbacks(cfg: DictConfig) -> list:
+    return [instantiate(v) for v in (cfg.get("callbacks") or {}).values() if v is not None and "_target_" in v]
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if finished(run_dir, cfg):
+        log.info("skipped: %s already holds the complete results of this config", run_dir / RESULTS)
+        return json.loads((run_dir / RESULTS).read_text())
     try:
         job = prepare(cfg)
     except USER_ERRORS as e:
         log.error("%s", e)
         sys.exit(f"lrx: error: {e}")
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    return run(job, run_dir, loggers, callbacks)
+    loggers = make_loggers(cfg, _sweep_group())
+    try:
+        results = run(job, run_dir, loggers, _callbacks(cfg))
+        log_results(loggers, results)
+    finally:
+        finish(loggers)
+    return results
 
 
 if __name__ == "__main__":

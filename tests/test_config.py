@@ -56,3 +56,35 @@ def test_unknown_option_lists_valid_choices(group, bad, tmp_path):
     for option in _options(group):
         assert option in res.stderr
     assert not list(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.parametrize("launcher, target", [
+    ("basic", "BasicLauncher"), ("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher"),
+    ("slurm", "SlurmLauncher"),
+])
+def test_every_launcher_composes(launcher, target, tmp_path):
+    cfg = compose_cfg([f"hydra/launcher={launcher}"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith(target)
+
+
+@pytest.mark.parametrize("experiment, group", [("seed_table", "table/seed_table")])
+def test_every_table_row_composes(experiment, group, tmp_path):
+    rows = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    assert sorted(cfg.hydra.sweeper.params[f"+{group}"].split(",")) == rows
+    schemes = {}
+    for row in rows:
+        cfg = compose_cfg([f"experiment={experiment}", f"+{group}={row}"], tmp_path)
+        schemes[row] = cfg.decomp.scheme
+        if cfg.decomp.scheme is not None:
+            assert list(cfg.decomp.layers) == ["conv2"] and cfg.decomp.bases == 8
+            assert cfg.decomp.lam.schedule == "fixed" and cfg.decomp.lam.start == 1e-4
+    assert schemes == {"baseline": None, "s1_filter": 1, "s1_tuned": 1}
+
+
+def test_scheme_sweep_compares_both_schemes_at_equal_mac_targets(tmp_path):
+    cfg = compose_cfg(["experiment=scheme_sweep"], tmp_path)
+    params = cfg.hydra.sweeper.params
+    assert params["decomp.schemes"] == "[1],[2]" and params["decomp.target_speedup"] == "1.5,2,3,4"
+    assert cfg.decomp.target_metric == "macs" and list(cfg.decomp.layers) == ["conv2", "conv3", "conv4", "conv5"]

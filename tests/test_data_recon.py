@@ -257,7 +257,8 @@ def test_memory_bound_refuses_before_any_capture(net, batches):
 @pytest.mark.parametrize("kwargs,match", [
     ({"mode": "sideways"}, r"mode='sideways'.*'asymmetric', 'symmetric'"),
     ({"optimizer": "rmsprop"}, r"optimizer='rmsprop'.*'adam', 'sgd', 'lbfgs'"),
-    ({"steps": 0}, r"steps=0.*>= 1"),
+    ({"steps": 0, "lstsq": False}, r"steps=0.*>= 1"),
+    ({"lstsq": "yes"}, r"lstsq='yes'.*true or false"),
     ({"lr": -1.0}, r"lr=-1.0"),
     ({"holdout_batches": 0}, r"holdout_batches=0"),
     ({"holdout_batches": 6}, r"holdout_batches=6 .*6 batches; valid: 1..5"),
@@ -332,3 +333,44 @@ def test_cuda(net, batches):
     approx = approximate(net, RANKS)
     res = reconstruct(net, approx, list(CONVS), batches, steps=30, lr=1e-2, progress=False)
     assert all(r["rel_error_after"] < r["rel_error_before"] for r in res)
+
+
+def _lowrank(net: nn.Module, scheme: int, name: str, bases: int) -> nn.Module:
+    from lrx.lowrank import LowRankExpConvV1, LowRankExpConvV2
+
+    approx = copy.deepcopy(net)
+    cls = LowRankExpConvV1 if scheme == 1 else LowRankExpConvV2
+    setattr(approx, name, cls.from_conv(getattr(net, name), bases, progress=False) if scheme == 1
+            else cls.from_conv(getattr(net, name), bases))
+    return approx
+
+
+@pytest.mark.parametrize("scheme,name,bases", [(1, "conv2", 2), (2, "conv2", 3), (2, "conv3", 4), (1, "conv3", 3)])
+def test_lstsq_refit_is_the_optimum_of_the_last_pass(net, batches, scheme, name, bases):
+    """steps=0: the least-squares refit alone. It lowers the held-out error, and on the training
+    samples the MSE's gradient with respect to the last pass (and bias) vanishes: an optimum."""
+    approx = _lowrank(net, scheme, name, bases)
+    first = approx.get_submodule(name).vertical.weight if scheme == 2 else approx.get_submodule(name).v
+    first_before = first.detach().clone()
+    (r,) = reconstruct(net, approx, [name], batches, steps=0, progress=False)
+    assert torch.equal(first, first_before)  # the earlier passes are left alone
+    assert r["rel_error_lstsq"] == r["rel_error_after"] < r["rel_error_before"]
+    assert r["train_loss"] is None
+    layer = approx.get_submodule(name).double()
+    x = layer_inputs(net, name, batches[:-1]).double()
+    target = getattr(net, name).double()(x)
+    last = [layer.horizontal.weight] if scheme == 2 else [layer.a]
+    params = last + [layer.bias]
+    loss = (layer(x) - target).pow(2).sum() / target.pow(2).sum()
+    grads = torch.autograd.grad(loss, params)
+    assert max(g.abs().max().item() for g in grads) < 1e-6 * max(p.abs().max().item() for p in params)
+
+
+def test_lstsq_then_gradient_steps_beat_gradient_steps_alone(net, batches):
+    errors = {}
+    for lstsq in (False, True):
+        approx = _lowrank(net, 2, "conv3", 3)
+        (r,) = reconstruct(net, approx, ["conv3"], batches, lstsq=lstsq, steps=30, lr=1e-2, progress=False)
+        assert (r["rel_error_lstsq"] is None) == (not lstsq)
+        errors[lstsq] = r["rel_error_after"]
+    assert errors[True] < errors[False]

@@ -1,10 +1,14 @@
 """Real runs of ``python -m lrx.train`` on the shared CIFAR-10 data, in subprocesses."""
 
 import json
+import subprocess
+import sys
 
+import matplotlib.pyplot as plt
 import pytest
 
 from tests.conftest import run_train
+from tests.wandb_offline import run_info
 
 
 def _results(root):
@@ -57,13 +61,43 @@ def test_corrupt_cached_baseline_is_rebuilt(smoke_run):
     assert json.loads(newest.read_text())["baseline"]["origin"]["source"] == "trained"
 
 
-def test_two_job_multirun(tmp_path, data_root):
-    res = run_train(["-m", "experiment=smoke", "logger=none", "decomp.bases=2,4"], cwd=tmp_path)
+SUMMARY_KEYS = {"baseline/acc1", "final/acc1", "baseline/macs_m", "final/macs_m", "baseline/params_m",
+                "final/params_m", "baseline/latency_ms/cpu", "final/latency_ms/cpu", "speedup/macs",
+                "speedup/conv/cpu", "speedup/model/cpu", "stage/filter/acc1", "stage/data/acc1",
+                "stage/finetune/acc1"}
+
+
+def test_two_job_multirun_logs_offline_wandb_reports_and_skips_finished_jobs(tmp_path, data_root):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "experiment=smoke", "decomp.bases=2,4", f"hydra.sweep.dir={sweep}"]
+    res = run_train(args, cwd=tmp_path)  # the default logger: W&B, offline
     assert res.returncode == 0, res.stderr[-3000:]
-    found = _results(tmp_path / "outputs" / "multiruns")
+    found = _results(sweep)
     assert len(found) == 2
-    bases = sorted(json.loads(p.read_text())["config"]["decomp"]["bases"] for p in found)
-    assert bases == [2, 4]
+    assert sorted(json.loads(p.read_text())["config"]["decomp"]["bases"] for p in found) == [2, 4]
+
+    runs = sorted(sweep.glob("*/wandb/offline-run-*"))
+    assert len(runs) == 2
+    infos = [run_info(r) for r in runs]
+    assert sorted(i["name"] for i in infos) == ["alexnet_cifar s1 M2 l2", "alexnet_cifar s1 M4 l2"]
+    assert {i["group"] for i in infos} == {str(sweep)}  # a dashboard groups the sweep's jobs
+    for info in infos:
+        assert SUMMARY_KEYS <= set(info["summary"]), SUMMARY_KEYS - set(info["summary"])
+        assert info["summary"]["layers/nrows"] == 1  # the per-layer W&B Table
+        assert info["config"]["decomp"]["scheme"] == 1  # the resolved config
+        assert {"alexnet_cifar", "s1"} <= set(info["tags"])
+
+    rep = subprocess.run([sys.executable, "-m", "lrx.report", str(sweep)], capture_output=True, text=True)
+    assert rep.returncode == 0, rep.stderr
+    rows = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| alexnet_cifar")]
+    assert len(rows) == 3  # the baseline and the two jobs
+    assert plt.imread(sweep / "report.png").shape[0] > 100
+
+    stamps = [p.stat().st_mtime_ns for p in found]
+    again = run_train(args, cwd=tmp_path)  # a re-run of the finished sweep skips both jobs
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("skipped:") == 2
+    assert [p.stat().st_mtime_ns for p in found] == stamps
 
 
 @pytest.mark.parametrize("root_kind", ["missing", "empty"])

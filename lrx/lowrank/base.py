@@ -1,6 +1,6 @@
-"""What both low-rank expansions share: the error type, the checks on the original conv, the
-split of its geometry into a vertical (kh x 1) and a horizontal (1 x kw) pass, and the base class
-that builds a layer from a conv (``from_conv``) and reports on it.
+"""What every low-rank layer shares: the error type, the checks on the original conv, the split of
+its geometry into a vertical (kh x 1) and a horizontal (1 x kw) pass, small solver helpers, and
+the base class that builds a layer from a conv (``from_conv``) and reports on it.
 
 Zero padding, stride and dilation are separable: padding / striding / dilating the rows in the
 vertical pass and the columns in the horizontal pass gives exactly the 2-D conv's output, as long
@@ -51,10 +51,14 @@ def is_decomposable(conv: nn.Module) -> bool:
     return True
 
 
-def check_bases(bases, full_rank: int, scheme: int, name: str = "conv") -> None:
-    if isinstance(bases, bool) or not isinstance(bases, int) or not 1 <= bases <= full_rank:
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_bases(bases, full_rank: int, scheme: int | str, name: str = "conv") -> None:
+    if not is_int(bases) or not 1 <= bases <= full_rank:
         raise DecompositionError(
-            f"{name!r}: bases={bases!r} is invalid for Scheme {scheme}; valid: an integer in [1, {full_rank}]")
+            f"{name!r}: bases={bases!r} is invalid for scheme {scheme!r}; valid: an integer in [1, {full_rank}]")
 
 
 @dataclass(frozen=True)
@@ -109,27 +113,44 @@ def single_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
+def solve_psd(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """mat^-1 rhs for a symmetric positive semi-definite ``mat``, with a tiny relative jitter."""
+    jitter = 1e-12 * mat.diagonal().mean() * torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device)
+    return torch.linalg.solve(mat + jitter, rhs)
+
+
+def converged(objective: list[float], tol: float) -> bool:
+    """The last round lowered the objective by less than tol (relative)."""
+    return len(objective) > 1 and objective[-2] - objective[-1] <= tol * abs(objective[-1])
+
+
 class LowRankConv(nn.Module):
-    """Base of the two schemes. A subclass defines ``scheme``, ``full_rank``, ``theoretical_speedup``,
-    ``check_options``, ``fit_filters`` and ``dense_weight``.
+    """Base of the low-rank layers. A subclass defines ``scheme``, ``full_rank``,
+    ``theoretical_speedup``, ``check_options``, ``fit_filters`` and ``dense_weight`` (and
+    ``valid_bases`` when its bases are not one integer).
 
     ``report`` (dict, filled by ``from_conv``): scheme, bases, rel_error (||W - W_hat||_F / ||W||_F),
     macs_speedup (theoretical, per output pixel), solve_time_s, plus the scheme's own solver info.
     """
 
-    scheme: int
+    scheme: int | str
 
-    def __init__(self, geometry: ConvGeometry, bases: int):
+    def __init__(self, geometry: ConvGeometry, bases):
         super().__init__()
-        check_bases(bases, self.full_rank(geometry), self.scheme, type(self).__name__)
         self.geometry = geometry
-        self.bases = bases
+        self.bases = self.valid_bases(geometry, bases, type(self).__name__)
         self.report: dict = {}
 
     @staticmethod
     def full_rank(geometry: ConvGeometry) -> int:
         """The number of bases that reproduces any kernel of this shape exactly."""
         raise NotImplementedError
+
+    @classmethod
+    def valid_bases(cls, geometry: ConvGeometry, bases, name: str = "conv"):
+        """``bases`` in normal form; DecompositionError (naming ``name``) if not in [1, full_rank]."""
+        check_bases(bases, cls.full_rank(geometry), cls.scheme, name)
+        return bases
 
     @staticmethod
     def theoretical_speedup(geometry: ConvGeometry, bases: int) -> float:
@@ -149,8 +170,18 @@ class LowRankConv(nn.Module):
         """The equivalent dense kernel (N, C, kh, kw)."""
         raise NotImplementedError
 
+    def final_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output is linear in its LAST pass: out[b, :, l] = F @ Z[b, :, l] + bias at
+        each of the L output pixels. Returns Z (B, P, L) for input ``x``; data reconstruction fits
+        F (N, P) by least squares on it (:meth:`set_final`)."""
+        raise NotImplementedError
+
+    def set_final(self, final: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Set the last pass from F (N, P) of :meth:`final_features` (and the bias, if the layer has one)."""
+        raise NotImplementedError
+
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, bases: int, **solver_options) -> "LowRankConv":
+    def from_conv(cls, conv: nn.Conv2d, bases, **solver_options) -> "LowRankConv":
         """A layer with ``conv``'s geometry, device and dtype, fitted to its weight; bias copied."""
         check_conv(conv)
         g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
@@ -168,8 +199,8 @@ class LowRankConv(nn.Module):
                 layer.bias.copy_(conv.bias)
             dtype = torch.promote_types(w.dtype, torch.float32)
             err = torch.linalg.norm(w.to(dtype) - layer.dense_weight().to(dtype)) / torch.linalg.norm(w.to(dtype))
-        layer.report = dict(scheme=cls.scheme, bases=bases, rel_error=float(err),
-                            macs_speedup=cls.theoretical_speedup(g, bases), solve_time_s=solve_time, **info)
+        layer.report = dict(scheme=cls.scheme, bases=layer.bases, rel_error=float(err),
+                            macs_speedup=cls.theoretical_speedup(g, layer.bases), solve_time_s=solve_time, **info)
         return layer
 
     def extra_repr(self) -> str:

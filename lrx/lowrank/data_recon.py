@@ -30,7 +30,8 @@ the per-sample element counts of layer l's input / output and ``e`` their elemen
 computed from the shapes of a one-sample probe forward, before any activation is captured, and
 the call is refused (:class:`CacheLimitError`) above ``max_cache_bytes``. On top of it, the
 optimisation needs the autograd working memory of one chunk (at most as many samples as the
-first input batch) of the layer being optimised.
+first input batch) of the layer being optimised, and the least-squares refit the last-pass
+features of one chunk plus two (P, P) float64 matrices (P: the last pass's inputs per pixel).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ STAGE = "data reconstruction"
 MODES = ("asymmetric", "symmetric")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 SGD_MOMENTUM = 0.9
+LSTSQ_RIDGE = 1e-6
 
 
 class DataReconError(ValueError):
@@ -77,7 +79,8 @@ class _Stop(BaseException):
 
 
 def reconstruct(original: nn.Module, approx: nn.Module, layer_names: list[str], batches: Iterable, *,
-                mode: str = "asymmetric", steps: int = 200, lr: float = 1e-3, optimizer: str = "adam",
+                mode: str = "asymmetric", lstsq: bool = True, steps: int = 200, lr: float = 1e-3,
+                optimizer: str = "adam",
                 holdout_batches: int = 1, batch_size: int | None = None, max_cache_bytes: int = 1 << 30,
                 seed: int = 0, revert_if_worse: bool = True, progress: bool = True) -> list[dict]:
     """Optimise the layers ``layer_names`` of ``approx`` (in place) to reproduce ``original``'s.
@@ -94,7 +97,11 @@ def reconstruct(original: nn.Module, approx: nn.Module, layer_names: list[str], 
             moved to the networks' device when used. All batches must share the per-sample shape.
         mode: ``"asymmetric"`` (inputs from ``approx``) or ``"symmetric"`` (inputs from
             ``original``); targets come from ``original`` in both.
-        steps: optimisation steps per layer (an L-BFGS step is one iteration with line search).
+        lstsq: before the gradient steps, refit the LAST linear pass of each layer that exposes
+            it (``final_features`` / ``set_final``, as lrx's low-rank layers do) by least squares
+            on the training samples: the exact optimum of that pass given the earlier ones.
+        steps: gradient steps per layer after that (an L-BFGS step is one iteration with line
+            search); 0 = the least-squares refit alone.
         lr: learning rate (the initial step of the line search for L-BFGS).
         optimizer: ``"adam"``, ``"sgd"`` (momentum 0.9) or ``"lbfgs"`` (full-batch only).
         holdout_batches: the last this many batches are never optimised on; the relative errors
@@ -118,7 +125,8 @@ def reconstruct(original: nn.Module, approx: nn.Module, layer_names: list[str], 
     Returns:
         One JSON-serialisable dict per layer, in processing order: ``name``, ``mode``,
         ``rel_error_before`` / ``rel_error_after`` (‖target − approx_layer(x)‖_F / ‖target‖_F
-        over the held-out batches, before optimising and as the layer is left), ``steps``,
+        over the held-out batches, before optimising and as the layer is left),
+        ``rel_error_lstsq`` (after the least-squares refit; None without one), ``steps``,
         ``time_s`` (capture + optimisation), ``cached_bytes`` (this layer's activation cache),
         ``optimizer``, ``lr``, ``batch_size``, ``train_samples``, ``holdout_samples``,
         ``train_loss`` (MSE of the last step), ``reverted`` and, if reverted,
@@ -129,7 +137,7 @@ def reconstruct(original: nn.Module, approx: nn.Module, layer_names: list[str], 
         CacheLimitError: the activation cache would exceed ``max_cache_bytes``.
         NonFiniteError: a NaN/Inf in the captured activations, a loss or a parameter.
     """
-    _check_args(mode, steps, lr, optimizer, holdout_batches, batch_size, max_cache_bytes)
+    _check_args(mode, lstsq, steps, lr, optimizer, holdout_batches, batch_size, max_cache_bytes)
     names = _check_layers(original, approx, layer_names)
     device = _device(original, approx)
     inputs, input_bytes = _materialise(batches, holdout_batches, max_cache_bytes)
@@ -158,7 +166,7 @@ def reconstruct(original: nn.Module, approx: nn.Module, layer_names: list[str], 
             t0 = time.perf_counter()
             X, T = _capture(original, approx, name, inputs, shapes[name], mode, device)
             res = _optimise(approx.get_submodule(name), name, X, T, n_total - n_holdout, chunk,
-                            steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size,
+                            lstsq=lstsq, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size,
                             seed=seed, revert_if_worse=revert_if_worse, progress=progress)
             del X, T
             res = {"name": name, "mode": mode, **res, "time_s": time.perf_counter() - t0,
@@ -179,13 +187,15 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_args(mode, steps, lr, optimizer, holdout_batches, batch_size, max_cache_bytes) -> None:
+def _check_args(mode, lstsq, steps, lr, optimizer, holdout_batches, batch_size, max_cache_bytes) -> None:
     if mode not in MODES:
         raise DataReconError(f"{STAGE}: unknown mode={mode!r}; valid: {', '.join(map(repr, MODES))}")
     if optimizer not in OPTIMIZERS:
         raise DataReconError(f"{STAGE}: unknown optimizer={optimizer!r}; valid: {', '.join(map(repr, OPTIMIZERS))}")
-    if not _is_int(steps) or steps < 1:
-        raise DataReconError(f"{STAGE}: steps={steps!r} is invalid; valid: an integer >= 1")
+    if not isinstance(lstsq, bool):
+        raise DataReconError(f"{STAGE}: lstsq={lstsq!r} is invalid; valid: true or false")
+    if not _is_int(steps) or steps < 0 or (steps == 0 and not lstsq):
+        raise DataReconError(f"{STAGE}: steps={steps!r} is invalid; valid: an integer >= 1, or >= 0 with lstsq")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise DataReconError(f"{STAGE}: lr={lr!r} is invalid; valid: a finite number > 0")
     if not _is_int(holdout_batches) or holdout_batches < 1:
@@ -467,8 +477,36 @@ def _make_optimizer(kind: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.LBFGS(params, lr=lr, max_iter=1, history_size=10, line_search_fn="strong_wolfe")
 
 
+@torch.no_grad()
+def _refit_final(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, chunk: int) -> None:
+    """Least squares for the layer's last linear pass F (and bias b) given its earlier passes:
+
+        min_{F, b} sum over samples and output pixels of ‖T[:, l] − F Z[:, l] − b‖²,
+
+    solved from the accumulated float64 normal equations (Z Zᵀ + ridge) Fᵀ = Z Tᵀ, with Z from
+    ``layer.final_features`` (B, P, L) and a tiny ridge (1e-6 of the mean diagonal) for
+    rank-deficient features."""
+    has_bias = getattr(layer, "bias", None) is not None
+    gram = cross = None
+    for sl in _chunks(X.shape[0], chunk):
+        z = layer.final_features(X[sl]).double()  # (B, P, L)
+        if has_bias:
+            z = torch.cat([z, torch.ones_like(z[:, :1])], 1)  # (B, P+1, L)
+        t = T[sl].double().flatten(2)  # (B, N, L)
+        g, c = torch.einsum("bpl,bql->pq", z, z), torch.einsum("bnl,bpl->np", t, z)
+        gram, cross = (g, c) if gram is None else (gram + g, cross + c)
+    ridge = LSTSQ_RIDGE * gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny)
+    sol = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device),
+                             cross.T).T  # (N, P[+1])
+    if not torch.isfinite(sol).all():
+        raise NonFiniteError(name, "the least-squares refit of the last pass is NaN/Inf")
+    dtype = next(layer.parameters()).dtype
+    layer.set_final(sol[:, :-1].to(dtype) if has_bias else sol.to(dtype),
+                    sol[:, -1].to(dtype) if has_bias else None)
+
+
 def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_train: int, chunk: int, *,
-              steps: int, lr: float, optimizer: str, batch_size: int | None, seed: int,
+              lstsq: bool, steps: int, lr: float, optimizer: str, batch_size: int | None, seed: int,
               revert_if_worse: bool, progress: bool) -> dict:
     Xtr, Ttr, Xho, Tho = X[:n_train], T[:n_train], X[n_train:], T[n_train:]
     params = [p for p in layer.parameters() if p.requires_grad]
@@ -477,6 +515,10 @@ def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_t
         raise NonFiniteError(name, f"the held-out error before optimisation is {before} (NaN/Inf in the "
                                    "approximation's parameters?)")
     initial = copy.deepcopy(layer.state_dict()) if revert_if_worse else None
+    after_lstsq = None
+    if lstsq and hasattr(layer, "final_features"):
+        _refit_final(layer, name, Xtr, Ttr, chunk)
+        after_lstsq = _rel_error(layer, Xho, Tho, chunk)
     old_grads = [p.grad for p in params]
     for p in params:
         p.grad = None
@@ -511,8 +553,8 @@ def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_t
     after = _rel_error(layer, Xho, Tho, chunk)
     if not all(torch.isfinite(p).all() for p in params) or not math.isfinite(after):
         raise NonFiniteError(name, f"the parameters became NaN/Inf after {steps} steps (lr={lr} too large?)")
-    res = {"rel_error_before": before, "rel_error_after": after, "steps": steps, "optimizer": optimizer,
-           "lr": float(lr), "batch_size": sampler.bs or n_train, "train_loss": loss_value, "reverted": False}
+    res = {"rel_error_before": before, "rel_error_lstsq": after_lstsq, "rel_error_after": after, "steps": steps, "optimizer": optimizer,
+           "lr": float(lr), "batch_size": sampler.bs or n_train, "train_loss": loss_value if steps else None, "reverted": False}
     if revert_if_worse and after > before:
         layer.load_state_dict(initial)
         res.update(rel_error_after=before, rel_error_optimised=after, reverted=True)

@@ -50,8 +50,8 @@ from torch import nn
 from tqdm import tqdm
 
 from lrx.lowrank import scheme1_exec
-from lrx.lowrank.base import (ConvGeometry, DecompositionError, LowRankConv, check_bases, single_thread,
-                              solve_dtype)
+from lrx.lowrank.base import (ConvGeometry, DecompositionError, LowRankConv, check_bases, converged, single_thread,
+                              solve_dtype, solve_psd)
 
 DEFAULTS = dict(lam_schedule="ascending", lam_start=1e-3, lam_end=1.0, lam_steps=10, iters=20,
                 init="svd", refine_iters=50, tol=1e-6, progress=False)
@@ -133,24 +133,14 @@ def _als(q, energy, v, h, iters, tol) -> tuple[torch.Tensor, torch.Tensor, list[
     for _ in range(iters):
         z, c = _a_step(q, _rank1(v, h))
         zm = z.T.reshape(m, kh, kw)
-        v = _solve_psd(c * (h @ h.T), torch.einsum("myx,mx->my", zm, h))
-        h = _solve_psd(c * (v @ v.T), torch.einsum("myx,my->mx", zm, v))
+        v = solve_psd(c * (h @ h.T), torch.einsum("myx,mx->my", zm, h))
+        h = solve_psd(c * (v @ v.T), torch.einsum("myx,my->mx", zm, v))
         history.append(float(_fit(energy, z, c, _rank1(v, h)) / energy))
         v = v / torch.linalg.norm(v, dim=1, keepdim=True)
         h = h / torch.linalg.norm(h, dim=1, keepdim=True)
-        if _converged(history, tol):
+        if converged(history, tol):
             break
     return v, h, history
-
-
-def _converged(objective: list[float], tol: float) -> bool:
-    """The last round lowered the objective by less than tol (relative)."""
-    return len(objective) > 1 and objective[-2] - objective[-1] <= tol * abs(objective[-1])
-
-
-def _solve_psd(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    jitter = 1e-12 * mat.diagonal().mean() * torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device)
-    return torch.linalg.solve(mat + jitter, rhs)
 
 
 def _truncate(s: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -192,7 +182,7 @@ def _solve_scheme1(weight: torch.Tensor, bases: int, o: dict):
             z, cc = _a_step(q, s)
             s, nuclear = _s_step(z, cc, s, (kh, kw), lam * energy)
             objective.append(float((_fit(energy, z, cc, s) + lam * energy * nuclear) / energy))
-            if _converged(objective, o["tol"]):
+            if converged(objective, o["tol"]):
                 break
         history.append({"lam": lam, "objective": objective})
     v, h, rank1_energy = _truncate(s, (kh, kw))
@@ -281,6 +271,16 @@ class LowRankExpConvV1(LowRankConv):
         device, layer shape and input shape); returns the choice and the times."""
         self.strategy, times = scheme1_exec.choose(self, x, warmup, repeats)
         return {"strategy": self.strategy, "times_ms": times}
+
+    def final_features(self, x: torch.Tensor) -> torch.Tensor:
+        # the C*M separable maps x_c * v_m h_m^T, channel c*M + m: (B, C*M, L)
+        return scheme1_exec.separable_maps(x, self.v, self.h, self.geometry).flatten(2)
+
+    def set_final(self, final: torch.Tensor, bias: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            self.a.copy_(final.reshape(self.a.shape))  # (N, C*M) -> (N, C, M)
+            if bias is not None:
+                self.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return scheme1_exec.STRATEGIES[self.strategy](x, self.v, self.h, self.a, self.bias, self.geometry)

@@ -30,11 +30,17 @@ from lrx.latency import interleaved_ms, layer_inputs
 CL = torch.channels_last
 
 
+def separable_maps(x, v, h, g):
+    """The C*M maps x_c * v_m h_m^T (channel c*M + m), by a grouped vertical and a depthwise
+    horizontal pass: (B, C*M, H', W')."""
+    c, m = x.shape[1], v.shape[0]
+    y = F.conv2d(x, v.repeat(c, 1)[:, None, :, None], groups=c, **g.vertical())  # (B, C*M, H', W)
+    return F.conv2d(y, h.repeat(c, 1)[:, None, None, :], groups=c * m, **g.horizontal())
+
+
 def textbook(x, v, h, a, bias, g):
     n, c, m = a.shape
-    y = F.conv2d(x, v.repeat(c, 1)[:, None, :, None], groups=c, **g.vertical())  # (B, C*M, H', W)
-    y = F.conv2d(y, h.repeat(c, 1)[:, None, None, :], groups=c * m, **g.horizontal())  # (B, C*M, H', W')
-    return F.conv2d(y, a.reshape(n, c * m, 1, 1), bias)  # (B, N, H', W')
+    return F.conv2d(separable_maps(x, v, h, g), a.reshape(n, c * m, 1, 1), bias)  # (B, N, H', W')
 
 
 def textbook_cl(x, v, h, a, bias, g):

@@ -7,6 +7,7 @@ optimum (Eckart-Young) and the error is the tail of the singular values.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lrx.lowrank import scheme1
@@ -94,6 +95,21 @@ class LowRankExpConvV2(LowRankConv):
     def dense_weight(self) -> torch.Tensor:
         # W[n, c, y, x] = sum_k H[n, k, x] V[k, c, y]
         return torch.einsum("kcy,nkx->ncyx", self.vertical.weight[..., 0], self.horizontal.weight[:, :, 0])
+
+    def final_features(self, x: torch.Tensor) -> torch.Tensor:
+        # the horizontal pass's K*kw inputs at every output pixel (channel k*kw + j = tap j of map k),
+        # by a grouped conv with one-hot kernels, so any padding the pass accepts works: (B, K*kw, L)
+        hp, kw = self.horizontal, self.geometry.kernel_size[1]
+        taps = torch.eye(kw, dtype=x.dtype, device=x.device).repeat(self.bases, 1)[:, None, None, :]
+        z = F.conv2d(self.vertical(x), taps, groups=self.bases, stride=hp.stride, padding=hp.padding,
+                     dilation=hp.dilation)
+        return z.flatten(2)
+
+    def set_final(self, final: torch.Tensor, bias: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            self.horizontal.weight.copy_(final.reshape(self.horizontal.weight.shape))  # (N, K, 1, kw)
+            if bias is not None:
+                self.horizontal.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.horizontal(self.vertical(x))

@@ -1,0 +1,52 @@
+"""Lightning callbacks: what a model costs, logged at the start and end of every fit (the
+baseline's training, the fine-tuning of the approximated network).
+
+The pipeline reports the baseline and final models side by side in ``results.json`` and the run
+summary (lrx.tracking); this callback shows the same measures on the training dashboards, from
+the same functions: fvcore MACs and params on the real input size, and the median latency of
+lrx.latency.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from lrx.complexity import complexity
+from lrx.latency import MEMORY_FORMATS, median_ms
+
+
+class ModelCost(L.Callback):
+    """Logs ``cost/{fit_start,fit_end}/{macs_m, params_m, latency_ms}`` of ``pl_module.net``.
+
+    Latency: batch ``batch_size`` of ``(3, input_size, input_size)`` images in ``memory_format``,
+    on the module's device, eval mode, median of ``repeats`` runs after ``warmup``."""
+
+    def __init__(self, input_size: int, batch_size: int = 32, memory_format: str = "channels_last",
+                 warmup: int = 3, repeats: int = 10):
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"ModelCost: memory_format={memory_format!r}; valid: {', '.join(MEMORY_FORMATS)}")
+        self.input_size, self.batch_size, self.memory_format = input_size, batch_size, memory_format
+        self.warmup, self.repeats = warmup, repeats
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
+        net = pl_module.net
+        was_training = net.training
+        cost = complexity(net, self.input_size)
+        device = next(net.parameters()).device
+        x = torch.randn(self.batch_size, 3, self.input_size, self.input_size, device=device)
+        net.eval()
+        try:
+            ms = median_ms(net, x.contiguous(memory_format=MEMORY_FORMATS[self.memory_format]),
+                           self.warmup, self.repeats)
+        finally:
+            net.train(was_training)
+        for lg in trainer.loggers:
+            lg.log_metrics({f"cost/{when}/macs_m": cost["macs"] / 1e6, f"cost/{when}/params_m": cost["params"] / 1e6,
+                            f"cost/{when}/latency_ms": ms}, step=trainer.global_step)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "fit_start")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "fit_end")

@@ -1,0 +1,344 @@
+"""Sweep report from ``results.json`` files: a markdown table, an acc@1 / speed-up plot, a CSV.
+
+    python -m lrx.report SWEEP_DIR [SWEEP_DIR ...] [--csv PATH] [--out DIR]
+
+Every ``results.json`` under the given directories (searched recursively) whose ``status`` is
+``complete`` is a finished run. Anything else (no status, bad JSON, a temporary file, a Hydra
+run directory without ``results.json``) is listed as unfinished and skipped. Rows: each
+distinct baseline (model, accuracies, size) once, then the decomposed runs on it, sorted by
+measured CPU conv speed-up; a run that replaced no layer only contributes its baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import statistics
+import sys
+from io import BytesIO, StringIO
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from lrx.io import write_bytes, write_text
+
+RESULTS = "results.json"  # lrx.pipeline.RESULTS; not imported, that would pull in the training stack
+
+COLUMNS = {  # markdown header -> row key
+    "model": "model",
+    "scheme": "scheme",
+    "lambda": "lambda",
+    "layers": "layers",
+    "#bases": "bases",
+    "MACs(M)": "macs_m",
+    "params(M)": "params_m",
+    "CPU time(ms)": "cpu_ms",
+    "CUDA time(ms)": "cuda_ms",
+    "acc@1(%)": "acc1",
+    "theoretical speed-up (MAC ratio)": "macs_speedup",
+    "measured conv speed-up (CPU)": "conv_speedup_cpu",
+    "model speed-up (CPU)": "model_speedup_cpu",
+}
+CSV_COLUMNS = {  # CSV header -> row key
+    "model": "model",
+    "scheme": "scheme",
+    "layers": "layers",
+    "bases": "bases",
+    "lambda_schedule": "lambda",
+    "stage": "stage",
+    "acc1": "acc1",
+    "baseline_acc1": "baseline_acc1",
+    "macs_m": "macs_m",
+    "params_m": "params_m",
+    "cpu_ms": "cpu_ms",
+    "cuda_ms": "cuda_ms",
+    "macs_speedup": "macs_speedup",
+    "measured_speedup_cpu": "conv_speedup_cpu",
+    "model_speedup_cpu": "model_speedup_cpu",
+}
+DIGITS = {"params_m": 3}  # decimals in the table; 2 for every other number
+
+
+class ReportError(Exception):
+    """Nothing to report: a directory is missing, or no finished result was found."""
+
+
+def find(dirs) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
+    """Finished ``(path, results)`` and unfinished ``(path, reason)`` under ``dirs``."""
+    finished, unfinished, seen = [], [], set()
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise ReportError(f"{d}: no such directory")
+        for path in sorted(d.rglob(f"*{RESULTS}*")):
+            if path.resolve() in seen or not path.is_file():
+                continue
+            seen.add(path.resolve())
+            if path.name != RESULTS:
+                if "tmp" in path.name:
+                    unfinished.append((path, "temporary file"))
+                continue
+            results, reason = _read(path)
+            if results is None:
+                unfinished.append((path, reason))
+            else:
+                finished.append((path, results))
+        for hydra in sorted(d.rglob(".hydra")):  # a Hydra run that has written nothing yet
+            run = hydra.parent
+            if run.resolve() not in seen and not (run / RESULTS).exists() \
+                    and not any(p.parent == run for p, _ in unfinished):
+                seen.add(run.resolve())
+                unfinished.append((run, f"no {RESULTS}"))
+    return finished, unfinished
+
+
+def _read(path: Path) -> tuple[dict | None, str]:
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, "unparsable JSON"
+    if not isinstance(results, dict) or "status" not in results:
+        return None, "status missing"
+    if results["status"] != "complete":
+        return None, f"status {results['status']!r}"
+    return results, ""
+
+
+def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """Table rows (each baseline, then its runs by measured CPU conv speed-up) and the unfinished
+    ``(path, reason)``. Raises :class:`ReportError` when there is nothing to report."""
+    finished, unfinished = find(dirs)
+    groups: dict[tuple, tuple[list[dict], list[dict]]] = {}  # baseline key -> (its measures per run, job rows)
+    for path, res in finished:
+        try:
+            b = res["baseline"]
+            key = (res["model"], b["acc1"], b["acc1_test"], b["macs"], b["params"])
+            base = {**_measures(b), "batch_size": _batch_size(res)}
+            job = _job_row(res, key) if res["layers"] else None
+        except (KeyError, TypeError, ValueError) as e:
+            unfinished.append((path, f"malformed: {e!r}"))
+            continue
+        bases, jobs = groups.setdefault(key, ([], []))
+        bases.append(base)
+        if job:
+            jobs.append(job)
+    if not groups:
+        raise ReportError(f"no finished {RESULTS} under {', '.join(map(str, dirs))}"
+                          f" ({len(unfinished)} unfinished)")
+    rows = []
+    for key in sorted(groups, key=lambda k: (k[0], -k[1])):
+        bases, jobs = groups[key]
+        rows.append(_baseline_row(bases, key))
+        rows.extend(sorted(jobs, key=lambda r: r["conv_speedup_cpu"]))
+    return rows, unfinished
+
+
+def _measures(part: dict) -> dict:
+    """Size, latency and acc@1 of ``results['baseline']`` or ``results['final']``."""
+    lat = part["latency_ms"]
+    return {"macs_m": part["macs"] / 1e6, "params_m": part["params"] / 1e6, "cpu_ms": lat["cpu"],
+            "cuda_ms": lat.get("cuda"), "acc1": part["acc1"]}
+
+
+def _batch_size(res: dict) -> int:
+    lat = res["config"]["latency"]
+    return max(lat.get("batch_sizes") or [lat["batch_size"]])
+
+
+def _baseline_row(bases: list[dict], key: tuple) -> dict:
+    """The baseline ``key`` from its :func:`_measures` in each run; latency: the median over them."""
+    cuda = [b["cuda_ms"] for b in bases if b["cuda_ms"] is not None]
+    return {
+        "kind": "baseline", "group": key, "model": key[0],
+        "scheme": "baseline", "label": "baseline", "lambda": None, "layers": None, "bases": None,
+        **bases[0],
+        "cpu_ms": statistics.median(b["cpu_ms"] for b in bases),
+        "cuda_ms": statistics.median(cuda) if cuda else None,
+        "baseline_acc1": bases[0]["acc1"],
+        "macs_speedup": 1.0, "conv_speedup_cpu": 1.0, "model_speedup_cpu": 1.0, "stages": {},
+    }
+
+
+def _job_row(res: dict, key: tuple) -> dict:
+    """One decomposed run: its final model, with the accuracy after each stage."""
+    d, speedup = res["config"]["decomp"], res["speedup"]
+    kept = [r for r in res["layers"] if r.get("kept", True)]  # the guard may have put some back
+    schemes = sorted({r["scheme"] for r in kept})
+    bases = _bases_text(kept, mixed=len(schemes) > 1)
+    if d.get("target_speedup") is not None:
+        target = f"{d['target_speedup']:g}x"
+        used = "+".join(f"s{s}" for s in schemes) or "-"
+        scheme, label = f"planner {target} {d['target_metric']} ({used})", f"plan {target} {used}"
+    else:
+        scheme = f"s{d['scheme']}"
+        label = f"{scheme} {'M' if d['scheme'] == 1 else 'K'}{bases}" if bases else scheme
+    return {
+        "kind": "job", "group": key, "model": res["model"],
+        "scheme": scheme, "label": label, "lambda": _lambda_text(kept),
+        "layers": _layers_text([r["name"] for r in kept]), "bases": bases,
+        **_measures(res["final"]),
+        "baseline_acc1": res["baseline"]["acc1"],
+        "macs_speedup": speedup["macs"], "conv_speedup_cpu": speedup["conv"]["cpu"],
+        "model_speedup_cpu": speedup["model"]["cpu"],
+        "stages": {name: s["acc1"] for name, s in res["stages"].items()}, "batch_size": _batch_size(res),
+    }
+
+
+def _lambda_text(kept: list[dict]) -> str | None:
+    """Scheme 1's lambda: ``0.01`` when fixed, ``asc 0.001→1`` when ascending; None without Scheme 1."""
+    lam = next((r["lambda"] for r in kept if r["scheme"] == 1), None)
+    if lam is None:
+        return None
+    if lam["schedule"] == "fixed":
+        return f"{lam['start']:g}"
+    return f"{'asc' if lam['schedule'] == 'ascending' else lam['schedule']} {lam['start']:g}→{lam['end']:g}"
+
+
+def _layers_text(names: list[str]) -> str | None:
+    """``conv2-conv5`` for consecutively numbered names, ``conv2,conv4`` otherwise."""
+    runs: list[list[str]] = []
+    for name in names:
+        if runs and _successor(runs[-1][-1]) == name:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    return ",".join(r[0] if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) or None
+
+
+def _successor(name: str) -> str | None:
+    m = re.fullmatch(r"(.*?)(\d+)", name)
+    return f"{m[1]}{int(m[2]) + 1}" if m else None
+
+
+def _bases_text(kept: list[dict], mixed: bool) -> str | None:
+    """``8`` when every layer has 8 bases, ``15/76/48/46`` per layer; with both schemes ``M2/K26``."""
+    if mixed:
+        return "/".join(f"{'M' if r['scheme'] == 1 else 'K'}{r['bases']}" for r in kept)
+    values = [str(r["bases"]) for r in kept]
+    return (values[0] if len(set(values)) == 1 else "/".join(values)) if values else None
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{DIGITS.get(key, 2)}f}" if isinstance(value, float) else str(value)
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """The markdown table of ``rows``, numbers right-aligned, "-" where a value does not apply."""
+    numeric = {k for k in COLUMNS.values() if any(isinstance(r[k], float) for r in rows)}
+    lines = ["| " + " | ".join(COLUMNS) + " |",
+             "|" + "|".join("---:" if k in numeric else "---" for k in COLUMNS.values()) + "|"]
+    lines += ["| " + " | ".join(_fmt(k, r[k]) for k in COLUMNS.values()) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(rows: list[dict]) -> list[dict]:
+    """One CSV row per baseline (stage ``baseline``) and per (run, stage); the acc1 is the stage's,
+    every other number the final model's."""
+    out = []
+    for r in rows:
+        for stage, acc1 in (r["stages"].items() if r["kind"] == "job" else [("baseline", r["acc1"])]):
+            row = {**r, "stage": stage, "acc1": acc1}
+            out.append({col: "" if row[k] is None else row[k] for col, k in CSV_COLUMNS.items()})
+    return out
+
+
+def write_csv(rows: list[dict], path) -> Path:
+    """Write :func:`csv_rows` to ``path`` atomically."""
+    buf = StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(rows))
+    return write_text(path, buf.getvalue())
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """The rows that no faster-or-as-fast row beats on acc@1, by increasing conv speed-up."""
+    front, best = [], float("-inf")
+    for r in sorted(rows, key=lambda r: (-r["conv_speedup_cpu"], -r["acc1"])):
+        if r["acc1"] > best:
+            front.append(r)
+            best = r["acc1"]
+    return front[::-1]
+
+
+def plot(rows: list[dict], path, title: str = "lrx report") -> Path:
+    """acc@1 against measured CPU conv speed-up, one colour per baseline (those without runs left
+    out when others have some), each with its Pareto front as a step line (best acc@1 at this
+    speed-up or more); written as a PNG atomically."""
+    fig = Figure(figsize=(10, 6.5), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    groups = {k: pts for k, pts in groups.items() if len(pts) > 1} or groups  # baselines with runs on them
+    for i, (key, pts) in enumerate(groups.items()):
+        color = f"C{i}"
+        ax.scatter([r["conv_speedup_cpu"] for r in pts], [r["acc1"] for r in pts], color=color, s=30,
+                   zorder=3, label=f"{key[0]} (baseline {key[1]:.2f}%)")
+        front = pareto(pts)
+        fx, fy = [r["conv_speedup_cpu"] for r in front], [r["acc1"] for r in front]
+        ax.step(fx, fy, where="pre", color=color, lw=1.5, alpha=0.6, label="Pareto front" if i == 0 else None)
+        ax.scatter(fx, fy, s=110, facecolors="none", edgecolors=color, lw=1.5, zorder=3)
+        for j, r in enumerate(sorted(pts, key=lambda r: (r["conv_speedup_cpu"], r["acc1"]))):
+            ax.annotate(r["label"], (r["conv_speedup_cpu"], r["acc1"]), xytext=(7, 6 if j % 2 == 0 else -14),
+                        textcoords="offset points", fontsize=9, color=color)
+    ax.set_xlabel("measured conv speed-up on CPU (×)", fontsize=11)
+    ax.set_ylabel("acc@1 (%)", fontsize=11)
+    ax.set_title(title, fontsize=12)
+    ax.margins(x=0.12, y=0.08)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="best")
+    buf = BytesIO()
+    fig.savefig(buf, format="png")
+    return write_bytes(path, buf.getvalue())
+
+
+def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
+    """report.md: the table, what its columns mean, and what was skipped."""
+    sizes = ", ".join(map(str, sorted({r["batch_size"] for r in rows})))
+    text = (
+        f"# lrx report\n\nRuns under: {', '.join(f'`{d}`' for d in dirs)}\n\n{table_markdown(rows)}\n"
+        "acc@1: validation top-1 of the final model (after its last stage). "
+        f"CPU/CUDA time: one forward pass of the whole model on a batch of {sizes}; "
+        "a baseline's is the median over the runs that measured it. "
+        "Theoretical speed-up: baseline MACs / final MACs (whole model). "
+        "Measured conv speed-up: summed latency of all convs, baseline / final. "
+        "Model speed-up: whole-model latency, baseline / final.\n"
+    )
+    if unfinished:
+        text += f"\nSkipped {len(unfinished)} unfinished:\n\n" + "".join(f"- `{p}`: {why}\n" for p, why in unfinished)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lrx.report", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, metavar="SWEEP_DIR",
+                        help="Hydra multirun or run directory, searched recursively for results.json")
+    parser.add_argument("--csv", type=Path, help="also write the per-stage summary here")
+    parser.add_argument("--out", type=Path, help="where report.md and report.png go (default: the first SWEEP_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        rows, unfinished = collect(args.dirs)
+    except ReportError as e:
+        print(f"lrx.report: error: {e}", file=sys.stderr)
+        return 1
+    if unfinished:
+        print(f"lrx.report: warning: skipped {len(unfinished)} unfinished: "
+              + "; ".join(f"{p} ({why})" for p, why in unfinished), file=sys.stderr)
+    out = args.out or args.dirs[0]
+    written = [write_text(out / "report.md", markdown(rows, unfinished, args.dirs)),
+               plot(rows, out / "report.png", title=f"lrx sweep: {', '.join(map(str, args.dirs))}")]
+    if args.csv:
+        written.append(write_csv(rows, args.csv))
+    print(table_markdown(rows))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

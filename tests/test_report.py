@@ -1,0 +1,161 @@
+"""lrx.report on a synthetic sweep: finished runs, an unfinished one, a corrupt one, no training."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from matplotlib.image import imread
+
+from lrx import report
+
+BASELINE = {"acc1": 87.56, "acc1_test": 87.5, "macs": 92_783_872, "params": 934_010,
+            "origin": {"source": "checkpoint", "path": "checkpoints/alexnet_cifar.pt"}}
+SHAPES = {"conv2": [128, 48, 5, 5], "conv3": [192, 128, 3, 3], "conv4": [192, 192, 3, 3], "conv5": [128, 192, 3, 3]}
+LAM = {"schedule": "fixed", "start": 0.01, "end": 1.0, "steps": 10}
+
+
+def results(scheme, layers, bases, stages, conv_speedup, *, target=None, lam=LAM, cuda=False) -> dict:
+    """A ``results.json`` as lrx.pipeline.run writes it (the timings table left out), for the layer
+    ``bases`` list (ints, or (scheme, bases) pairs for the planner) and ``stages`` {stage: acc1}."""
+    per_layer = [b if isinstance(b, tuple) else (scheme, b) for b in bases]
+    records = [{"name": name, "shape": SHAPES[name], "scheme": s, "bases": k, "rel_error": 0.5,
+                "macs_speedup": 4.0, "solve_time_s": 0.01, "kept": True,
+                "lambda": {**lam, "values": [lam["start"]], "scale": 97.4} if s == 1 else None,
+                "measured_speedup": {"cpu": conv_speedup, **({"cuda": 1.5} if cuda else {})}}
+               for name, (s, k) in zip(layers, per_layer)]
+    final = {**{k: v for k, v in BASELINE.items() if k != "origin"}, "macs": 20_000_000, "params": 200_000}
+    final.update(acc1=list(stages.values())[-1], acc1_test=list(stages.values())[-1] - 0.5)
+
+    def lat(ms: float) -> dict:
+        return {"cpu": ms, **({"cuda": ms / 10} if cuda else {})}
+
+    return {
+        "status": "complete",
+        "model": "alexnet_cifar",
+        "baseline": {**BASELINE, "latency_ms": lat(40.0)},
+        "final": {**final, "latency_ms": lat(40.0 / conv_speedup)},
+        "stages": {name: {"acc1": acc, "acc1_test": acc - 0.5} for name, acc in stages.items()},
+        "speedup": {"macs": BASELINE["macs"] / final["macs"], "conv": lat(conv_speedup),
+                    "model": lat(conv_speedup * 0.9)},
+        "latency": {},
+        "layers": records,
+        "plan": None,
+        "config": {
+            "model": {"name": "alexnet_cifar", "input_size": 32},
+            "latency": {"batch_sizes": [1, 32], "memory_format": "channels_last", "warmup": 3, "repeats": 10},
+            "decomp": {"scheme": None if target else scheme, "layers": layers, "bases": bases[0],
+                       "lam": lam, "target_speedup": target, "target_metric": "latency", "schemes": [1, 2]},
+        },
+    }
+
+
+S1 = results(1, ["conv2"], [8], {"filter": 60.0, "data": 80.0, "finetune": 84.0}, 1.6)
+S2 = results(2, ["conv2", "conv3", "conv4", "conv5"], [32] * 4, {"filter": 50.0, "data": 78.0}, 2.9, cuda=True)
+PLAN = results(None, ["conv2", "conv4"], [(1, 4), (2, 26)], {"filter": 70.0, "data": 83.0}, 2.5, target=2.5,
+               lam={"schedule": "ascending", "start": 0.001, "end": 1.0, "steps": 10})
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """A Hydra multirun dir: jobs 0-2 finished, 3 without status, 4 corrupt, 5 not written yet."""
+    root = tmp_path / "multiruns" / "2026-11-30" / "10-00-00"
+    for job, content in enumerate([S1, S2, PLAN, {k: v for k, v in S1.items() if k != "status"}]):
+        job_dir = root / str(job)
+        (job_dir / ".hydra").mkdir(parents=True)
+        (job_dir / "results.json").write_text(json.dumps(content))
+    (root / "4" / ".hydra").mkdir(parents=True)
+    (root / "4" / "results.json").write_text('{"status": "complete", "model": ')
+    (root / "5" / ".hydra").mkdir(parents=True)
+    (root / "5" / ".results.json.x1y2.tmp").write_text("{")
+    return root
+
+
+def test_collect_rows_and_unfinished(sweep):
+    rows, unfinished = report.collect([sweep])
+    assert [r["kind"] for r in rows] == ["baseline", "job", "job", "job"]
+    assert [r["conv_speedup_cpu"] for r in rows] == [1.0, 1.6, 2.5, 2.9]
+    base, s1, plan, s2 = rows
+    assert (base["scheme"], base["macs_m"], base["params_m"], base["acc1"]) == ("baseline", 92.783872, 0.93401, 87.56)
+    assert (s1["scheme"], s1["lambda"], s1["layers"], s1["bases"], s1["label"]) == ("s1", "0.01", "conv2", "8", "s1 M8")
+    assert (s2["scheme"], s2["lambda"], s2["layers"], s2["bases"]) == ("s2", None, "conv2-conv5", "32")
+    assert s2["label"] == "s2 K32"
+    assert s2["cuda_ms"] == pytest.approx(4.0 / 2.9) and s1["cuda_ms"] is None
+    assert plan["scheme"] == "planner 2.5x latency (s1+s2)" and plan["label"] == "plan 2.5x s1+s2"
+    assert (plan["lambda"], plan["layers"], plan["bases"]) == ("asc 0.001→1", "conv2,conv4", "M4/K26")
+    assert s1["acc1"] == 84.0 and s1["stages"] == {"filter": 60.0, "data": 80.0, "finetune": 84.0}
+    reasons = {p.relative_to(sweep).as_posix(): why for p, why in unfinished}
+    assert reasons == {"3/results.json": "status missing", "4/results.json": "unparsable JSON",
+                       "5/.results.json.x1y2.tmp": "temporary file"}
+
+
+def test_table_columns_and_rows(sweep):
+    rows, _ = report.collect([sweep])
+    lines = report.table_markdown(rows).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells[0] == ["model", "scheme", "lambda", "layers", "#bases", "MACs(M)", "params(M)", "CPU time(ms)",
+                        "CUDA time(ms)", "acc@1(%)", "theoretical speed-up (MAC ratio)",
+                        "measured conv speed-up (CPU)", "model speed-up (CPU)"]
+    body = cells[2:]
+    assert len(body) == 4 and [r[1] for r in body] == ["baseline", "s1", "planner 2.5x latency (s1+s2)", "s2"]
+    assert body[0][5:11] == ["92.78", "0.934", "40.00", "4.00", "87.56", "1.00"]  # CUDA: from the s2 run
+    assert body[1][8] == "-"
+    assert body[3][2:5] == ["-", "conv2-conv5", "32"] and body[3][8] == "1.38"  # 4.00 / 2.9
+
+
+def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
+    out, csv_path = tmp_path / "out", tmp_path / "summary.csv"
+    assert report.main([str(sweep), "--out", str(out), "--csv", str(csv_path)]) == 0
+    captured = capsys.readouterr()
+    warning = captured.err.strip()
+    assert len(warning.splitlines()) == 1 and "skipped 3 unfinished" in warning
+    assert str(sweep / "3" / "results.json") in warning and str(sweep / "4" / "results.json") in warning
+    assert report.table_markdown(report.collect([sweep])[0]) in captured.out
+    md = (out / "report.md").read_text()
+    assert md.count("| alexnet_cifar |") == 4 and "Skipped 3 unfinished" in md
+
+    image = imread(out / "report.png")
+    assert image.shape[0] >= 400 and image.shape[1] >= 600
+
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["model", "scheme", "layers", "bases", "lambda_schedule", "stage", "acc1",
+                                     "baseline_acc1", "macs_m", "params_m", "cpu_ms", "cuda_ms", "macs_speedup",
+                                     "measured_speedup_cpu", "model_speedup_cpu"]
+        table = list(reader)
+    assert [(r["scheme"], r["stage"], r["acc1"]) for r in table] == [
+        ("baseline", "baseline", "87.56"),
+        ("s1", "filter", "60.0"), ("s1", "data", "80.0"), ("s1", "finetune", "84.0"),
+        ("planner 2.5x latency (s1+s2)", "filter", "70.0"), ("planner 2.5x latency (s1+s2)", "data", "83.0"),
+        ("s2", "filter", "50.0"), ("s2", "data", "78.0"),
+    ]
+    s1 = table[1]
+    assert s1["baseline_acc1"] == "87.56" and s1["macs_m"] == "20.0" and s1["measured_speedup_cpu"] == "1.6"
+    assert s1["cuda_ms"] == "" and table[-1]["cuda_ms"] != "" and s1["lambda_schedule"] == "0.01"
+
+
+def test_pareto_front_is_best_acc_for_at_least_that_speedup():
+    xa = [(1.0, 87.0), (1.5, 86.0), (2.0, 86.5), (3.0, 70.0), (2.5, 60.0)]
+    pts = [{"conv_speedup_cpu": x, "acc1": a} for x, a in xa]
+    assert [(r["conv_speedup_cpu"], r["acc1"]) for r in report.pareto(pts)] == [(1.0, 87.0), (2.0, 86.5), (3.0, 70.0)]
+
+
+def test_errors_name_the_path(tmp_path, capsys):
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    empty.mkdir()
+    (empty / "0").mkdir()
+    (empty / "0" / "results.json").write_text("{}")
+    for path in (empty, missing):
+        assert report.main([str(path)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("lrx.report: error:") and str(path) in err
+    assert not (empty / "report.md").exists()
+
+
+def test_complete_but_malformed_file_is_skipped(sweep):
+    (sweep / "2" / "results.json").write_text(json.dumps({**PLAN, "final": {}}))
+    rows, unfinished = report.collect([sweep])
+    assert [r["scheme"] for r in rows] == ["baseline", "s1", "s2"]
+    assert any(p == sweep / "2" / "results.json" and why.startswith("malformed") for p, why in unfinished)

@@ -1,0 +1,79 @@
+"""What a run tells its loggers: names, summary metrics, the layer table, and loggers that fail."""
+
+import logging
+
+import pytest
+from omegaconf import open_dict
+
+from lrx.tracking import LAYER_COLUMNS, layer_rows, log_results, make_loggers, run_name, summary_metrics
+from tests.conftest import compose_cfg
+
+
+@pytest.mark.parametrize("overrides, name", [
+    (["model=alexnet", "decomp=scheme1", "decomp.bases=8", "decomp.layers=[conv2]"], "alexnet s1 M8 l2"),
+    (["decomp=scheme2", "decomp.bases=[16,32]", "decomp.layers=[conv2,conv4]"], "alexnet_cifar s2 K16/32 l2,4"),
+    (["decomp=scheme2", "decomp.layers=[2,3,4,5]"], "alexnet_cifar s2 K8 l2-5"),
+    (["decomp.target_speedup=2.5", "decomp.target_metric=latency"], "alexnet_cifar plan 2.5x latency lall"),
+    ([], "alexnet_cifar baseline"),
+])
+def test_run_names_read_like_the_users(overrides, name, tmp_path):
+    assert run_name(compose_cfg(overrides, tmp_path)) == name
+
+
+def _results() -> dict:
+    layer = {"name": "conv2", "shape": [128, 48, 5, 5], "scheme": 1, "bases": 8, "rel_error": 0.5,
+             "macs_speedup": 2.9, "solve_time_s": 0.4, "measured_speedup": {"cpu": 1.3},
+             "lambda": {"schedule": "fixed", "start": 1e-4, "end": 1.0}, "data_recon": {"rel_error_after": 0.2}}
+    side = {"acc1": 80.0, "acc1_test": 79.0, "macs": 2e6, "params": 3e5, "latency_ms": {"cpu": 4.0}}
+    return {"baseline": side, "final": {**side, "macs": 1e6}, "layers": [layer],
+            "speedup": {"macs": 2.0, "conv": {"cpu": 1.5}, "model": {"cpu": 1.2}},
+            "stages": {"filter": {"acc1": 60.0, "acc1_test": 61.0}, "data": {"acc1": 78.0, "acc1_test": 77.0}}}
+
+
+def test_summary_metrics_are_flat_and_named_once():
+    s = summary_metrics(_results())
+    assert s["baseline/macs_m"] == 2.0 and s["final/macs_m"] == 1.0 and s["final/params_m"] == 0.3
+    assert s["speedup/conv/cpu"] == 1.5 and s["speedup/model/cpu"] == 1.2 and s["speedup/macs"] == 2.0
+    assert s["stage/filter/acc1"] == 60.0 and s["stage/data/acc1_test"] == 77.0
+    assert s["final/latency_ms/cpu"] == 4.0
+    assert all(isinstance(v, float) for v in s.values())
+
+
+def test_layer_table_has_one_row_per_layer():
+    (row,) = layer_rows(_results())
+    assert dict(zip(LAYER_COLUMNS, row)) == {
+        "name": "conv2", "shape": "128x48x5x5", "scheme": "1", "bases": "8", "lambda": "0.0001",
+        "rel_error": 0.5, "rel_error_data": 0.2, "macs_speedup": 2.9, "measured_speedup_cpu": 1.3,
+        "measured_speedup_cuda": None, "solve_time_s": 0.4}
+
+
+class _Broken:
+    def log_metrics(self, metrics, step=None):
+        raise ConnectionError("no server")
+
+
+def test_a_failing_logger_becomes_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        log_results([_Broken()], _results())
+    assert "_Broken failed to log the summary metrics" in caplog.text and "no server" in caplog.text
+
+
+def test_a_logger_that_cannot_start_is_dropped(tmp_path, caplog):
+    cfg = compose_cfg(["logger=csv", "logger.csv._target_=lrx.no_such.Logger"], tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert make_loggers(cfg, None) == []
+    assert "logger 'csv' could not start" in caplog.text
+
+
+def test_csv_logger_gets_the_resolved_config(tmp_path):
+    cfg = compose_cfg(["logger=csv"], tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as lrx.train receives it
+    (lg,) = make_loggers(cfg, None)
+    log_results([lg], _results())
+    lg.save()
+    metrics = (tmp_path / "csv").rglob("metrics.csv")
+    header = next(metrics).read_text().splitlines()[0].split(",")
+    assert "speedup/conv/cpu" in header and "stage/data/acc1" in header
+    hparams = next((tmp_path / "csv").rglob("hparams.yaml")).read_text()
+    assert "decomp:" in hparams and "alexnet_cifar" in hparams
