@@ -176,7 +176,8 @@ def _job_row(res: dict, key: tuple) -> dict:
         label = f"{scheme} {'M' if d['scheme'] == 1 else 'K'}{bases}" if bases else scheme
     return {
         "kind": "job", "group": key, "model": res["model"],
-        "scheme": scheme, "label": label, "lambda": _lambda_text(kept),
+        "scheme": scheme, "label": label,
+        "lambda": lambda_text(next((r["lambda"] for r in kept if r["scheme"] == 1), None)),
         "layers": _layers_text([r["name"] for r in kept]), "bases": bases,
         **_measures(res["final"]),
         "baseline_acc1": res["baseline"]["acc1"],
@@ -186,10 +187,10 @@ def _job_row(res: dict, key: tuple) -> dict:
     }
 
 
-def _lambda_text(kept: list[dict]) -> str | None:
-    """Scheme 1's lambda: ``0.01`` when fixed, ``asc 0.001→1`` when ascending; None without Scheme 1."""
-    lam = next((r["lambda"] for r in kept if r["scheme"] == 1), None)
-    if lam is None:
+def lambda_text(lam: dict | None) -> str | None:
+    """Scheme 1's lambda (a layer record's ``lambda``): ``0.01`` when fixed, ``asc 0.001→1`` when
+    ascending; None without one."""
+    if not lam:
         return None
     if lam["schedule"] == "fixed":
         return f"{lam['start']:g}"

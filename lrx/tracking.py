@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lrx.report import lambda_text
+
 log = logging.getLogger(__name__)
 
 LAYER_COLUMNS = ["name", "shape", "scheme", "bases", "lambda", "rel_error", "rel_error_data",
@@ -44,15 +46,6 @@ def _bases_label(bases) -> str:
     if isinstance(bases, list):
         return "/".join(str(b) for b in bases)
     return str(bases)
-
-
-def lambda_label(lam: dict | None) -> str | None:
-    """Scheme 1's lambda as a short label: ``1e-04`` (fixed) or ``asc 0.001-1`` (ascending)."""
-    if not lam:
-        return None
-    if lam["schedule"] == "fixed":
-        return f"{lam['start']:g}"
-    return f"asc {lam['start']:g}-{lam['end']:g}"
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -101,8 +94,8 @@ def layer_rows(results: dict) -> list[list]:
         measured = r.get("measured_speedup", {})
         rows.append([
             r["name"], "x".join(map(str, r["shape"])), str(r["scheme"]), _bases_label(r["bases"]),
-            lambda_label(r.get("lambda")), r["rel_error"], r.get("data_recon", {}).get("rel_error_after"), r["macs_speedup"],
-            measured.get("cpu"), measured.get("cuda"), r["solve_time_s"],
+            lambda_text(r.get("lambda")), r["rel_error"], r.get("data_recon", {}).get("rel_error_after"),
+            r["macs_speedup"], measured.get("cpu"), measured.get("cuda"), r["solve_time_s"],
         ])
     return rows
 
