@@ -71,6 +71,7 @@ def prepare(cfg: DictConfig) -> Job:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")  # reads and checks every batch file (a few seconds)
+    torch.manual_seed(cfg.seed)  # the initial weights of a baseline trained by this run
     net = instantiate(cfg.model.net)
     if cfg.baseline.ckpt:
         load_state_dict(copy.deepcopy(net), cfg.baseline.ckpt)
@@ -80,7 +81,7 @@ def prepare(cfg: DictConfig) -> Job:
                               **solver_options(d))
     elif d.scheme is not None:
         layers, bases = _layers_and_bases(d)
-        validate(net, layers, d.scheme, bases, **solver_options(d))
+        validate(net, layers, d.scheme, bases, d.rank_selection, **solver_options(d))
     return Job(cfg, datamodule, net)
 
 
@@ -89,7 +90,7 @@ def _filter_reconstruction(job: Job, approx: torch.nn.Module) -> tuple[list[dict
     d, size, lat = job.cfg.decomp, job.cfg.model.input_size, job.cfg.latency
     if not _planned(d):
         layers, bases = _layers_and_bases(d)
-        return decompose(approx, layers, d.scheme, bases, **solver_options(d)), None
+        return decompose(approx, layers, d.scheme, bases, d.rank_selection, **solver_options(d)), None
     chosen, report = planner.plan(
         approx, _planner_layers(d), d.target_speedup, d.target_metric, size, max(lat.batch_sizes),
         list(d.schemes), lat.warmup, lat.repeats, **solver_options(d),

@@ -165,15 +165,15 @@ def _job_row(res: dict, key: tuple) -> dict:
     """One decomposed run: its final model, with the accuracy after each stage."""
     d, speedup = res["config"]["decomp"], res["speedup"]
     kept = [r for r in res["layers"] if r.get("kept", True)]  # the guard may have put some back
-    schemes = sorted({r["scheme"] for r in kept})
+    schemes = sorted({r["scheme"] for r in kept}, key=str)
     bases = _bases_text(kept, mixed=len(schemes) > 1)
     if d.get("target_speedup") is not None:
         target = f"{d['target_speedup']:g}x"
-        used = "+".join(f"s{s}" for s in schemes) or "-"
+        used = "+".join(map(scheme_text, schemes)) or "-"
         scheme, label = f"planner {target} {d['target_metric']} ({used})", f"plan {target} {used}"
     else:
-        scheme = f"s{d['scheme']}"
-        label = f"{scheme} {'M' if d['scheme'] == 1 else 'K'}{bases}" if bases else scheme
+        scheme = scheme_text(d["scheme"])
+        label = f"{scheme} {bases_text(d['scheme'], bases)}" if bases else scheme
     return {
         "kind": "job", "group": key, "model": res["model"],
         "scheme": scheme, "label": label,
@@ -185,6 +185,26 @@ def _job_row(res: dict, key: tuple) -> dict:
         "model_speedup_cpu": speedup["model"]["cpu"],
         "stages": {name: s["acc1"] for name, s in res["stages"].items()}, "batch_size": _batch_size(res),
     }
+
+
+def scheme_text(scheme) -> str:
+    """``s1``, ``s2`` for the paper's schemes; the peers by name (``tucker2``, ``cp``)."""
+    return f"s{scheme}" if isinstance(scheme, int) else str(scheme)
+
+
+def bases_letter(scheme) -> str:
+    """What each scheme calls its bases: M (Scheme 1), K (Scheme 2), R (the peers' ranks)."""
+    return {1: "M", 2: "K"}.get(scheme, "R")
+
+
+def rank_text(bases) -> str:
+    """``8``, or a Tucker-2 pair as ``64x32``."""
+    return "x".join(map(str, bases)) if isinstance(bases, (list, tuple)) else str(bases)
+
+
+def bases_text(scheme, bases) -> str:
+    """``M8``, ``K32``, ``R64x32``."""
+    return bases_letter(scheme) + rank_text(bases)
 
 
 def lambda_text(lam: dict | None) -> str | None:
@@ -216,8 +236,8 @@ def _successor(name: str) -> str | None:
 def _bases_text(kept: list[dict], mixed: bool) -> str | None:
     """``8`` when every layer has 8 bases, ``15/76/48/46`` per layer; with both schemes ``M2/K26``."""
     if mixed:
-        return "/".join(f"{'M' if r['scheme'] == 1 else 'K'}{r['bases']}" for r in kept)
-    values = [str(r["bases"]) for r in kept]
+        return "/".join(bases_text(r["scheme"], r["bases"]) for r in kept)
+    values = [rank_text(r["bases"]) for r in kept]
     return (values[0] if len(set(values)) == 1 else "/".join(values)) if values else None
 
 

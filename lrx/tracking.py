@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterable
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lrx.report import lambda_text
+from lrx.report import bases_letter, lambda_text, rank_text, scheme_text
 
 log = logging.getLogger(__name__)
 
 LAYER_COLUMNS = ["name", "shape", "scheme", "bases", "lambda", "rel_error", "rel_error_data",
                  "macs_speedup", "measured_speedup_cpu", "measured_speedup_cuda", "solve_time_s"]
-SCHEME_PREFIX = {1: "M", 2: "K"}  # what "bases" means in each scheme
 
 
 def _short_layer(layer) -> str:
@@ -41,11 +40,9 @@ def _layers_label(layers) -> str:
 
 
 def _bases_label(bases) -> str:
-    if isinstance(bases, dict):
-        return "/".join(str(b) for b in bases.values())
-    if isinstance(bases, list):
-        return "/".join(str(b) for b in bases)
-    return str(bases)
+    """The config's ``decomp.bases``: ``8``, per layer ``16/32``, Tucker-2 pairs ``64x32``."""
+    values = bases.values() if isinstance(bases, dict) else bases if isinstance(bases, list) else [bases]
+    return "/".join(map(rank_text, values))
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -57,8 +54,8 @@ def run_name(cfg: DictConfig) -> str:
         return f"{model} plan {d['target_speedup']:g}x {d['target_metric']} l{_layers_label(d['layers'])}"
     if d["scheme"] is None:
         return f"{model} baseline"
-    prefix = SCHEME_PREFIX.get(d["scheme"], "R")
-    return f"{model} s{d['scheme']} {prefix}{_bases_label(d['bases'])} l{_layers_label(d['layers'])}"
+    bases = f"{bases_letter(d['scheme'])}{_bases_label(d['bases'])}"
+    return f"{model} {scheme_text(d['scheme'])} {bases} l{_layers_label(d['layers'])}"
 
 
 def summary_metrics(results: dict) -> dict[str, float]:
@@ -93,7 +90,7 @@ def layer_rows(results: dict) -> list[list]:
     for r in results["layers"]:
         measured = r.get("measured_speedup", {})
         rows.append([
-            r["name"], "x".join(map(str, r["shape"])), str(r["scheme"]), _bases_label(r["bases"]),
+            r["name"], "x".join(map(str, r["shape"])), str(r["scheme"]), rank_text(r["bases"]),
             lambda_text(r.get("lambda")), r["rel_error"], r.get("data_recon", {}).get("rel_error_after"),
             r["macs_speedup"], measured.get("cpu"), measured.get("cuda"), r["solve_time_s"],
         ])
@@ -105,7 +102,7 @@ def run_kind(cfg: DictConfig) -> str:
     d = cfg.decomp
     if d.target_speedup is not None:
         return "plan"
-    return "baseline" if d.scheme is None else f"s{d.scheme}"
+    return "baseline" if d.scheme is None else scheme_text(d.scheme)
 
 
 def make_loggers(cfg: DictConfig, group: str | None) -> list:

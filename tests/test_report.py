@@ -159,3 +159,16 @@ def test_complete_but_malformed_file_is_skipped(sweep):
     rows, unfinished = report.collect([sweep])
     assert [r["scheme"] for r in rows] == ["baseline", "s1", "s2"]
     assert any(p == sweep / "2" / "results.json" and why.startswith("malformed") for p, why in unfinished)
+
+
+def test_peer_decompositions_get_their_names_and_ranks(tmp_path):
+    peers = results(None, ["conv2", "conv3", "conv4"], [(2, 26), ("cp", 32), ("tucker2", [64, 32])],
+                    {"filter": 70.0}, 2.2, target=3)
+    tucker = results("tucker2", ["conv3"], [[64, 32]], {"filter": 75.0}, 1.4)
+    for i, res in enumerate((peers, tucker)):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
+    rows, _ = report.collect([tmp_path])
+    by_label = {r["label"]: r for r in rows}
+    assert by_label["plan 3x s2+cp+tucker2"]["bases"] == "K26/R32/R64x32"
+    assert by_label["tucker2 R64x32"]["scheme"] == "tucker2"

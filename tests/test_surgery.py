@@ -115,7 +115,7 @@ def test_validate_refuses_bases_out_of_range(scheme, above):
         (1, {"lam_start": -1.0}, ["lam_start=-1.0", ">= 0"]),
         (2, {"lam_steps": 0}, ["lam_steps=0", ">= 1"]),
         (1, {"lam": 0.1}, ["'lam'", "lam_start"]),
-        (3, {}, ["scheme=3", "1 or 2"]),
+        (3, {}, ["scheme=3", "1, 2, 'tucker2', 'cp'"]),
     ],
 )
 def test_validate_refuses_bad_options(scheme, opts, words):

@@ -77,3 +77,11 @@ def test_csv_logger_gets_the_resolved_config(tmp_path):
     assert "speedup/conv/cpu" in header and "stage/data/acc1" in header
     hparams = next((tmp_path / "csv").rglob("hparams.yaml")).read_text()
     assert "decomp:" in hparams and "alexnet_cifar" in hparams
+
+
+@pytest.mark.parametrize("overrides, name", [
+    (["decomp=tucker2", "decomp.bases=16", "decomp.layers=[conv3]"], "alexnet_cifar tucker2 R16 l3"),
+    (["decomp=cp", "decomp.bases={conv2: 32, conv3: 64}", "decomp.layers=[conv2,conv3]"], "alexnet_cifar cp R32/64 l2,3"),
+])
+def test_peer_run_names(overrides, name, tmp_path):
+    assert run_name(compose_cfg(overrides, tmp_path)) == name

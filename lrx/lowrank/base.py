@@ -124,6 +124,12 @@ def converged(objective: list[float], tol: float) -> bool:
     return len(objective) > 1 and objective[-2] - objective[-1] <= tol * abs(objective[-1])
 
 
+def top_left_singular_vectors(mat: torch.Tensor, k: int) -> torch.Tensor:
+    """The k leading left singular vectors of ``mat`` (rows, cols) as columns (all ``rows`` of them
+    if k > rows), from the eigendecomposition of the (rows, rows) Gram matrix."""
+    return torch.linalg.eigh(mat @ mat.T)[1].flip(1)[:, :k]
+
+
 class LowRankConv(nn.Module):
     """Base of the low-rank layers. A subclass defines ``scheme``, ``full_rank``,
     ``theoretical_speedup``, ``check_options``, ``fit_filters`` and ``dense_weight`` (and
@@ -143,7 +149,8 @@ class LowRankConv(nn.Module):
 
     @staticmethod
     def full_rank(geometry: ConvGeometry) -> int:
-        """The number of bases that reproduces any kernel of this shape exactly."""
+        """The number of bases that reproduces any kernel of this shape exactly (Tucker-2: the
+        pair of ranks)."""
         raise NotImplementedError
 
     @classmethod
@@ -208,3 +215,30 @@ class LowRankConv(nn.Module):
         return (f"scheme={self.scheme}, {g.in_channels}->{g.out_channels}, kernel={g.kernel_size}, "
                 f"stride={g.stride}, padding={g.padding}, dilation={g.dilation}, bases={self.bases}, "
                 f"macs_speedup={self.theoretical_speedup(g, self.bases):.2f}x")
+
+
+class PointwiseOutConv(LowRankConv):
+    """A low-rank layer whose last pass is ``pointwise_out``, a 1x1 nn.Conv2d R -> N with the bias,
+    applied to ``features(x)`` (B, R, H', W') (Tucker-2 and CP)."""
+
+    pointwise_out: nn.Conv2d
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every pass but the last."""
+        raise NotImplementedError
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.pointwise_out.bias
+
+    def final_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(2)  # (B, R, L)
+
+    def set_final(self, final: torch.Tensor, bias: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            self.pointwise_out.weight.copy_(final[:, :, None, None])  # (N, R) -> (N, R, 1, 1)
+            if bias is not None:
+                self.pointwise_out.bias.copy_(bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise_out(self.features(x))

@@ -1,8 +1,9 @@
 """The planner: per layer, the scheme and number of bases that reach a conv speed-up target with
 the least total reconstruction error.
 
-For every selected conv it solves filter reconstruction for a grid of candidates (Scheme 1 at
-M = 1 .. min(kh*kw - 1, 12), Scheme 2 at the K giving 1.25x .. 16x theoretical speed-up) and
+For every selected conv it solves filter reconstruction for a grid of candidates of the schemes
+asked for (Scheme 1 at M = 1 .. min(kh*kw - 1, 12); Scheme 2, CP and Tucker-2 at the ranks giving
+1.25x .. 16x theoretical speed-up, Tucker-2 with R_in / C = R_out / N) and
 prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
 layer's real input shape against the dense conv, interleaved). Keeping the dense conv is always
 a candidate (error 0). It then picks one candidate per layer minimising the total reconstruction
@@ -16,6 +17,7 @@ exactly, by merging per-layer Pareto fronts of (cost, error).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -23,20 +25,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrx.latency import conv_names, layer_inputs, modules_ms
+from lrx.lowrank.cp import CPConv
 from lrx.lowrank.scheme1 import LowRankExpConvV1
 from lrx.lowrank.scheme2 import LowRankExpConvV2
-from lrx.lowrank.surgery import DecompositionError, select_convs
+from lrx.lowrank.surgery import SCHEMES, DecompositionError, select_convs
+from lrx.lowrank.tucker2 import Tucker2Conv
 
 METRICS = ("macs", "latency")
-SCHEME2_TARGETS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0, 16.0)
+TARGETS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0, 16.0)  # theoretical speed-ups tried
 MAX_SCHEME1_BASES = 12
 
 
 @dataclass
 class Candidate:
     name: str
-    scheme: int | None  # None: keep the dense conv
-    bases: int | None
+    scheme: int | str | None  # None: keep the dense conv
+    bases: int | tuple[int, int] | None
     rel_error: float
     cost: float
     layer: nn.Module = field(repr=False)
@@ -53,14 +57,33 @@ def scheme2_bases(conv: nn.Conv2d, target: float) -> int:
     return max(1, int(n * c * kh * kw / (target * (c * kh + n * kw))))
 
 
-def _grid(conv: nn.Conv2d, schemes) -> list[tuple[type, int]]:
+def cp_bases(conv: nn.Conv2d, target: float) -> int:
+    """The largest R whose theoretical speed-up N*C*kh*kw / (R*(C + kh + kw + N)) is >= target."""
+    n, c, kh, kw = conv.weight.shape
+    return max(1, int(n * c * kh * kw / (target * (c + kh + kw + n))))
+
+
+def tucker2_bases(conv: nn.Conv2d, target: float) -> tuple[int, int]:
+    """The largest (R_in, R_out) = (t*C, t*N), rounded down, whose theoretical speed-up is >= target:
+    t solves C*N*kh*kw t^2 + (C^2 + N^2) t = N*C*kh*kw / target (the MACs of the three passes)."""
+    n, c, kh, kw = conv.weight.shape
+    a, b = c * n * kh * kw, c * c + n * n
+    t = (math.sqrt(b * b + 4 * a * a / target) - b) / (2 * a)
+    return max(1, int(t * c)), max(1, int(t * n))
+
+
+def _grid(conv: nn.Conv2d, schemes) -> list[tuple[type, int | tuple[int, int]]]:
     n, c, kh, kw = conv.weight.shape
     grid = []
     if 1 in schemes:
         grid += [(LowRankExpConvV1, m) for m in range(1, min(kh * kw - 1, MAX_SCHEME1_BASES) + 1)]
     if 2 in schemes:
-        ks = {scheme2_bases(conv, t) for t in SCHEME2_TARGETS}
+        ks = {scheme2_bases(conv, t) for t in TARGETS}
         grid += [(LowRankExpConvV2, k) for k in sorted(ks) if k < min(c * kh, n * kw)]
+    if "tucker2" in schemes:
+        grid += [(Tucker2Conv, r) for r in sorted({tucker2_bases(conv, t) for t in TARGETS})]
+    if "cp" in schemes:
+        grid += [(CPConv, r) for r in sorted({cp_bases(conv, t) for t in TARGETS})]
     return grid
 
 
@@ -89,8 +112,9 @@ def check_request(net: nn.Module, layers, target_speedup, metric: str, schemes, 
         raise DecompositionError(f"target_metric={metric!r} is unknown; valid: {', '.join(METRICS)}")
     if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or target_speedup <= 1:
         raise DecompositionError(f"target_speedup={target_speedup!r} is invalid; valid: a number > 1")
-    if not schemes or any(s not in (1, 2) for s in schemes):
-        raise DecompositionError(f"planner schemes={list(schemes)!r} is invalid; valid: a non-empty subset of [1, 2]")
+    if not schemes or any(s not in SCHEMES for s in schemes):
+        raise DecompositionError(
+            f"planner schemes={list(schemes)!r} is invalid; valid: a non-empty subset of {list(SCHEMES)}")
     LowRankExpConvV1.check_options(**solver_options)
     return select_convs(net, layers)
 

@@ -2,6 +2,7 @@
 
     plan = validate(model, "conv*", scheme=2, bases=32)        # everything checked, nothing solved
     records = decompose(model, ["conv2", 3], scheme=1, bases={"conv2": 8, "conv3": 4})
+    records = decompose(model, "all", scheme="tucker2", bases=None, rank_selection="vbmf")
 
 Every error is a DecompositionError (a ValueError) naming the bad value and what would be valid,
 raised before any layer is solved or replaced.
@@ -12,11 +13,17 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from lrx.lowrank.base import ConvGeometry, DecompositionError, LowRankConv, check_bases, check_conv, is_decomposable
+from lrx.lowrank.base import ConvGeometry, DecompositionError, LowRankConv, check_conv, is_decomposable
+from lrx.lowrank.cp import CPConv
 from lrx.lowrank.scheme1 import LowRankExpConvV1
 from lrx.lowrank.scheme2 import LowRankExpConvV2
+from lrx.lowrank.tucker2 import Tucker2Conv
+from lrx.lowrank.vbmf import tucker2_ranks
 
-SCHEMES: dict[int, type[LowRankConv]] = {1: LowRankExpConvV1, 2: LowRankExpConvV2}
+# The paper's two schemes, and two peer decompositions as baselines.
+SCHEMES: dict[int | str, type[LowRankConv]] = {1: LowRankExpConvV1, 2: LowRankExpConvV2, "tucker2": Tucker2Conv,
+                                               "cp": CPConv}
+RANK_SELECTIONS = (None, "vbmf")
 
 
 def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -75,7 +82,8 @@ def select_convs(model: nn.Module, layers) -> list[tuple[str, nn.Conv2d]]:
 
 def resolve_bases(selected_names: list[str], bases) -> list[int]:
     """Bases per selected layer, from an int (every layer), a list aligned with ``selected_names``
-    or a mapping name -> bases that covers exactly the selected layers. Values are range-checked
+    or a mapping name -> bases that covers exactly the selected layers (a Tucker-2 pair
+    (R_in, R_out) for every layer therefore goes in that list or mapping). Values are range-checked
     by ``validate``."""
     if isinstance(bases, Mapping):
         unknown = sorted(set(bases) - set(selected_names))
@@ -94,36 +102,60 @@ def resolve_bases(selected_names: list[str], bases) -> list[int]:
     return [bases] * len(selected_names)
 
 
-def validate(model: nn.Module, layers, scheme: int, bases, **solver_options) -> list[tuple[str, nn.Conv2d, int]]:
+def validate(model: nn.Module, layers, scheme: int | str, bases, rank_selection: str | None = None,
+             **solver_options) -> list[tuple[str, nn.Conv2d, int | tuple[int, int] | None]]:
     """Check a whole decomposition request without solving anything: the layer selection, the
-    scheme, every layer's bases against its full rank (Scheme 1: kh*kw; Scheme 2: min(C*kh, N*kw))
-    and the solver options. Returns the plan [(name, conv, bases)]."""
+    scheme, every layer's bases against its full rank (Scheme 1: kh*kw; Scheme 2: min(C*kh, N*kw);
+    Tucker-2: an int or a pair (R_in, R_out) up to (C, N); CP: the smallest product of all kernel
+    sizes but one) and the solver options. Returns the plan [(name, conv, bases)].
+
+    ``rank_selection='vbmf'`` (Tucker-2 only) ignores ``bases``: each layer's ranks are chosen by
+    VBMF from its weight when it is decomposed, so the plan holds None for them."""
     if scheme not in SCHEMES:
-        raise DecompositionError(f"scheme={scheme!r}; valid: 1 or 2")
+        raise DecompositionError(f"scheme={scheme!r}; valid: {', '.join(map(repr, SCHEMES))}")
+    if rank_selection not in RANK_SELECTIONS:
+        raise DecompositionError(f"rank_selection={rank_selection!r}; valid: None (use bases) or 'vbmf'")
+    if rank_selection == "vbmf" and scheme != "tucker2":
+        raise DecompositionError(f"rank_selection='vbmf' chooses Tucker-2 ranks; it needs scheme='tucker2', "
+                                 f"not scheme={scheme!r}")
     cls = SCHEMES[scheme]
     cls.check_options(**solver_options)
     selected = select_convs(model, layers)
+    if rank_selection == "vbmf":
+        return [(name, conv, None) for name, conv in selected]
     names = [name for name, _ in selected]
     plan = []
     for (name, conv), b in zip(selected, resolve_bases(names, bases)):
         g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
-        check_bases(b, cls.full_rank(g), scheme, name)
-        plan.append((name, conv, b))
+        plan.append((name, conv, cls.valid_bases(g, b, name)))
     return plan
 
 
-def decompose(model: nn.Module, layers, scheme: int, bases, **solver_options) -> list[dict]:
-    """Validate the request, then replace each selected conv of ``model`` in place by a Scheme 1
-    (LowRankExpConvV1) or Scheme 2 (LowRankExpConvV2) layer fitted to its weight.
+def decompose(model: nn.Module, layers, scheme: int | str, bases, rank_selection: str | None = None,
+              **solver_options) -> list[dict]:
+    """Validate the request, then replace each selected conv of ``model`` in place by a layer of
+    ``SCHEMES[scheme]`` (Scheme 1 LowRankExpConvV1, Scheme 2 LowRankExpConvV2, 'tucker2'
+    Tucker2Conv, 'cp' CPConv) fitted to its weight, with ranks from VBMF if ``rank_selection``
+    is 'vbmf'.
 
     Returns one JSON-serialisable record per replaced layer: name, shape [N, C, kh, kw], scheme,
-    bases, lambda (Scheme 1 schedule info, None for Scheme 2), rel_error, macs_speedup,
-    solve_time_s, and for Scheme 1 rank1_energy, init and refine_iters. The per-round objective
-    history stays in the new layer's ``report``.
+    bases, rel_error, macs_speedup, solve_time_s, and the scheme's solver info: lambda (Scheme 1
+    schedule info, None for Scheme 2), for Scheme 1 rank1_energy, init and refine_iters, for
+    Tucker-2 hooi_iters, for CP iters. The per-round objective history stays in the new layer's
+    ``report``. A NaN/Inf in a selected layer's weight or bias is a DecompositionError naming the
+    layer, raised before any layer is replaced.
     """
-    plan = validate(model, layers, scheme, bases, **solver_options)
+    plan = validate(model, layers, scheme, bases, rank_selection, **solver_options)
+    for name, conv, _ in plan:
+        bad = sum(int((~p.isfinite()).sum()) for p in conv.parameters())
+        if bad:
+            raise DecompositionError(
+                f"filter reconstruction of layer {name!r}: {bad} NaN/Inf value(s) in its weight or bias; "
+                "the baseline is broken (check its checkpoint or training)")
     records = []
     for name, conv, b in plan:
+        if rank_selection == "vbmf":
+            b = tucker2_ranks(conv.weight)
         layer = SCHEMES[scheme].from_conv(conv, b, **solver_options)
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer)

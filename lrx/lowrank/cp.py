@@ -1,0 +1,165 @@
+"""CP (a peer baseline; Lebedev et al., ICLR 2015): the kernel as a sum of R rank-1 terms,
+
+    W[n, c, y, x] ~= sum_r U[n, r] S[c, r] V[y, r] H[x, r],
+
+executed as a 1x1 conv C -> R (S), a depthwise kh x 1 conv (V, row stride/padding/dilation), a
+depthwise 1 x kw conv (H, column stride/padding/dilation) and a 1x1 conv R -> N (U, the bias).
+
+Filter reconstruction by CP-ALS (no closed form; a local optimum). Each factor in turn is the exact
+least-squares fit with the other three fixed,
+
+    F_k = X_(k) KR_k (Hadamard product over j != k of F_j^T F_j)^-1,
+
+X_(k) the mode-k unfolding and KR_k the Khatri-Rao product of the other factors, so the error is
+non-increasing over the rounds. The products X_(k) KR_k come from two contractions per round (X
+with V and H for U and S, X with U and S for V and H) instead of four. Started from the top-R left
+singular vectors of each unfolding (random columns beyond a mode's size, as tensorly's init='svd').
+
+Measured against tensorly's parafac (same algorithm and init, numpy and pytorch backends) on the
+trained AlexNetCIFAR conv2 (128, 48, 5, 5) and conv3 (192, 128, 3, 3) at R = 32..128, one thread:
+equal error after the same number of rounds, this solver 3-7x faster (e.g. conv2, R = 128, 50
+rounds: 5.8 s against 39 s numpy / 37 s pytorch on a loaded 2-core machine).
+"""
+
+import math
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lrx.lowrank import scheme1
+from lrx.lowrank.base import (ConvGeometry, PointwiseOutConv, check_bases, converged, single_thread, solve_dtype,
+                              solve_psd, top_left_singular_vectors)
+
+# ALS rounds at most, and the stop: a round that lowers ||W - W_hat||^2 by less than TOL
+# (relative). Trained AlexNetCIFAR conv2 at R = 32: relative error 0.637 after 10 rounds, 0.627
+# when TOL stops it (79 rounds), 0.6245 after 300.
+MAX_ITERS = 200
+TOL = 1e-4
+SEED = 0  # of the random initial columns of modes smaller than R
+
+
+def full_rank(shape) -> int:
+    """An upper bound of the CP rank of any tensor of this shape: the smallest product of all sizes
+    but one (e.g. R = C*kh*kw terms e_c (x) e_y (x) e_x (x) W[:, c, y, x] reproduce W exactly)."""
+    total = math.prod(shape)
+    return min(total // size for size in shape)
+
+
+def _init(x: torch.Tensor, rank: int) -> list[torch.Tensor]:
+    """Per mode: the top-``rank`` left singular vectors of the unfolding, random columns beyond."""
+    gen = torch.Generator(x.device).manual_seed(SEED)
+    factors = []
+    for k, size in enumerate(x.shape):
+        u = top_left_singular_vectors(x.movedim(k, 0).reshape(size, -1), rank)
+        extra = torch.rand(size, rank - u.shape[1], generator=gen, dtype=x.dtype, device=x.device)
+        factors.append(torch.cat([u, extra], dim=1))
+    return factors
+
+
+def _update(mttkrp: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """The least-squares factor F = X_(k) KR_k (Hadamard of the others' Gram matrices)^-1."""
+    gram = torch.stack([f.T @ f for f in others]).prod(0)
+    return solve_psd(gram, mttkrp.T).T
+
+
+def _balance(factors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Spread each rank-1 term's norm evenly over its vectors (the same CP tensor, well scaled)."""
+    norms = torch.stack([torch.linalg.norm(f, dim=0) for f in factors])  # (modes, R)
+    target = norms.prod(0).pow(1 / len(factors))
+    return [f * (target / norm.clamp_min(torch.finfo(f.dtype).tiny)) for f, norm in zip(factors, norms)]
+
+
+def solve_cp(weight: torch.Tensor, rank: int, iters: int = MAX_ITERS, tol: float = TOL,
+             progress: bool = False) -> tuple[list[torch.Tensor], dict]:
+    """CP-ALS of ``weight`` (N, C, kh, kw) at rank R.
+
+    Returns the factors [U (N, R), S (C, R), V (kh, R), H (kw, R)] (float64 on weight's device,
+    every rank-1 term's norm spread evenly over its four vectors) and info: iters (rounds run) and
+    history (||W - W_hat||^2 / ||W||^2 after each round). Stops after ``iters`` rounds, or once a
+    round lowers that by less than ``tol`` (relative).
+    """
+    check_bases(rank, full_rank(weight.shape), "cp", "weight")
+    with single_thread(weight.device):
+        return _solve_cp(weight, rank, iters, tol, progress)
+
+
+def _solve_cp(weight: torch.Tensor, rank: int, iters: int, tol: float, progress: bool):
+    x = weight.detach().to(solve_dtype(weight.device))
+    n, c, kh, kw = x.shape
+    energy = x.pow(2).sum()
+    factors = _init(x, rank)
+    history = []
+    for _ in tqdm(range(iters), desc=f"CP-ALS, R={rank}", disable=not progress):
+        u, s, v, h = factors
+        p = x.reshape(n * c, kh * kw) @ (v[:, None] * h[None]).reshape(kh * kw, rank)  # (N*C, R)
+        p = p.reshape(n, c, rank)  # X contracted with V and H
+        u = _update((p * s).sum(1), s, v, h)
+        s = _update((p * u[:, None]).sum(0), u, v, h)
+        q = ((u.T @ x.reshape(n, -1)).reshape(rank, c, kh, kw) * s.T[:, :, None, None]).sum(1)  # with U, S
+        v = _update(torch.einsum("ryx,xr->yr", q, h), u, s, h)
+        m = torch.einsum("ryx,yr->xr", q, v)
+        h = _update(m, u, s, v)
+        factors = _balance([u, s, v, h])
+        # ||X - X_hat||^2 = ||X||^2 - 2 <X, X_hat> + ||X_hat||^2, with <X, X_hat> = <H, X_(3) KR_3>
+        fit = energy - 2 * (h * m).sum() + torch.stack([f.T @ f for f in (u, s, v, h)]).prod(0).sum()
+        history.append(float(fit.clamp_min(0) / energy))
+        if converged(history, tol):
+            break
+    return factors, {"iters": len(history), "history": history}
+
+
+class CPConv(PointwiseOutConv):
+    """CP with R = ``bases`` terms: ``pointwise_in`` nn.Conv2d C -> R (1x1, no bias), ``vertical``
+    depthwise R -> R (kh x 1, row stride/padding/dilation), ``horizontal`` depthwise R -> R (1 x kw,
+    column stride/padding/dilation), ``pointwise_out`` nn.Conv2d R -> N (1x1, the bias).
+
+    MACs per output pixel: R*(C + kh + kw + N) (every map counted at output resolution) against
+    N*C*kh*kw dense, so macs_speedup = N*C*kh*kw / (R*(C + kh + kw + N)).
+    """
+
+    scheme = "cp"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, bases: int, stride=1, padding=0,
+                 dilation=1, bias: bool = True, device=None, dtype=None):
+        g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        super().__init__(g, bases)
+        kh, kw = g.kernel_size
+        factory = dict(device=device, dtype=dtype)
+        self.pointwise_in = nn.Conv2d(in_channels, bases, 1, bias=False, **factory)
+        self.vertical = nn.Conv2d(bases, bases, (kh, 1), groups=bases, bias=False, **g.vertical(), **factory)
+        self.horizontal = nn.Conv2d(bases, bases, (1, kw), groups=bases, bias=False, **g.horizontal(), **factory)
+        self.pointwise_out = nn.Conv2d(bases, out_channels, 1, bias=bias, **factory)
+
+    @staticmethod
+    def full_rank(geometry: ConvGeometry) -> int:
+        return full_rank((geometry.out_channels, geometry.in_channels, *geometry.kernel_size))
+
+    @staticmethod
+    def theoretical_speedup(geometry: ConvGeometry, bases: int) -> float:
+        c, n, (kh, kw) = geometry.in_channels, geometry.out_channels, geometry.kernel_size
+        return n * c * kh * kw / (bases * (c + kh + kw + n))
+
+    @staticmethod
+    def check_options(**solver_options) -> dict:
+        """Scheme 1's options are accepted and checked, so one config drives every scheme; only
+        ``progress`` (a tqdm bar over the ALS rounds) is used."""
+        return {"progress": scheme1.check_options(**solver_options)["progress"]}
+
+    def fit_filters(self, weight: torch.Tensor, **solver_options) -> dict:
+        (u, s, v, h), info = solve_cp(weight, self.bases, **self.check_options(**solver_options))
+        with torch.no_grad():
+            self.pointwise_in.weight.copy_(s.T[:, :, None, None])  # (R, C, 1, 1)
+            self.vertical.weight.copy_(v.T[:, None, :, None])  # (R, 1, kh, 1)
+            self.horizontal.weight.copy_(h.T[:, None, None, :])  # (R, 1, 1, kw)
+            self.pointwise_out.weight.copy_(u[:, :, None, None])  # (N, R, 1, 1)
+        return info
+
+    def dense_weight(self) -> torch.Tensor:
+        # W[n, c, y, x] = sum_r U[n, r] S[c, r] V[y, r] H[x, r]
+        return torch.einsum("nr,rc,ry,rx->ncyx", self.pointwise_out.weight[:, :, 0, 0],
+                            self.pointwise_in.weight[:, :, 0, 0], self.vertical.weight[:, 0, :, 0],
+                            self.horizontal.weight[:, 0, 0, :])
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.horizontal(self.vertical(self.pointwise_in(x)))
