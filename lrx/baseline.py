@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
 
@@ -32,7 +33,7 @@ _TRAINER_NON_RECIPE = {"accelerator", "devices", "enable_checkpointing", "log_ev
 
 
 class CheckpointMismatchError(ValueError):
-    """A checkpoint's tensors do not fit the model."""
+    """A checkpoint that cannot be read, or whose tensors do not fit the model."""
 
 
 def recipe(cfg: DictConfig) -> dict:
@@ -54,9 +55,14 @@ def recipe_key(cfg: DictConfig) -> str:
 def load_state_dict(net: nn.Module, path: str | Path) -> dict:
     """Load a state_dict (raw, or under ``"state_dict"``) into ``net``; returns the file's dict.
 
-    Raises CheckpointMismatchError naming the first missing, unexpected or mis-shaped key.
+    Raises CheckpointMismatchError for a truncated or corrupt file, or naming the first missing,
+    unexpected or mis-shaped key.
     """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise CheckpointMismatchError(
+            f"checkpoint {str(path)!r} cannot be read: truncated or not a torch checkpoint ({type(e).__name__})") from e
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise CheckpointMismatchError(f"checkpoint {str(path)!r} holds no state_dict")

@@ -32,6 +32,7 @@ from lrx.module import Classifier
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
+PLAN_ERRORS = ("data", "filter")  # what the planner's error measures: outputs on training images, or kernels
 
 
 @dataclass
@@ -77,6 +78,9 @@ def prepare(cfg: DictConfig) -> Job:
         load_state_dict(copy.deepcopy(net), cfg.baseline.ckpt)
     d = cfg.decomp
     if _planned(d):
+        if d.plan_error not in PLAN_ERRORS or not isinstance(d.plan_samples, int) or d.plan_samples < 1:
+            raise ValueError(f"decomp.plan_error={d.plan_error!r}, decomp.plan_samples={d.plan_samples!r}; valid: "
+                             f"plan_error in {', '.join(PLAN_ERRORS)} and plan_samples an integer >= 1")
         planner.check_request(net, _planner_layers(d), d.target_speedup, d.target_metric, list(d.schemes),
                               **solver_options(d))
     elif d.scheme is not None:
@@ -91,9 +95,13 @@ def _filter_reconstruction(job: Job, approx: torch.nn.Module) -> tuple[list[dict
     if not _planned(d):
         layers, bases = _layers_and_bases(d)
         return decompose(approx, layers, d.scheme, bases, d.rank_selection, **solver_options(d)), None
+    calibration = None
+    if d.plan_error == "data":  # real training images, never validation or test
+        loader = job.datamodule.calibration_dataloader(d.plan_samples, seed=job.cfg.seed)
+        calibration = next(iter(loader))[0]
     chosen, report = planner.plan(
         approx, _planner_layers(d), d.target_speedup, d.target_metric, size, max(lat.batch_sizes),
-        list(d.schemes), lat.warmup, lat.repeats, **solver_options(d),
+        list(d.schemes), lat.warmup, lat.repeats, calibration=calibration, **solver_options(d),
     )
     log.info("plan (%s, predicted conv speed-up %.2fx): %s", d.target_metric,
              report["predicted_conv_speedup"], report["plan"])

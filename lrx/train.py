@@ -13,13 +13,17 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lrx.lowrank.base import DecompositionError
 from lrx.pipeline import RESULTS, prepare, run
 from lrx.tracking import finish, log_results, make_loggers
 
 log = logging.getLogger("lrx")
 
 # Errors that mean "the input is wrong": reported in one line, not as a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+USER_ERRORS = (ValueError, OSError, KeyError)
+# Faults found while running (a NaN/Inf in weights, a solver or data reconstruction, a layer that
+# cannot be decomposed): one line too, naming the layer and stage; nothing is saved as a result.
+RUN_FAULTS = (DecompositionError, FloatingPointError)
 
 
 def finished(run_dir: Path, cfg: DictConfig) -> bool:
@@ -57,6 +61,9 @@ def main(cfg: DictConfig) -> dict | None:
     try:
         results = run(job, run_dir, loggers, _callbacks(cfg))
         log_results(loggers, results)
+    except RUN_FAULTS as e:
+        log.error("%s", e)
+        sys.exit(f"lrx: error: {e}")
     finally:
         finish(loggers)
     return results

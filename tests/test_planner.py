@@ -64,3 +64,36 @@ def test_planner_refuses_unreachable_targets_and_bad_metrics():
         plan(net, "conv2", 0.5)
     with pytest.raises(DecompositionError, match="out of reach"):
         plan(net, "conv1", 50.0, schemes=(2,), progress=False)
+
+
+class _TwoConvs(nn.Module):
+    """conv_a sees only 2 of its 16 input channels (the others are always 0); conv_b sees all."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv_a = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.conv_b = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        with torch.no_grad():
+            self.stem.weight[2:] = 0
+            self.stem.bias[2:] = 0
+
+    def forward(self, x):
+        return self.conv_b(torch.relu(self.conv_a(torch.relu(self.stem(x)))))
+
+
+def test_data_aware_errors_put_the_bases_where_the_data_needs_them():
+    torch.manual_seed(0)
+    net = _TwoConvs().eval()
+    images = torch.randn(16, 3, 12, 12)
+    layers = ["conv_a", "conv_b"]
+    by_kernel, rep_k = plan(net, layers, 1.8, metric="macs", input_size=12, schemes=(2,), progress=False)
+    by_data, rep_d = plan(net, layers, 1.8, metric="macs", input_size=12, schemes=(2,), progress=False,
+                          calibration=images)
+    assert (rep_k["error"], rep_d["error"]) == ("filter", "data")
+    # conv_a's output lives in a small subspace, so few bases reproduce it on real inputs
+    assert (by_data["conv_a"].bases or 99) < (by_kernel["conv_a"].bases or 99)
+    assert (by_data["conv_b"].bases or 99) > (by_kernel["conv_b"].bases or 99)
+    # the installed layers are the filter-reconstruction solutions, not the refit copies
+    c = by_data["conv_a"]
+    torch.testing.assert_close(c.layer.dense_weight(), type(c.layer).from_conv(net.conv_a, c.bases).dense_weight())

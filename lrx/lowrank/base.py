@@ -43,6 +43,15 @@ def check_kernel(kernel_size, name: str = "conv") -> None:
             f"{name!r} has a {kh}x{kw} kernel: both kernel sides must be > 1 to separate it")
 
 
+def check_finite(conv: nn.Module, name: str = "conv") -> None:
+    """DecompositionError naming the layer if its weight or bias holds a NaN/Inf."""
+    bad = sum(int((~p.isfinite()).sum()) for p in conv.parameters())
+    if bad:
+        raise DecompositionError(
+            f"filter reconstruction of layer {name!r}: {bad} NaN/Inf value(s) in its weight or bias; "
+            "the baseline is broken (check its checkpoint or training)")
+
+
 def is_decomposable(conv: nn.Module) -> bool:
     try:
         check_conv(conv)

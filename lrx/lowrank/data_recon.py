@@ -424,7 +424,8 @@ def _chunks(n: int, chunk: int):
 
 
 @torch.no_grad()
-def _rel_error(layer: nn.Module, X: torch.Tensor, T: torch.Tensor, chunk: int) -> float:
+def relative_error(layer: nn.Module, X: torch.Tensor, T: torch.Tensor, chunk: int) -> float:
+    """‖T − layer(X)‖_F / ‖T‖_F, in float64, ``chunk`` samples at a time."""
     diff = ref = 0.0
     for sl in _chunks(X.shape[0], chunk):
         t = T[sl].double()
@@ -478,7 +479,7 @@ def _make_optimizer(kind: str, params, lr: float) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def _refit_final(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, chunk: int) -> None:
+def refit_final(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, chunk: int) -> None:
     """Least squares for the layer's last linear pass F (and bias b) given its earlier passes:
 
         min_{F, b} sum over samples and output pixels of ‖T[:, l] − F Z[:, l] − b‖²,
@@ -510,15 +511,15 @@ def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_t
               revert_if_worse: bool, progress: bool) -> dict:
     Xtr, Ttr, Xho, Tho = X[:n_train], T[:n_train], X[n_train:], T[n_train:]
     params = [p for p in layer.parameters() if p.requires_grad]
-    before = _rel_error(layer, Xho, Tho, chunk)
+    before = relative_error(layer, Xho, Tho, chunk)
     if not math.isfinite(before):
         raise NonFiniteError(name, f"the held-out error before optimisation is {before} (NaN/Inf in the "
                                    "approximation's parameters?)")
     initial = copy.deepcopy(layer.state_dict()) if revert_if_worse else None
     after_lstsq = None
     if lstsq and hasattr(layer, "final_features"):
-        _refit_final(layer, name, Xtr, Ttr, chunk)
-        after_lstsq = _rel_error(layer, Xho, Tho, chunk)
+        refit_final(layer, name, Xtr, Ttr, chunk)
+        after_lstsq = relative_error(layer, Xho, Tho, chunk)
     old_grads = [p.grad for p in params]
     for p in params:
         p.grad = None
@@ -550,7 +551,7 @@ def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_t
     finally:
         for p, g in zip(params, old_grads):
             p.grad = g
-    after = _rel_error(layer, Xho, Tho, chunk)
+    after = relative_error(layer, Xho, Tho, chunk)
     if not all(torch.isfinite(p).all() for p in params) or not math.isfinite(after):
         raise NonFiniteError(name, f"the parameters became NaN/Inf after {steps} steps (lr={lr} too large?)")
     res = {"rel_error_before": before, "rel_error_lstsq": after_lstsq, "rel_error_after": after, "steps": steps, "optimizer": optimizer,

@@ -7,8 +7,8 @@ asked for (Scheme 1 at M = 1 .. min(kh*kw - 1, 12); Scheme 2, CP and Tucker-2 at
 prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
 layer's real input shape against the dense conv, interleaved). Keeping the dense conv is always
 a candidate (error 0). It then picks one candidate per layer minimising the total reconstruction
-error, sum_l ||W_l - W_hat_l||_F^2 / ||W_l||_F^2 (the squared relative error: the share of each
-layer's filter energy lost, the filter-reconstruction objective itself), subject to
+error, sum_l e_l^2, with e_l the relative output error on calibration images (see :func:`plan`)
+or, without them, the relative filter error ||W_l - W_hat_l||_F / ||W_l||_F, subject to
 
     conv cost of the whole network (untouched convs included) <= dense conv cost / target,
 
@@ -17,6 +17,7 @@ exactly, by merging per-layer Pareto fronts of (cost, error).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrx.latency import conv_names, layer_inputs, modules_ms
+from lrx.lowrank.base import check_finite
+from lrx.lowrank.data_recon import refit_final, relative_error
 from lrx.lowrank.cp import CPConv
 from lrx.lowrank.scheme1 import LowRankExpConvV1
 from lrx.lowrank.scheme2 import LowRankExpConvV2
@@ -47,7 +50,7 @@ class Candidate:
 
     @property
     def error(self) -> float:
-        """What the planner minimises the sum of: the share of filter energy lost."""
+        """What the planner minimises the sum of: the squared relative (output or filter) error."""
         return self.rel_error**2
 
 
@@ -131,6 +134,27 @@ def apply(net: nn.Module, chosen: dict[str, Candidate]) -> list[dict]:
     return records
 
 
+def _filter_error(_name: str, layer: nn.Module) -> float:
+    return layer.report["rel_error"]
+
+
+def _data_error(net: nn.Module, names: list[str], images: torch.Tensor, chunk: int = 64):
+    """``error(name, layer)``: the relative output error of ``layer`` on the real inputs of conv
+    ``name`` for ``images``, after a least-squares refit of a copy's last pass (if it has one)."""
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        inputs = layer_inputs(net, names, images.to(device))
+        targets = {n: net.get_submodule(n)(inputs[n]) for n in names}
+
+    def error(name: str, layer: nn.Module) -> float:
+        if hasattr(layer, "final_features"):
+            layer = copy.deepcopy(layer)
+            refit_final(layer, name, inputs[name], targets[name], chunk)
+        return relative_error(layer.eval(), inputs[name], targets[name], chunk)
+
+    return error
+
+
 def plan(
     net: nn.Module,
     layers,
@@ -142,14 +166,25 @@ def plan(
     warmup: int = 3,
     repeats: int = 10,
     progress: bool = True,
+    calibration: torch.Tensor | None = None,
     **solver_options,
 ) -> tuple[dict[str, Candidate], dict]:
     """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
+
+    With ``calibration`` (a batch of real TRAINING images), a candidate's error is its relative
+    output error on them, ‖conv(x) − layer'(x)‖ / ‖conv(x)‖, where layer' is a copy of the
+    candidate with its last pass refit to those outputs by least squares (what data
+    reconstruction starts from): a layer's error is then measured where the data lives, not in
+    kernel space, so ranks go where the network needs them. Without it, the error is the filter
+    reconstruction error ‖W − Ŵ‖ / ‖W‖. The installed layers are the plain filter-reconstruction
+    solutions in both cases.
 
     Returns the chosen candidate per selected layer (scheme None keeps the conv) and a report
     with the predicted conv speed-up and every candidate's (scheme, bases, error, cost).
     """
     selected = check_request(net, layers, target_speedup, metric, schemes, **solver_options)
+    for name, conv in selected:
+        check_finite(conv, name)
     device = next(net.parameters()).device
     x = torch.randn(batch_size, 3, input_size, input_size, device=device)
     all_convs = conv_names(net)
@@ -164,6 +199,7 @@ def plan(
         return modules_ms({"dense": conv}, inputs[name], warmup, repeats)["dense"]
 
     costs = {name: dense_cost(name) for name in all_convs}
+    error = _filter_error if calibration is None else _data_error(net, [n for n, _ in selected], calibration)
     candidates: dict[str, list[Candidate]] = {}
     bar = tqdm(selected, desc="planner", disable=not progress)
     for name, conv in bar:
@@ -178,7 +214,7 @@ def plan(
                     layer.select_strategy(inputs[name], warmup, repeats)
                 t = modules_ms({"dense": conv, "lowrank": layer.eval()}, inputs[name], warmup, repeats)
                 cost = costs[name] * t["lowrank"] / t["dense"]
-            options.append(Candidate(name, cls.scheme, bases, layer.report["rel_error"], cost, layer))
+            options.append(Candidate(name, cls.scheme, bases, error(name, layer), cost, layer))
         candidates[name] = options
     total = sum(costs.values())
     fixed = total - sum(costs[name] for name, _ in selected)
@@ -193,6 +229,7 @@ def plan(
     report = {
         "target_speedup": target_speedup,
         "metric": metric,
+        "error": "filter" if calibration is None else "data",
         "predicted_conv_speedup": total / (fixed + sum(c.cost for c in picks)),
         "plan": {c.name: {"scheme": c.scheme, "bases": c.bases, "rel_error": c.rel_error} for c in picks},
         "candidates": {

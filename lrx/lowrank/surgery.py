@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from lrx.lowrank.base import ConvGeometry, DecompositionError, LowRankConv, check_conv, is_decomposable
+from lrx.lowrank.base import ConvGeometry, DecompositionError, LowRankConv, check_conv, check_finite, is_decomposable
 from lrx.lowrank.cp import CPConv
 from lrx.lowrank.scheme1 import LowRankExpConvV1
 from lrx.lowrank.scheme2 import LowRankExpConvV2
@@ -147,11 +147,7 @@ def decompose(model: nn.Module, layers, scheme: int | str, bases, rank_selection
     """
     plan = validate(model, layers, scheme, bases, rank_selection, **solver_options)
     for name, conv, _ in plan:
-        bad = sum(int((~p.isfinite()).sum()) for p in conv.parameters())
-        if bad:
-            raise DecompositionError(
-                f"filter reconstruction of layer {name!r}: {bad} NaN/Inf value(s) in its weight or bias; "
-                "the baseline is broken (check its checkpoint or training)")
+        check_finite(conv, name)
     records = []
     for name, conv, b in plan:
         if rank_selection == "vbmf":
