@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lrx.lowrank import DecompositionError, LowRankExpConvV1, LowRankExpConvV2
+from lrx.lowrank import CPConv, DecompositionError, LowRankExpConvV1, LowRankExpConvV2, Tucker2Conv
 
 SCHEMES = [LowRankExpConvV1, LowRankExpConvV2]
 # (C, N, kernel, stride, padding, dilation, bias)
@@ -46,7 +46,7 @@ def test_full_rank_reproduces_conv(cls, geometry):
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-@pytest.mark.parametrize("cls", SCHEMES)
+@pytest.mark.parametrize("cls", [*SCHEMES, Tucker2Conv, CPConv])  # the peers too
 def test_dense_weight_matches_execution(cls, geometry):
     conv = make_conv(*geometry)
     layer = cls.from_conv(conv, 2, **options(cls))
@@ -63,7 +63,7 @@ def test_dense_weight_matches_execution(cls, geometry):
 
 
 @pytest.mark.parametrize("kernel", [3, (3, 5), (5, 3)])
-@pytest.mark.parametrize("cls", SCHEMES)
+@pytest.mark.parametrize("cls", [*SCHEMES, Tucker2Conv, CPConv])
 def test_macs_speedup_matches_counted_flops(cls, kernel):
     """At stride 1 with 'same' padding every intermediate map has the output's size, so the ratio
     of counted conv FLOPs is exactly the theoretical per-pixel speed-up."""
@@ -75,7 +75,7 @@ def test_macs_speedup_matches_counted_flops(cls, kernel):
         with FlopCounterMode(display=False) as counter:
             module(x)
         flops.append(counter.get_total_flops())
-    assert flops[0] / flops[1] == pytest.approx(layer.theoretical_speedup(layer.geometry, 3))
+    assert flops[0] / flops[1] == pytest.approx(layer.theoretical_speedup(layer.geometry, layer.bases))
 
 
 @pytest.mark.parametrize("cls", SCHEMES)
