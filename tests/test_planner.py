@@ -1,5 +1,6 @@
 import copy
 import itertools
+import logging
 import random
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from lrx.lowrank import DecompositionError
+from lrx.lowrank import DecompositionError, planner
 from lrx.lowrank.planner import Candidate, choose, plan
 from lrx.models import AlexNetCIFAR
 
@@ -97,3 +98,11 @@ def test_data_aware_errors_put_the_bases_where_the_data_needs_them():
     # the installed layers are the filter-reconstruction solutions, not the refit copies
     c = by_data["conv_a"]
     torch.testing.assert_close(c.layer.dense_weight(), type(c.layer).from_conv(net.conv_a, c.bases).dense_weight())
+
+
+@pytest.mark.parametrize("load, warned", [(0.5, False), (64.0, True)])
+def test_latency_planning_warns_on_a_busy_cpu(monkeypatch, caplog, load, warned):
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (load, load, load))
+    with caplog.at_level(logging.WARNING, logger="lrx.lowrank.planner"):
+        planner.warn_if_busy()
+    assert ("busy CPU" in caplog.text) == warned
