@@ -31,16 +31,9 @@ class ModelCost(L.Callback):
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
         net = pl_module.net
-        was_training = net.training
-        cost = complexity(net, self.input_size)
-        device = next(net.parameters()).device
-        x = torch.randn(self.batch_size, 3, self.input_size, self.input_size, device=device)
-        net.eval()
-        try:
-            ms = median_ms(net, x.contiguous(memory_format=MEMORY_FORMATS[self.memory_format]),
-                           self.warmup, self.repeats)
-        finally:
-            net.train(was_training)
+        cost = complexity(net, self.input_size)  # both measure in eval mode and restore the mode
+        x = torch.randn(self.batch_size, 3, self.input_size, self.input_size, device=next(net.parameters()).device)
+        ms = median_ms(net, x.contiguous(memory_format=MEMORY_FORMATS[self.memory_format]), self.warmup, self.repeats)
         for lg in trainer.loggers:
             lg.log_metrics({f"cost/{when}/macs_m": cost["macs"] / 1e6, f"cost/{when}/params_m": cost["params"] / 1e6,
                             f"cost/{when}/latency_ms": ms}, step=trainer.global_step)

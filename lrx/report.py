@@ -80,7 +80,7 @@ def find(dirs) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
                 if "tmp" in path.name:
                     unfinished.append((path, "temporary file"))
                 continue
-            results, reason = _read(path)
+            results, reason = read_finished(path)
             if results is None:
                 unfinished.append((path, reason))
             else:
@@ -94,7 +94,9 @@ def find(dirs) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
     return finished, unfinished
 
 
-def _read(path: Path) -> tuple[dict | None, str]:
+def read_finished(path: Path) -> tuple[dict | None, str]:
+    """``(results, "")`` if ``path`` is a complete results file, else ``(None, why not)``: the one
+    definition of "finished" that re-runs (lrx.train) and reports share."""
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrx.lowrank.base import DecompositionError
 from lrx.pipeline import RESULTS, prepare, run
+from lrx.report import read_finished
 from lrx.tracking import finish, log_results, make_loggers
 
 log = logging.getLogger("lrx")
@@ -26,15 +26,11 @@ USER_ERRORS = (ValueError, OSError, KeyError)
 RUN_FAULTS = (DecompositionError, FloatingPointError)
 
 
-def finished(run_dir: Path, cfg: DictConfig) -> bool:
-    """True if ``run_dir`` holds a complete ``results.json`` of this very config: a re-run of a
-    killed sweep skips such jobs. A partial, corrupt or other-config file does not count."""
-    try:
-        done = json.loads((run_dir / RESULTS).read_text())
-    except (OSError, ValueError):
-        return False
-    return (isinstance(done, dict) and done.get("status") == "complete"
-            and done.get("config") == OmegaConf.to_container(cfg, resolve=True))
+def finished(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The results in ``run_dir`` if they are complete and of this very config (a re-run of a
+    killed sweep skips such jobs), else None: a partial, corrupt or other-config file does not count."""
+    results, _ = read_finished(run_dir / RESULTS)
+    return results if results and results.get("config") == OmegaConf.to_container(cfg, resolve=True) else None
 
 
 def _sweep_group() -> str | None:
@@ -49,9 +45,10 @@ def _callbacks(cfg: DictConfig) -> list:
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if finished(run_dir, cfg):
+    done = finished(run_dir, cfg)
+    if done:
         log.info("skipped: %s already holds the complete results of this config", run_dir / RESULTS)
-        return json.loads((run_dir / RESULTS).read_text())
+        return done
     try:
         job = prepare(cfg)
     except USER_ERRORS as e:

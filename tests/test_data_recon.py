@@ -339,9 +339,8 @@ def _lowrank(net: nn.Module, scheme: int, name: str, bases: int) -> nn.Module:
     from lrx.lowrank import LowRankExpConvV1, LowRankExpConvV2
 
     approx = copy.deepcopy(net)
-    cls = LowRankExpConvV1 if scheme == 1 else LowRankExpConvV2
-    setattr(approx, name, cls.from_conv(getattr(net, name), bases, progress=False) if scheme == 1
-            else cls.from_conv(getattr(net, name), bases))
+    cls, options = (LowRankExpConvV1, {"progress": False}) if scheme == 1 else (LowRankExpConvV2, {})
+    setattr(approx, name, cls.from_conv(getattr(net, name), bases, **options))
     return approx
 
 
