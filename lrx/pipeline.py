@@ -25,7 +25,7 @@ from lrx.latency import MEMORY_FORMATS, compare, devices
 from lrx.lowrank.data_recon import reconstruct
 from lrx.lowrank import planner
 from lrx.lowrank.guard import put_back_slower
-from lrx.lowrank.scheme1_exec import tune
+from lrx.lowrank.scheme1_exec import reset_strategies, tune
 from lrx.lowrank.surgery import decompose, validate
 from lrx.module import Classifier
 
@@ -164,6 +164,19 @@ def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module) -> di
     return out
 
 
+def _guard(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, records: list[dict]) -> list[str]:
+    """The latency guard, run right after filter reconstruction (a layer's speed depends on its
+    shape, not its weights), so that the fitting stages fit the layers that stay: every replaced
+    layer that is not faster where the model would run (CUDA when present) gets its original conv
+    back. Returns the names put back."""
+    timings = _timings(job, baseline, approx)[devices()[-1].type][max(job.cfg.latency.batch_sizes)]
+    put_back = put_back_slower(approx, baseline, records, timings["layers"])
+    reset_strategies(approx)  # timing chose Scheme 1's execution; fitting computes the same numbers in every run
+    if put_back:
+        log.warning("put back the original conv of %s: not faster on this device", put_back)
+    return put_back
+
+
 def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     """Run the pipeline and write ``run_dir/results.json`` atomically; returns its content."""
     cfg, dm, net = job.cfg, job.datamodule, job.net
@@ -179,25 +192,25 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     if _decomposes(cfg.decomp):
         approx = copy.deepcopy(net)
         records, plan_report = _filter_reconstruction(job, approx)
-        names = [r["name"] for r in records]
         stages["filter"] = _accuracies(job, approx, "filter")
-        if cfg.decomp.data_recon.enabled:
+        if not cfg.decomp.keep_slower:  # before data reconstruction: that fits each layer to the ones before it
+            if _guard(job, net, approx, records):
+                stages["guard"] = _accuracies(job, approx, "guard")
+        names = [r["name"] for r in records if r.get("kept", True)]
+        if not names:
+            log.warning("no replaced layer is left: the model is the baseline; data reconstruction and "
+                        "fine-tuning are skipped")
+        if names and cfg.decomp.data_recon.enabled:
             by_name = {r["name"]: r for r in _data_reconstruction(job, net, approx, names)}
             for rec in records:
-                rec["data_recon"] = by_name[rec["name"]]
+                if rec["name"] in by_name:
+                    rec["data_recon"] = by_name[rec["name"]]
             stages["data"] = _accuracies(job, approx, "data")
-        if cfg.decomp.finetune.epochs > 0:
+        if names and cfg.decomp.finetune.epochs > 0:
             _finetune(job, net, approx, logger, callbacks)
             stages["finetune"] = _accuracies(job, approx, "finetune")
     timings = _timings(job, net, approx)
     main_bs = max(cfg.latency.batch_sizes)
-    guard_device = devices()[-1].type  # where the model would run: CUDA when present
-    if records and not cfg.decomp.keep_slower:
-        put_back = put_back_slower(approx, net, records, timings[guard_device][main_bs]["layers"])
-        if put_back:
-            log.warning("put back the original conv of %s: not faster on this device", put_back)
-            timings = _timings(job, net, approx)
-            stages["guard"] = _accuracies(job, approx, "guard")
     for rec in records:
         rec["measured_speedup"] = {dev: t[main_bs]["layers"][rec["name"]]["speedup"] for dev, t in timings.items()}
     last = list(stages.values())[-1] if stages else baseline  # the final model is the last stage's

@@ -35,9 +35,11 @@ def test_smoke_run_writes_complete_results(smoke_run):
     (layer,) = results["layers"]  # experiment=smoke: Scheme 1 on conv2
     assert layer["name"] == "conv2" and layer["scheme"] == 1 and layer["bases"] == 8
     assert 0 < layer["rel_error"] < 1 and layer["macs_speedup"] > 1 and layer["measured_speedup"]["cpu"] > 0
-    assert layer["data_recon"]["rel_error_after"] <= layer["data_recon"]["rel_error_before"]
-    assert isinstance(layer["kept"], bool)
-    assert list(results["stages"])[:3] == ["filter", "data", "finetune"]
+    if layer["kept"]:  # the guard times conv2 on this machine (tests/test_pipeline.py fixes both outcomes)
+        assert layer["data_recon"]["rel_error_after"] <= layer["data_recon"]["rel_error_before"]
+        assert list(results["stages"]) == ["filter", "data", "finetune"]
+    else:
+        assert list(results["stages"]) == ["filter", "guard"] and results["final"]["acc1"] == results["baseline"]["acc1"]
     assert results["speedup"]["conv"]["cpu"] > 0 and results["speedup"]["model"]["cpu"] > 0
     assert set(results["latency"]["cpu"]) == {"1", "32"}
     assert results["config"]["model"]["name"] == "alexnet_cifar"
@@ -69,7 +71,7 @@ SUMMARY_KEYS = {"baseline/acc1", "final/acc1", "baseline/macs_m", "final/macs_m"
 
 def test_two_job_multirun_logs_offline_wandb_reports_and_skips_finished_jobs(tmp_path, data_root):
     sweep = tmp_path / "sweep"
-    args = ["-m", "experiment=smoke", "decomp.bases=2,4", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "experiment=smoke", "decomp.bases=2,4", "decomp.keep_slower=true", f"hydra.sweep.dir={sweep}"]
     res = run_train(args, cwd=tmp_path)  # the default logger: W&B, offline
     assert res.returncode == 0, res.stderr[-3000:]
     found = _results(sweep)

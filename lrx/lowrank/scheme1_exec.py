@@ -102,3 +102,11 @@ def tune(net: torch.nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 
     names = [name for name, m in net.named_modules() if hasattr(m, "select_strategy")]
     inputs = layer_inputs(net, names, x)
     return {name: net.get_submodule(name).select_strategy(inputs[name], warmup, repeats) for name in names}
+
+
+def reset_strategies(net: torch.nn.Module) -> None:
+    """Every Scheme 1 layer of ``net`` back to the default strategy: the strategies agree only to
+    float rounding, so fitting with a measured (run-dependent) choice would not be reproducible."""
+    for m in net.modules():
+        if hasattr(m, "select_strategy"):
+            m.strategy = DEFAULT
