@@ -1,6 +1,6 @@
 """Sweep report from ``results.json`` files: a markdown table, an acc@1 / speed-up plot, a CSV.
 
-    python -m lrx.report SWEEP_DIR [SWEEP_DIR ...] [--csv PATH] [--out DIR]
+    python -m lrx.report SWEEP_DIR [SWEEP_DIR ...] [--csv PATH] [--out DIR] [--plot PATH]
 
 Every ``results.json`` under the given directories (searched recursively) whose ``status`` is
 ``complete`` is a finished run. Anything else (no status, bad JSON, a temporary file, a Hydra
@@ -38,9 +38,12 @@ COLUMNS = {  # markdown header -> row key
     "CPU time(ms)": "cpu_ms",
     "CUDA time(ms)": "cuda_ms",
     "acc@1(%)": "acc1",
+    "test acc@1(%)": "acc1_test",
+    "acc@1 after each stage(%)": "stages_text",
     "theoretical speed-up (MAC ratio)": "macs_speedup",
     "measured conv speed-up (CPU)": "conv_speedup_cpu",
     "model speed-up (CPU)": "model_speedup_cpu",
+    "solve time(s)": "solve_s",
 }
 CSV_COLUMNS = {  # CSV header -> row key
     "model": "model",
@@ -141,7 +144,7 @@ def _measures(part: dict) -> dict:
     """Size, latency and acc@1 of ``results['baseline']`` or ``results['final']``."""
     lat = part["latency_ms"]
     return {"macs_m": part["macs"] / 1e6, "params_m": part["params"] / 1e6, "cpu_ms": lat["cpu"],
-            "cuda_ms": lat.get("cuda"), "acc1": part["acc1"]}
+            "cuda_ms": lat.get("cuda"), "acc1": part["acc1"], "acc1_test": part["acc1_test"]}
 
 
 def _batch_size(res: dict) -> int:
@@ -160,6 +163,7 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "cuda_ms": statistics.median(cuda) if cuda else None,
         "baseline_acc1": bases[0]["acc1"],
         "macs_speedup": 1.0, "conv_speedup_cpu": 1.0, "model_speedup_cpu": 1.0, "stages": {},
+        "stages_text": None, "solve_s": None,
     }
 
 
@@ -186,6 +190,8 @@ def _job_row(res: dict, key: tuple) -> dict:
         "macs_speedup": speedup["macs"], "conv_speedup_cpu": speedup["conv"]["cpu"],
         "model_speedup_cpu": speedup["model"]["cpu"],
         "stages": {name: s["acc1"] for name, s in res["stages"].items()}, "batch_size": _batch_size(res),
+        "stages_text": " → ".join(f"{name} {s['acc1']:.2f}" for name, s in res["stages"].items()),
+        "solve_s": sum(r["solve_time_s"] for r in kept),  # filter reconstruction of the layers kept
     }
 
 
@@ -326,12 +332,15 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
     sizes = ", ".join(map(str, sorted({r["batch_size"] for r in rows})))
     text = (
         f"# lrx report\n\nRuns under: {', '.join(f'`{d}`' for d in dirs)}\n\n{table_markdown(rows)}\n"
-        "acc@1: validation top-1 of the final model (after its last stage). "
+        "acc@1: validation top-1 of the final model (after its last stage); test acc@1: the same on "
+        "the test split; acc@1 after each stage: validation top-1 after filter reconstruction, the "
+        "latency guard (where it put layers back), data reconstruction and fine-tuning. "
         f"CPU/CUDA time: one forward pass of the whole model on a batch of {sizes}; "
         "a baseline's is the median over the runs that measured it. "
         "Theoretical speed-up: baseline MACs / final MACs (whole model). "
         "Measured conv speed-up: summed latency of all convs, baseline / final. "
-        "Model speed-up: whole-model latency, baseline / final.\n"
+        "Model speed-up: whole-model latency, baseline / final. "
+        "Solve time: filter reconstruction of the layers kept, summed (a planner's search not included).\n"
     )
     if unfinished:
         text += f"\nSkipped {len(unfinished)} unfinished:\n\n" + "".join(f"- `{p}`: {why}\n" for p, why in unfinished)
@@ -344,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Hydra multirun or run directory, searched recursively for results.json")
     parser.add_argument("--csv", type=Path, help="also write the per-stage summary here")
     parser.add_argument("--out", type=Path, help="where report.md and report.png go (default: the first SWEEP_DIR)")
+    parser.add_argument("--plot", type=Path, help="write the plot here instead of OUT/report.png")
     args = parser.parse_args(argv)
     try:
         rows, unfinished = collect(args.dirs)
@@ -355,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
               + "; ".join(f"{p} ({why})" for p, why in unfinished), file=sys.stderr)
     out = args.out or args.dirs[0]
     written = [write_text(out / "report.md", markdown(rows, unfinished, args.dirs)),
-               plot(rows, out / "report.png", title=f"lrx sweep: {', '.join(map(str, args.dirs))}")]
+               plot(rows, args.plot or out / "report.png", title=f"lrx sweep: {', '.join(map(str, args.dirs))}")]
     if args.csv:
         written.append(write_csv(rows, args.csv))
     print(table_markdown(rows))

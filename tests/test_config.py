@@ -77,14 +77,23 @@ def test_every_table_row_composes(experiment, group, tmp_path):
     for row in rows:
         cfg = compose_cfg([f"experiment={experiment}", f"+{group}={row}"], tmp_path)
         schemes[row] = cfg.decomp.scheme
+        assert cfg.decomp.keep_slower  # a table shows each row's measured speed-up, below 1x too
         if cfg.decomp.scheme is not None:
             assert list(cfg.decomp.layers) == ["conv2"] and cfg.decomp.bases == 8
             assert cfg.decomp.lam.schedule == "fixed" and cfg.decomp.lam.start == 1e-4
     assert schemes == {"baseline": None, "s1_filter": 1, "s1_tuned": 1}
 
 
-def test_scheme_sweep_compares_both_schemes_at_equal_mac_targets(tmp_path):
-    cfg = compose_cfg(["experiment=scheme_sweep"], tmp_path)
+@pytest.mark.parametrize("experiment, schemes, targets, metric", [
+    ("scheme_sweep", "[1],[2]", "1.5,2,3,4", "macs"),
+    ("peer_table", "[1],[2],[tucker2],[cp]", "3,6", "macs"),
+    ("planner_sweep", None, "2,3,4", "latency"),
+])
+def test_comparison_sweeps_run_all_three_stages_at_their_targets(tmp_path, experiment, schemes, targets, metric):
+    cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
     params = cfg.hydra.sweeper.params
-    assert params["decomp.schemes"] == "[1],[2]" and params["decomp.target_speedup"] == "1.5,2,3,4"
-    assert cfg.decomp.target_metric == "macs" and list(cfg.decomp.layers) == ["conv2", "conv3", "conv4", "conv5"]
+    assert params.get("decomp.schemes") == schemes and params["decomp.target_speedup"] == targets
+    assert cfg.decomp.target_metric == metric and list(cfg.decomp.layers) == ["conv2", "conv3", "conv4", "conv5"]
+    assert cfg.decomp.data_recon.enabled and cfg.decomp.finetune.epochs >= 1
+    # comparing methods keeps every method's layers; the planner's product keeps the guard
+    assert cfg.decomp.keep_slower == (metric == "macs")

@@ -106,3 +106,12 @@ def test_latency_planning_warns_on_a_busy_cpu(monkeypatch, caplog, load, warned)
     with caplog.at_level(logging.WARNING, logger="lrx.lowrank.planner"):
         planner.warn_if_busy()
     assert ("busy CPU" in caplog.text) == warned
+
+
+def test_cp_candidates_start_at_2x_where_the_others_start_at_1_25x():
+    conv = AlexNetCIFAR().conv2
+    grid = planner._grid(conv, (2, "cp"))
+    cp = [bases for cls, bases in grid if cls.scheme == "cp"]
+    s2 = [bases for cls, bases in grid if cls.scheme == 2]
+    assert max(cp) == planner.cp_bases(conv, 2.0) and min(cp) == planner.cp_bases(conv, 16.0)
+    assert max(s2) == planner.scheme2_bases(conv, 1.25)

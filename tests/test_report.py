@@ -96,12 +96,15 @@ def test_table_columns_and_rows(sweep):
     lines = report.table_markdown(rows).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     assert cells[0] == ["model", "scheme", "lambda", "layers", "#bases", "MACs(M)", "params(M)", "CPU time(ms)",
-                        "CUDA time(ms)", "acc@1(%)", "theoretical speed-up (MAC ratio)",
-                        "measured conv speed-up (CPU)", "model speed-up (CPU)"]
+                        "CUDA time(ms)", "acc@1(%)", "test acc@1(%)", "acc@1 after each stage(%)",
+                        "theoretical speed-up (MAC ratio)", "measured conv speed-up (CPU)", "model speed-up (CPU)",
+                        "solve time(s)"]
     body = cells[2:]
     assert len(body) == 4 and [r[1] for r in body] == ["baseline", "s1", "planner 2.5x latency (s1+s2)", "s2"]
-    assert body[0][5:11] == ["92.78", "0.934", "40.00", "4.00", "87.56", "1.00"]  # CUDA: from the s2 run
-    assert body[1][8] == "-"
+    assert body[0][5:14] == ["92.78", "0.934", "40.00", "4.00", "87.56", "87.50", "-", "1.00", "1.00"]  # CUDA: s2's
+    assert body[0][15] == "-" and body[1][8] == "-"
+    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][15] == "0.01"
+    assert body[3][15] == "0.04"  # four layers at 0.01 s
     assert body[3][2:5] == ["-", "conv2-conv5", "32"] and body[3][8] == "1.38"  # 4.00 / 2.9
 
 
@@ -134,6 +137,10 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
     s1 = table[1]
     assert s1["baseline_acc1"] == "87.56" and s1["macs_m"] == "20.0" and s1["measured_speedup_cpu"] == "1.6"
     assert s1["cuda_ms"] == "" and table[-1]["cuda_ms"] != "" and s1["lambda_schedule"] == "0.01"
+
+    plot_path = tmp_path / "docs" / "tradeoff.png"
+    assert report.main([str(sweep), "--out", str(tmp_path / "out2"), "--plot", str(plot_path)]) == 0
+    assert plot_path.is_file() and not (tmp_path / "out2" / "report.png").exists()
 
 
 def test_pareto_front_is_best_acc_for_at_least_that_speedup():
