@@ -3,7 +3,8 @@ the least total reconstruction error.
 
 For every selected conv it solves filter reconstruction for a grid of candidates of the schemes
 asked for (Scheme 1 at M = 1 .. min(kh*kw - 1, 12); Scheme 2 and Tucker-2 at the ranks giving
-1.25x .. 16x theoretical speed-up, Tucker-2 with R_in / C = R_out / N; CP from 2x, see CP_TARGETS) and
+1.25x .. 16x theoretical speed-up (TARGETS), Tucker-2 with R_in / C = R_out / N; CP from 2x,
+see CP_TARGETS) and
 prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
 layer's real input shape against the dense conv, interleaved). Keeping the dense conv is always
 a candidate (error 0). It then picks one candidate per layer minimising the total reconstruction
@@ -39,13 +40,16 @@ from lrx.lowrank.tucker2 import Tucker2Conv
 log = logging.getLogger(__name__)
 
 METRICS = ("macs", "latency")
-TARGETS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0, 16.0)  # theoretical speed-ups tried
+# Theoretical speed-ups tried: 1.25x to 16x in steps of about 15%, so that each layer's bases can
+# land close to what the target needs instead of a coarse step past it.
+TARGETS = (1.25, 1.4, 1.6, 1.8, 2.0, 2.25, 2.5, 2.8, 3.2, 3.6, 4.0, 4.5, 5.0, 5.7, 6.5, 7.5, 8.5, 10.0, 12.0, 14.0, 16.0)
 MAX_SCHEME1_BASES = 12
 # CP below 2x theoretical means R in the hundreds (alexnet_cifar conv2-conv5: 412-680 at 1.25x),
 # where CP-ALS is slow (with them, planning CP alone on conv2-conv5 was still solving after 7
 # minutes on 2 CPU cores), and CP's depthwise passes make it slow to run (measured 2.0x at 6x
-# theoretical, issue 9): such candidates cost far more to price than they could win.
-CP_TARGETS = tuple(t for t in TARGETS if t >= 2.0)
+# theoretical, issue 9): such candidates cost far more to price than they could win. CP keeps a
+# coarser grid for the same reason.
+CP_TARGETS = (2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0, 16.0)
 
 
 @dataclass
