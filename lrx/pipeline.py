@@ -188,6 +188,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     stages: dict[str, dict] = {}
     records: list[dict] = []
     plan_report = None
+    finetune_reverted = False
     approx = net
     if _decomposes(cfg.decomp):
         approx = copy.deepcopy(net)
@@ -207,13 +208,20 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
                     rec["data_recon"] = by_name[rec["name"]]
             stages["data"] = _accuracies(job, approx, "data")
         if names and cfg.decomp.finetune.epochs > 0:
+            before, before_acc1 = copy.deepcopy(approx.state_dict()), list(stages.values())[-1]["acc1"]
             _finetune(job, net, approx, logger, callbacks)
             stages["finetune"] = _accuracies(job, approx, "finetune")
+            if stages["finetune"]["acc1"] < before_acc1:  # validation is the selection split
+                approx.load_state_dict(before)
+                finetune_reverted = True
+                log.warning("fine-tuning lowered validation acc@1 from %.2f to %.2f: the weights from before "
+                            "it are kept", before_acc1, stages["finetune"]["acc1"])
     timings = _timings(job, net, approx)
     main_bs = max(cfg.latency.batch_sizes)
     for rec in records:
         rec["measured_speedup"] = {dev: t[main_bs]["layers"][rec["name"]]["speedup"] for dev, t in timings.items()}
-    last = list(stages.values())[-1] if stages else baseline  # the final model is the last stage's
+    kept_stages = [v for k, v in stages.items() if not (k == "finetune" and finetune_reverted)]
+    last = kept_stages[-1] if kept_stages else baseline  # the final model is the last kept stage's
     final = {"acc1": last["acc1"], "acc1_test": last["acc1_test"], **complexity(approx, size)}
     baseline["latency_ms"] = {dev: t[main_bs]["model_ms"]["baseline"] for dev, t in timings.items()}
     final["latency_ms"] = {dev: t[main_bs]["model_ms"]["approx"] for dev, t in timings.items()}
@@ -223,6 +231,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
         "baseline": baseline,
         "final": final,
         "stages": stages,
+        "finetune_reverted": finetune_reverted,
         "speedup": {
             "macs": baseline["macs"] / final["macs"],
             "conv": {dev: t[main_bs]["conv_speedup"] for dev, t in timings.items()},

@@ -190,7 +190,8 @@ def _job_row(res: dict, key: tuple) -> dict:
         "macs_speedup": speedup["macs"], "conv_speedup_cpu": speedup["conv"]["cpu"],
         "model_speedup_cpu": speedup["model"]["cpu"],
         "stages": {name: s["acc1"] for name, s in res["stages"].items()}, "batch_size": _batch_size(res),
-        "stages_text": " → ".join(f"{name} {s['acc1']:.2f}" for name, s in res["stages"].items()),
+        "stages_text": " → ".join(f"{name} {s['acc1']:.2f}" for name, s in res["stages"].items())
+        + (" (reverted: lower)" if res.get("finetune_reverted") else ""),
         "solve_s": sum(r["solve_time_s"] for r in kept),  # filter reconstruction of the layers kept
     }
 
@@ -334,7 +335,9 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         f"# lrx report\n\nRuns under: {', '.join(f'`{d}`' for d in dirs)}\n\n{table_markdown(rows)}\n"
         "acc@1: validation top-1 of the final model (after its last stage); test acc@1: the same on "
         "the test split; acc@1 after each stage: validation top-1 after filter reconstruction, the "
-        "latency guard (where it put layers back), data reconstruction and fine-tuning. "
+        "latency guard (where it put layers back), data reconstruction and fine-tuning; \"reverted: "
+        "lower\" marks a fine-tuning that lowered it, whose weights were not kept (the final model is "
+        "the one before it). "
         f"CPU/CUDA time: one forward pass of the whole model on a batch of {sizes}; "
         "a baseline's is the median over the runs that measured it. "
         "Theoretical speed-up: baseline MACs / final MACs (whole model). "

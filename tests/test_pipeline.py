@@ -2,6 +2,7 @@
 reconstruction and fine-tuning fit only the layers that stay."""
 
 import pytest
+import torch
 from omegaconf import open_dict
 from torch import nn
 
@@ -44,3 +45,31 @@ def test_guard_decides_before_data_reconstruction_and_finetuning(tmp_path, monke
         assert list(results["stages"]) == ["filter", "data", "finetune"]
         assert layer["kept"] is True and "data_recon" in layer
         assert results["final"]["macs"] < results["baseline"]["macs"]
+
+
+def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypatch, tiny_root):
+    monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(2.0))
+    acc1 = {"baseline": 90.0, "filter": 70.0, "data": 85.0, "finetune": 40.0}  # fine-tuning diverged
+    monkeypatch.setattr(lrx.pipeline, "_accuracies", lambda job, net, tag: {"acc1": acc1[tag], "acc1_test": acc1[tag]})
+    before, timed = {}, {}
+
+    def ruinous_finetune(job, baseline, approx, logger, callbacks):
+        before.update({k: v.clone() for k, v in approx.state_dict().items()})
+        with torch.no_grad():
+            for p in approx.parameters():
+                p.add_(1.0)
+
+    def timings(job, baseline, approx):
+        timed.update({k: v.clone() for k, v in approx.state_dict().items()})
+        return real_timings(job, baseline, approx)
+
+    real_timings = lrx.pipeline._timings
+    monkeypatch.setattr(lrx.pipeline, "_finetune", ruinous_finetune)
+    monkeypatch.setattr(lrx.pipeline, "_timings", timings)
+    cfg = compose_cfg([*_smoke(tiny_root), "decomp.keep_slower=true", f"baseline.cache_dir={tmp_path}"], run_dir=tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    results = run(prepare(cfg), tmp_path)
+    assert list(results["stages"]) == ["filter", "data", "finetune"] and results["finetune_reverted"] is True
+    assert results["final"]["acc1"] == 85.0  # the model handed back is the one from before fine-tuning
+    assert before and all(torch.equal(timed[k], v) for k, v in before.items())

@@ -179,3 +179,13 @@ def test_peer_decompositions_get_their_names_and_ranks(tmp_path):
     by_label = {r["label"]: r for r in rows}
     assert by_label["plan 3x s2+cp+tucker2"]["bases"] == "K26/R32/R64x32"
     assert by_label["tucker2 R64x32"]["scheme"] == "tucker2"
+
+
+def test_a_reverted_finetuning_is_marked(tmp_path):
+    res = {**results(2, ["conv2"], [32], {"filter": 70.0, "data": 85.0, "finetune": 40.0}, 2.0),
+           "finetune_reverted": True}
+    res["final"]["acc1"] = 85.0
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "results.json").write_text(json.dumps(res))
+    _, row = report.collect([tmp_path])[0]
+    assert row["acc1"] == 85.0 and row["stages_text"] == "filter 70.00 → data 85.00 → finetune 40.00 (reverted: lower)"
