@@ -176,7 +176,8 @@ def _job_row(res: dict, key: tuple) -> dict:
     if d.get("target_speedup") is not None:
         target = f"{d['target_speedup']:g}x"
         used = "+".join(map(scheme_text, schemes)) or "-"
-        scheme, label = f"planner {target} {d['target_metric']} ({used})", f"plan {target} {used}"
+        measured = "" if d["target_metric"] == "latency" else " MACs"  # a plan's target: measured, or in MACs
+        scheme, label = f"planner {target} {d['target_metric']} ({used})", f"plan {target}{measured} {used}"
     else:
         scheme = scheme_text(d["scheme"])
         label = f"{scheme} {bases_text(d['scheme'], bases)}" if bases else scheme
@@ -350,6 +351,10 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
     return text
 
 
+def _title(dirs: list[Path]) -> str:
+    return f"lrx sweep: {dirs[0]}" if len(dirs) == 1 else f"lrx report: {len(dirs)} sweep and run directories"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lrx.report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, metavar="SWEEP_DIR",
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
               + "; ".join(f"{p} ({why})" for p, why in unfinished), file=sys.stderr)
     out = args.out or args.dirs[0]
     written = [write_text(out / "report.md", markdown(rows, unfinished, args.dirs)),
-               plot(rows, args.plot or out / "report.png", title=f"lrx sweep: {', '.join(map(str, args.dirs))}")]
+               plot(rows, args.plot or out / "report.png", title=_title(args.dirs))]
     if args.csv:
         written.append(write_csv(rows, args.csv))
     print(table_markdown(rows))

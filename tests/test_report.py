@@ -189,3 +189,13 @@ def test_a_reverted_finetuning_is_marked(tmp_path):
     (tmp_path / "0" / "results.json").write_text(json.dumps(res))
     _, row = report.collect([tmp_path])[0]
     assert row["acc1"] == 85.0 and row["stages_text"] == "filter 70.00 → data 85.00 → finetune 40.00 (reverted: lower)"
+
+
+def test_a_plan_in_macs_is_labelled_apart_from_a_measured_one(tmp_path):
+    for i, metric in enumerate(["macs", "latency"]):
+        res = results(None, ["conv2"], [(2, 26)], {"filter": 70.0}, 2.0, target=3)
+        res["config"]["decomp"]["target_metric"] = metric
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
+    rows, _ = report.collect([tmp_path])
+    assert sorted(r["label"] for r in rows[1:]) == ["plan 3x MACs s2", "plan 3x s2"]
