@@ -148,17 +148,19 @@ def _finetune(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, logg
     approx.to(memory_format=torch.contiguous_format)
 
 
-def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module) -> dict:
-    """``{device: {batch size: compare(...)}}`` for every device and configured batch size."""
+def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, on=None, batch_sizes=None) -> dict:
+    """``{device: {batch size: compare(...)}}`` for the devices ``on`` (default: every device) and
+    the ``batch_sizes`` (default: every configured one)."""
     lat, size = job.cfg.latency, job.cfg.model.input_size
     fmt = MEMORY_FORMATS[lat.memory_format]
+    batch_sizes = batch_sizes or lat.batch_sizes
     out = {}
-    for d in devices():
+    for d in on or devices():
         x = torch.randn(max(lat.batch_sizes), 3, size, size, device=d).contiguous(memory_format=fmt)
         tune(approx.to(d, memory_format=fmt), x, lat.warmup, lat.repeats)  # Scheme 1 execution, this device
         out[d.type] = {
             bs: compare(baseline, approx, size, bs, d, lat.warmup, lat.repeats, lat.memory_format)
-            for bs in lat.batch_sizes
+            for bs in batch_sizes
         }
     approx.to("cpu", memory_format=torch.contiguous_format)
     return out
@@ -169,7 +171,8 @@ def _guard(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, records
     shape, not its weights), so that the fitting stages fit the layers that stay: every replaced
     layer that is not faster where the model would run (CUDA when present) gets its original conv
     back. Returns the names put back."""
-    timings = _timings(job, baseline, approx)[devices()[-1].type][max(job.cfg.latency.batch_sizes)]
+    device, batch_size = devices()[-1], max(job.cfg.latency.batch_sizes)
+    timings = _timings(job, baseline, approx, on=[device], batch_sizes=[batch_size])[device.type][batch_size]
     put_back = put_back_slower(approx, baseline, records, timings["layers"])
     reset_strategies(approx)  # timing chose Scheme 1's execution; fitting computes the same numbers in every run
     if put_back:

@@ -176,8 +176,8 @@ def _job_row(res: dict, key: tuple) -> dict:
     if d.get("target_speedup") is not None:
         target = f"{d['target_speedup']:g}x"
         used = "+".join(map(scheme_text, schemes)) or "-"
-        measured = "" if d["target_metric"] == "latency" else " MACs"  # a plan's target: measured, or in MACs
-        scheme, label = f"planner {target} {d['target_metric']} ({used})", f"plan {target}{measured} {used}"
+        in_macs = "" if d["target_metric"] == "latency" else " MACs"  # a plan's target: measured, or in MACs
+        scheme, label = f"planner {target} {d['target_metric']} ({used})", f"plan {target}{in_macs} {used}"
     else:
         scheme = scheme_text(d["scheme"])
         label = f"{scheme} {bases_text(d['scheme'], bases)}" if bases else scheme

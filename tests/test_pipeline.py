@@ -27,14 +27,18 @@ def _fake_compare(conv2_speedup: float):
     return compare
 
 
+def _run(tmp_path, root, *overrides) -> dict:
+    """The pipeline in-process on experiment=smoke over ``root``, as lrx.train runs it."""
+    cfg = compose_cfg([*_smoke(root), *overrides, f"baseline.cache_dir={tmp_path}"], run_dir=tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as lrx.train receives it
+    return run(prepare(cfg), tmp_path)
+
+
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
 def test_guard_decides_before_data_reconstruction_and_finetuning(tmp_path, monkeypatch, tiny_root, conv2_speedup):
     monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(conv2_speedup))
-    cfg = compose_cfg([*_smoke(tiny_root), f"baseline.cache_dir={tmp_path}"], run_dir=tmp_path)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as lrx.train receives it
-    job = prepare(cfg)
-    results = run(job, tmp_path)
+    results = _run(tmp_path, tiny_root)
     (layer,) = results["layers"]
     if conv2_speedup < 1:  # put back: the fitting stages have nothing left to fit, the model is the baseline
         assert list(results["stages"]) == ["filter", "guard"]
@@ -59,17 +63,14 @@ def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypa
             for p in approx.parameters():
                 p.add_(1.0)
 
-    def timings(job, baseline, approx):
+    def timings(job, baseline, approx, **kwargs):
         timed.update({k: v.clone() for k, v in approx.state_dict().items()})
-        return real_timings(job, baseline, approx)
+        return real_timings(job, baseline, approx, **kwargs)
 
     real_timings = lrx.pipeline._timings
     monkeypatch.setattr(lrx.pipeline, "_finetune", ruinous_finetune)
     monkeypatch.setattr(lrx.pipeline, "_timings", timings)
-    cfg = compose_cfg([*_smoke(tiny_root), "decomp.keep_slower=true", f"baseline.cache_dir={tmp_path}"], run_dir=tmp_path)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    results = run(prepare(cfg), tmp_path)
+    results = _run(tmp_path, tiny_root, "decomp.keep_slower=true")
     assert list(results["stages"]) == ["filter", "data", "finetune"] and results["finetune_reverted"] is True
     assert results["final"]["acc1"] == 85.0  # the model handed back is the one from before fine-tuning
     assert before and all(torch.equal(timed[k], v) for k, v in before.items())
