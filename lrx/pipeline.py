@@ -32,7 +32,7 @@ from lrx.module import Classifier
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
-PLAN_ERRORS = ("data", "filter")  # what the planner's error measures: outputs on training images, or kernels
+PLAN_ERRORS = (*planner.OUTPUT_ERRORS, "filter")  # the planner's error: on training images (data, kl), or kernels
 
 
 @dataclass
@@ -96,12 +96,13 @@ def _filter_reconstruction(job: Job, approx: torch.nn.Module) -> tuple[list[dict
         layers, bases = _layers_and_bases(d)
         return decompose(approx, layers, d.scheme, bases, d.rank_selection, **solver_options(d)), None
     calibration = None
-    if d.plan_error == "data":  # real training images, never validation or test
+    if d.plan_error != "filter":  # real training images, never validation or test
         loader = job.datamodule.calibration_dataloader(d.plan_samples, seed=job.cfg.seed)
         calibration = next(iter(loader))[0]
     chosen, report = planner.plan(
         approx, _planner_layers(d), d.target_speedup, d.target_metric, size, max(lat.batch_sizes),
-        list(d.schemes), lat.warmup, lat.repeats, calibration=calibration, **solver_options(d),
+        list(d.schemes), lat.warmup, lat.repeats, calibration=calibration, error=d.plan_error,
+        **solver_options(d),
     )
     log.info("plan (%s, predicted conv speed-up %.2fx): %s", d.target_metric,
              report["predicted_conv_speedup"], report["plan"])

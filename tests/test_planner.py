@@ -23,14 +23,14 @@ def test_choose_is_optimal_against_brute_force():
         fixed, budget = 2.0, rng.uniform(8, 25)
         best = None
         for combo in itertools.product(*candidates.values()):
-            cost, err = fixed + sum(c.cost for c in combo), sum(c.error for c in combo)
+            cost, err = fixed + sum(c.cost for c in combo), sum(c.penalty for c in combo)
             if cost <= budget and (best is None or err < best):
                 best = err
         picks = choose(candidates, fixed, budget)
         if best is None:
             assert picks is None
         else:
-            assert sum(c.error for c in picks) == pytest.approx(best)
+            assert sum(c.penalty for c in picks) == pytest.approx(best)
             assert fixed + sum(c.cost for c in picks) <= budget
 
 
@@ -98,6 +98,47 @@ def test_data_aware_errors_put_the_bases_where_the_data_needs_them():
     # the installed layers are the filter-reconstruction solutions, not the refit copies
     c = by_data["conv_a"]
     torch.testing.assert_close(c.layer.dense_weight(), type(c.layer).from_conv(net.conv_a, c.bases).dense_weight())
+
+
+class _HeadReadsChannelZero(nn.Module):
+    """Logits from the global average of conv's output channel 0 only (the other 7 are ignored)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(1, 4)
+
+    def forward(self, x):
+        return self.head(self.conv(x)[:, :1].mean((2, 3)))
+
+
+def test_kl_error_sees_only_what_reaches_the_predictions():
+    torch.manual_seed(0)
+    net, images = _HeadReadsChannelZero().eval(), torch.randn(32, 3, 8, 8)
+    logits = net(images).detach()
+    data_error = planner._output_error(net, ["conv"], images, "data")
+    kl_error = planner._output_error(net, ["conv"], images, "kl")
+    assert kl_error("conv", copy.deepcopy(net.conv)) == pytest.approx(0.0, abs=1e-6)
+    for channels, reaches_predictions in ((slice(1, None), False), (slice(0, 1), True)):
+        changed = copy.deepcopy(net.conv)
+        with torch.no_grad():
+            changed.weight[channels] *= -1
+        assert data_error("conv", changed) > 0.1  # the layer's output changed either way
+        assert (kl_error("conv", changed) > 1e-3) == reaches_predictions
+    # each candidate is put in place only while its KL is computed
+    assert not net.conv._forward_hooks
+    torch.testing.assert_close(net(images), logits)
+
+
+def test_kl_planning_reports_its_error_kind_and_meets_the_target():
+    torch.manual_seed(0)
+    net, images = _TwoConvs().eval(), torch.randn(16, 3, 12, 12)
+    chosen, report = plan(net, ["conv_a", "conv_b"], 1.8, metric="macs", input_size=12, schemes=(2,),
+                          progress=False, calibration=images, error="kl")
+    assert report["error"] == "kl" and report["predicted_conv_speedup"] >= 1.8
+    assert all(c["error"] >= 0 for opts in report["candidates"].values() for c in opts)
+    with pytest.raises(DecompositionError, match="error='mse'.*data, kl"):
+        plan(net, ["conv_a"], 1.8, metric="macs", input_size=12, calibration=images, error="mse")
 
 
 @pytest.mark.parametrize("load, warned", [(0.5, False), (64.0, True)])

@@ -60,6 +60,11 @@ def test_prepare_refuses_bad_decomposition_settings(tiny_root, overrides, words)
     assert all(w in str(info.value) for w in words), str(info.value)
 
 
+def test_prepare_refuses_an_unknown_plan_error(tiny_root):
+    with pytest.raises(ValueError, match="plan_error='mse'.*valid: plan_error in data, kl, filter"):
+        prepare(compose_cfg([*_smoke(tiny_root), "decomp.target_speedup=2", "decomp.plan_error=mse"]))
+
+
 def _mismatched_checkpoint(path):
     torch.save(AlexNetCIFAR(widths=[48, 64, 192, 192, 128]).state_dict(), path)
 

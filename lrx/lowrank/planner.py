@@ -7,9 +7,17 @@ asked for (Scheme 1 at M = 1 .. min(kh*kw - 1, 12); Scheme 2 and Tucker-2 at the
 see CP_TARGETS) and
 prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
 layer's real input shape against the dense conv, interleaved). Keeping the dense conv is always
-a candidate (error 0). It then picks one candidate per layer minimising the total reconstruction
-error, sum_l e_l^2, with e_l the relative output error on calibration images (see :func:`plan`)
-or, without them, the relative filter error ||W_l - W_hat_l||_F / ||W_l||_F, subject to
+a candidate (error 0). It then picks one candidate per layer minimising the total error, sum_l e_l^2, with e_l one of
+(see :func:`plan`)
+
+- ``data``: the layer's relative output error on calibration images;
+- ``kl``: the network's output error with only that layer replaced, e_l^2 = KL(baseline's class
+  probabilities || the network's) on calibration images. For small errors the KL is a quadratic
+  form in the logit error (the Fisher information), so the layers' KLs add up to about the whole
+  approximation's: ranks go where the PREDICTIONS need them, not where a layer's output does;
+- ``filter`` (no calibration images): the relative kernel error ||W_l - W_hat_l||_F / ||W_l||_F,
+
+subject to
 
     conv cost of the whole network (untouched convs included) <= dense conv cost / target,
 
@@ -22,13 +30,14 @@ import copy
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrx.latency import conv_names, layer_inputs, modules_ms
+from lrx.latency import conv_names, eval_mode, layer_inputs, modules_ms
 from lrx.lowrank.base import check_finite
 from lrx.lowrank.data_recon import refit_final, relative_error
 from lrx.lowrank.cp import CPConv
@@ -40,6 +49,7 @@ from lrx.lowrank.tucker2 import Tucker2Conv
 log = logging.getLogger(__name__)
 
 METRICS = ("macs", "latency")
+OUTPUT_ERRORS = ("data", "kl")  # measured on calibration images; without them, the filter error
 # Theoretical speed-ups tried: 1.25x to 16x in steps of about 15%, so that each layer's bases can
 # land close to what the target needs instead of a coarse step past it.
 TARGETS = (1.25, 1.4, 1.6, 1.8, 2.0, 2.25, 2.5, 2.8, 3.2, 3.6, 4.0, 4.5, 5.0, 5.7, 6.5, 7.5, 8.5, 10.0, 12.0, 14.0, 16.0)
@@ -57,14 +67,14 @@ class Candidate:
     name: str
     scheme: int | str | None  # None: keep the dense conv
     bases: int | tuple[int, int] | None
-    rel_error: float
+    error: float  # e_l, as the plan's error kind defines it
     cost: float
     layer: nn.Module = field(repr=False)
 
     @property
-    def error(self) -> float:
-        """What the planner minimises the sum of: the squared relative (output or filter) error."""
-        return self.rel_error**2
+    def penalty(self) -> float:
+        """What the planner minimises the sum of: e_l^2."""
+        return self.error**2
 
 
 def scheme2_bases(conv: nn.Conv2d, target: float) -> int:
@@ -117,7 +127,7 @@ def choose(candidates: dict[str, list[Candidate]], fixed_cost: float, budget: fl
     """One candidate per layer with total cost <= budget and least total error (None: infeasible)."""
     states = [(fixed_cost, 0.0, ())]
     for options in candidates.values():
-        states = _pareto([(c + o.cost, e + o.error, p + (o,)) for c, e, p in states for o in options])
+        states = _pareto([(c + o.cost, e + o.penalty, p + (o,)) for c, e, p in states for o in options])
         states = [s for s in states if s[0] <= budget]
     return min(states, key=lambda s: s[1])[2] if states else None
 
@@ -160,19 +170,43 @@ def _filter_error(_name: str, layer: nn.Module) -> float:
     return layer.report["rel_error"]
 
 
-def _data_error(net: nn.Module, names: list[str], images: torch.Tensor, chunk: int = 64):
-    """``error(name, layer)``: the relative output error of ``layer`` on the real inputs of conv
-    ``name`` for ``images``, after a least-squares refit of a copy's last pass (if it has one)."""
-    device = next(net.parameters()).device
-    with torch.no_grad():
-        inputs = layer_inputs(net, names, images.to(device))
-        targets = {n: net.get_submodule(n)(inputs[n]) for n in names}
+def _log_probs(net: nn.Module, images: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log-softmax of ``net``'s outputs (logits, (B, classes)) for ``images``, ``chunk`` at a time."""
+    with eval_mode(net):
+        return torch.cat([net(images[i:i + chunk]).log_softmax(1) for i in range(0, images.shape[0], chunk)])
+
+
+@contextmanager
+def _replaced(net: nn.Module, name: str, layer: nn.Module):
+    """``net`` with the output of module ``name`` replaced by ``layer`` applied to its input."""
+    handle = net.get_submodule(name).register_forward_hook(lambda _m, args, _out: layer(args[0]))
+    try:
+        yield net
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def _output_error(net: nn.Module, names: list[str], images: torch.Tensor, kind: str, chunk: int = 64):
+    """``error(name, layer)`` on the calibration ``images``, of the kind ``data`` or ``kl`` (see the
+    module docstring), for a copy of ``layer`` whose last pass (if it has one) is refit by least
+    squares to the conv's outputs on its real inputs, as data reconstruction will start from."""
+    images = images.to(next(net.parameters()).device)
+    inputs = layer_inputs(net, names, images)
+    targets = {n: net.get_submodule(n)(inputs[n]) for n in names}
+    log_p = _log_probs(net, images, chunk) if kind == "kl" else None
 
     def error(name: str, layer: nn.Module) -> float:
         if hasattr(layer, "final_features"):
             layer = copy.deepcopy(layer)
             refit_final(layer, name, inputs[name], targets[name], chunk)
-        return relative_error(layer.eval(), inputs[name], targets[name], chunk)
+        layer.eval()
+        if kind == "data":
+            return relative_error(layer, inputs[name], targets[name], chunk)
+        with _replaced(net, name, layer):
+            log_q = _log_probs(net, images, chunk)
+        kl = torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")  # KL(p || q)
+        return math.sqrt(max(kl.item(), 0.0))
 
     return error
 
@@ -189,22 +223,26 @@ def plan(
     repeats: int = 10,
     progress: bool = True,
     calibration: torch.Tensor | None = None,
+    error: str = "data",
     **solver_options,
 ) -> tuple[dict[str, Candidate], dict]:
     """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
 
-    With ``calibration`` (a batch of real TRAINING images), a candidate's error is its relative
-    output error on them, ‖conv(x) − layer'(x)‖ / ‖conv(x)‖, where layer' is a copy of the
-    candidate with its last pass refit to those outputs by least squares (what data
-    reconstruction starts from): a layer's error is then measured where the data lives, not in
-    kernel space, so ranks go where the network needs them. Without it, the error is the filter
-    reconstruction error ‖W − Ŵ‖ / ‖W‖. The installed layers are the plain filter-reconstruction
-    solutions in both cases.
+    With ``calibration`` (a batch of real TRAINING images), a candidate's error is measured on
+    them, for a copy layer' of the candidate with its last pass refit to the conv's outputs by
+    least squares (what data reconstruction starts from), so ranks go where the data needs them,
+    not where the kernel does. ``error="data"``: the relative output error
+    ‖conv(x) − layer'(x)‖ / ‖conv(x)‖; ``error="kl"``: sqrt(KL(p || q)), p the network's class
+    probabilities and q the same with only this conv replaced by layer'. Without calibration
+    images, the error is the filter reconstruction error ‖W − Ŵ‖ / ‖W‖. The installed layers are
+    the plain filter-reconstruction solutions in every case.
 
     Returns the chosen candidate per selected layer (scheme None keeps the conv) and a report
     with the predicted conv speed-up and every candidate's (scheme, bases, error, cost).
     """
     selected = check_request(net, layers, target_speedup, metric, schemes, **solver_options)
+    if calibration is not None and error not in OUTPUT_ERRORS:
+        raise DecompositionError(f"planner error={error!r} is unknown; valid: {', '.join(OUTPUT_ERRORS)}")
     for name, conv in selected:
         check_finite(conv, name)
     device = next(net.parameters()).device
@@ -223,7 +261,8 @@ def plan(
     if metric == "latency":
         warn_if_busy()
     costs = {name: dense_cost(name) for name in all_convs}
-    error = _filter_error if calibration is None else _data_error(net, [n for n, _ in selected], calibration)
+    kind = "filter" if calibration is None else error
+    error_of = _filter_error if calibration is None else _output_error(net, [n for n, _ in selected], calibration, kind)
     candidates: dict[str, list[Candidate]] = {}
     bar = tqdm(selected, desc="planner", disable=not progress)
     for name, conv in bar:
@@ -238,7 +277,7 @@ def plan(
                     layer.select_strategy(inputs[name], warmup, repeats)
                 t = modules_ms({"dense": conv, "lowrank": layer.eval()}, inputs[name], warmup, repeats)
                 cost = costs[name] * t["lowrank"] / t["dense"]
-            options.append(Candidate(name, cls.scheme, bases, error(name, layer), cost, layer))
+            options.append(Candidate(name, cls.scheme, bases, error_of(name, layer), cost, layer))
         candidates[name] = options
     total = sum(costs.values())
     fixed = total - sum(costs[name] for name, _ in selected)
@@ -253,11 +292,11 @@ def plan(
     report = {
         "target_speedup": target_speedup,
         "metric": metric,
-        "error": "filter" if calibration is None else "data",
+        "error": kind,
         "predicted_conv_speedup": total / (fixed + sum(c.cost for c in picks)),
-        "plan": {c.name: {"scheme": c.scheme, "bases": c.bases, "rel_error": c.rel_error} for c in picks},
+        "plan": {c.name: {"scheme": c.scheme, "bases": c.bases, "error": c.error} for c in picks},
         "candidates": {
-            name: [{"scheme": o.scheme, "bases": o.bases, "rel_error": o.rel_error, "cost": o.cost} for o in opts]
+            name: [{"scheme": o.scheme, "bases": o.bases, "error": o.error, "cost": o.cost} for o in opts]
             for name, opts in candidates.items()
         },
     }
