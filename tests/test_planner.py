@@ -1,7 +1,11 @@
 import copy
 import itertools
 import logging
+import os
 import random
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -141,12 +145,23 @@ def test_kl_planning_reports_its_error_kind_and_meets_the_target():
         plan(net, ["conv_a"], 1.8, metric="macs", input_size=12, calibration=images, error="mse")
 
 
-@pytest.mark.parametrize("load, warned", [(0.5, False), (64.0, True)])
-def test_latency_planning_warns_on_a_busy_cpu(monkeypatch, caplog, load, warned):
-    monkeypatch.setattr(planner.os, "getloadavg", lambda: (load, load, load))
+@pytest.mark.parametrize("busy, warned", [(0.1, False), (1.5, True)])
+def test_latency_planning_warns_on_a_busy_cpu(monkeypatch, caplog, busy, warned):
+    monkeypatch.setattr(planner, "busy_cores", lambda: busy)
     with caplog.at_level(logging.WARNING, logger="lrx.lowrank.planner"):
         planner.warn_if_busy()
-    assert ("busy CPU" in caplog.text) == warned
+    assert ("other work keeps" in caplog.text) == warned
+
+
+def test_busy_cores_sees_a_spinning_process_and_not_its_own_sleep():
+    quiet = planner.busy_cores(0.3)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        busy = planner.busy_cores(0.5)
+    finally:
+        spinner.kill()
+    assert 0 <= quiet <= os.cpu_count() and busy >= 0.7
 
 
 def test_cp_candidates_start_at_2x_where_the_others_start_at_1_25x():

@@ -30,6 +30,7 @@ import copy
 import logging
 import math
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -157,13 +158,31 @@ def apply(net: nn.Module, chosen: dict[str, Candidate]) -> list[dict]:
     return records
 
 
+def busy_cores(seconds: float = 0.5) -> float:
+    """How many cores other work keeps busy, sampled now over ``seconds`` (this process sleeps
+    meanwhile): from /proc/stat where there is one, else the 1-minute load average (which also
+    counts work that ended up to a minute ago, such as the previous job of a sweep)."""
+    def stat() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]  # user nice system idle iowait irq ...
+        return sum(ticks), ticks[3] + ticks[4]
+
+    try:
+        (total0, idle0), _, (total1, idle1) = stat(), time.sleep(seconds), stat()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    return cores * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
 def warn_if_busy() -> None:
     """Latency plans need a quiet machine: other work on the CPU inflates the timings unevenly
     (measured here: a plan made next to a test run predicted 2.53x and delivered 2.97x)."""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load > cores:
-        log.warning("planning by measured latency on a busy CPU (load %.1f on %d cores): timings are "
-                    "inflated unevenly, so the plan can miss its target; plan on a quiet machine", load, cores)
+    busy = busy_cores()
+    if busy > 0.5:
+        log.warning("planning by measured latency while other work keeps %.1f of %d cores busy: timings are "
+                    "inflated unevenly, so the plan can miss its target; plan on a quiet machine",
+                    busy, os.cpu_count() or 1)
 
 
 def _filter_error(_name: str, layer: nn.Module) -> float:
