@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from lrx.lowrank import cp
 from lrx.lowrank import (ConvGeometry, CPConv, DecompositionError, Tucker2Conv, decompose, evbmf_rank, solve_cp,
                          solve_tucker2, tucker2_ranks, validate)
 from lrx.lowrank.planner import plan
@@ -38,9 +39,10 @@ def test_tucker2_full_ranks_reproduce_conv(geometry):
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_cp_at_the_rank_bound_nearly_reproduces_conv(geometry):
-    """CP-ALS is not exact, but at R = the CP-rank bound (smallest product of all sizes but one)
-    it reaches a relative kernel error below 1e-4 and outputs within 2e-4 of the conv's."""
+def test_cp_at_the_rank_bound_nearly_reproduces_conv(geometry, monkeypatch):
+    """Plain CP-ALS (no ridge) is not exact, but at R = the CP-rank bound (smallest product of all
+    sizes but one) it reaches a relative kernel error below 1e-4 and outputs within 2e-4 of the conv's."""
+    monkeypatch.setattr(cp, "RIDGE", 0.0)
     conv = make_conv(*geometry)
     layer = CPConv.from_conv(conv, CPConv.full_rank(ConvGeometry.of(conv.in_channels, conv.out_channels,
                                                                      conv.kernel_size)))
@@ -65,13 +67,31 @@ def test_error_non_increasing_in_rank_and_over_rounds():
     torch.manual_seed(0)
     weight = nn.Conv2d(8, 12, 3).weight.detach()
     tucker = [solve_tucker2(weight, (r, r + r // 2)) for r in (1, 2, 4, 8)]
-    cp = [solve_cp(weight, r) for r in (1, 4, 16, 48)]
-    for infos in ([t[3] for t in tucker], [c[1] for c in cp]):
+    plain_als = [solve_cp(weight, r, ridge=0) for r in (1, 4, 16, 48)]
+    for infos in ([t[3] for t in tucker], [c[1] for c in plain_als]):
         finals = [info["history"][-1] for info in infos]
         assert all(b <= a for a, b in zip(finals, finals[1:])), finals
         for info in infos:  # HOOI and ALS rounds never raise the error
             h = info["history"]
             assert all(b <= a * (1 + 1e-9) + 1e-12 for a, b in zip(h, h[1:])), h
+
+
+def _term_norms(factors) -> torch.Tensor:
+    return torch.stack([torch.linalg.norm(f, dim=0) for f in factors]).prod(0)
+
+
+def test_cp_ridge_keeps_the_terms_small_at_about_the_same_error():
+    """Plain ALS drifts toward degenerate terms (large, cancelling each other); the default ridge
+    keeps their norms several times smaller for about the same kernel error."""
+    torch.manual_seed(0)
+    weight = nn.Conv2d(16, 16, 3).weight.detach()
+    errors, sizes = {}, {}
+    for ridge in (0.0, None):
+        factors, info = solve_cp(weight, 48, ridge=ridge)
+        errors[ridge], sizes[ridge] = info["history"][-1] ** 0.5, _term_norms(factors).sum() / weight.norm()
+    assert sizes[None] < 0.5 * sizes[0.0] and errors[None] < 1.05 * errors[0.0], (sizes, errors)
+    with pytest.raises(ValueError, match="ridge=-1.*>= 0"):
+        solve_cp(weight, 4, ridge=-1)
 
 
 @pytest.mark.parametrize(
