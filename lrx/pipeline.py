@@ -102,7 +102,7 @@ def _filter_reconstruction(job: Job, approx: torch.nn.Module) -> tuple[list[dict
     chosen, report = planner.plan(
         approx, _planner_layers(d), d.target_speedup, d.target_metric, size, max(lat.batch_sizes),
         list(d.schemes), lat.warmup, lat.repeats, calibration=calibration, error=d.plan_error,
-        **solver_options(d),
+        memory_format=lat.memory_format, **solver_options(d),
     )
     log.info("plan (%s, predicted conv speed-up %.2fx): %s", d.target_metric,
              report["predicted_conv_speedup"], report["plan"])

@@ -164,6 +164,25 @@ def test_busy_cores_sees_a_spinning_process_and_not_its_own_sleep():
     assert 0 <= quiet <= os.cpu_count() and busy >= 0.7
 
 
+def test_latency_planning_times_in_the_requested_memory_format(monkeypatch):
+    seen = []
+
+    def fake_ms(modules, x, warmup, repeats):
+        weights = [p for m in modules.values() for p in m.parameters() if p.dim() == 4]
+        seen.append(x.is_contiguous(memory_format=torch.channels_last)
+                    and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights))
+        return {k: 0.5 if k == "lowrank" else 1.0 for k in modules}
+
+    monkeypatch.setattr(planner, "modules_ms", fake_ms)
+    net = AlexNetCIFAR()
+    plan(net, "conv2", 1.1, metric="latency", schemes=(2,), progress=False, memory_format="channels_last")
+    assert len(seen) > 5 and all(seen)
+    # the network is handed back in the contiguous format
+    assert all(p.is_contiguous() for p in net.parameters())
+    with pytest.raises(DecompositionError, match="memory_format='nhwc'.*contiguous, channels_last"):
+        plan(net, "conv2", 1.1, metric="latency", memory_format="nhwc")
+
+
 def test_cp_candidates_start_at_2x_where_the_others_start_at_1_25x():
     conv = AlexNetCIFAR().conv2
     grid = planner._grid(conv, (2, "cp"))
