@@ -168,7 +168,9 @@ def busy_cores(seconds: float = 0.5) -> float:
         return sum(ticks), ticks[3] + ticks[4]
 
     try:
-        (total0, idle0), _, (total1, idle1) = stat(), time.sleep(seconds), stat()
+        total0, idle0 = stat()
+        time.sleep(seconds)
+        total1, idle1 = stat()
     except (OSError, ValueError, IndexError):
         return os.getloadavg()[0]
     cores = os.cpu_count() or 1
