@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from lrx.baseline import get_baseline, load_state_dict
 from lrx.complexity import complexity
 from lrx.evaluate import accuracy
-from lrx.io import write_json
+from lrx.io import save_torch, write_json
 from lrx.latency import MEMORY_FORMATS, compare, devices
 from lrx.lowrank.data_recon import reconstruct
 from lrx.lowrank import planner
@@ -28,10 +28,12 @@ from lrx.lowrank.guard import put_back_slower
 from lrx.lowrank.scheme1_exec import reset_strategies, tune
 from lrx.lowrank.surgery import decompose, validate
 from lrx.module import Classifier
+from lrx.report import read_finished
 
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
+MODEL = "model.pt"  # the final network (the approximation, or the baseline where nothing was replaced)
 PLAN_ERRORS = (*planner.OUTPUT_ERRORS, "filter")  # the planner's error: on training images (data, kl), or kernels
 
 
@@ -181,8 +183,18 @@ def _guard(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, records
     return put_back
 
 
+def slower_than_baseline(timings: dict) -> list[str]:
+    """Every timed setting (device, batch size) at which the final model's conv or model speed-up
+    is below 1, e.g. ``"cpu, batch 1: conv 0.84x, model 1.00x"``: the guard decides at one setting
+    only, so a model faster at batch 32 can be slower at batch 1, and the user must be told."""
+    return [f"{dev}, batch {bs}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x"
+            for dev, by_bs in timings.items() for bs, t in by_bs.items()
+            if min(t["conv_speedup"], t["model_speedup"]) < 1]
+
+
 def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
-    """Run the pipeline and write ``run_dir/results.json`` atomically; returns its content."""
+    """Run the pipeline; write the final network to ``run_dir/model.pt`` (the whole module, see
+    :func:`load_models`), then ``run_dir/results.json``, both atomically; returns the results."""
     cfg, dm, net = job.cfg, job.datamodule, job.net
     L.seed_everything(cfg.seed, workers=True)
     origin = get_baseline(cfg, net, dm, logger, callbacks)
@@ -221,6 +233,9 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
                 log.warning("fine-tuning lowered validation acc@1 from %.2f to %.2f: the weights from before "
                             "it are kept", before_acc1, stages["finetune"]["acc1"])
     timings = _timings(job, net, approx)
+    slower = slower_than_baseline(timings) if records else []
+    if slower:
+        log.warning("the final model is slower than the baseline at %s", "; ".join(slower))
     main_bs = max(cfg.latency.batch_sizes)
     for rec in records:
         rec["measured_speedup"] = {dev: t[main_bs]["layers"][rec["name"]]["speedup"] for dev, t in timings.items()}
@@ -236,6 +251,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
         "final": final,
         "stages": stages,
         "finetune_reverted": finetune_reverted,
+        "slower_than_baseline": slower,
         "speedup": {
             "macs": baseline["macs"] / final["macs"],
             "conv": {dev: t[main_bs]["conv_speedup"] for dev, t in timings.items()},
@@ -245,8 +261,30 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
         "layers": records,
         "plan": plan_report,
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "model_file": MODEL,
     }
+    save_torch(run_dir / MODEL, approx.eval())  # before results.json: a results.json that exists has its model
     write_json(run_dir / RESULTS, results)
     log.info("final acc@1 %.2f (baseline %.2f); conv speed-up %s; results in %s",
              final["acc1"], baseline["acc1"], results["speedup"]["conv"], run_dir / RESULTS)
     return results
+
+
+def load_models(run_dir: str | Path) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """``(baseline, final, results)`` of a finished run directory, both networks in eval mode on the
+    CPU: the final network from ``model.pt``, the baseline rebuilt from the run's model config and
+    the checkpoint it came from (``results["baseline"]["origin"]["path"]``).
+
+    ``model.pt`` is a pickled module (``torch.load(..., weights_only=False)``): load only files you
+    made or trust.
+    """
+    run_dir = Path(run_dir)
+    results, why = read_finished(run_dir / RESULTS)
+    if results is None:
+        raise ValueError(f"{run_dir} holds no finished run: {why}")
+    if not (run_dir / MODEL).is_file():
+        raise ValueError(f"{run_dir} has no {MODEL} (runs made before lrx saved the final network have none)")
+    final = torch.load(run_dir / MODEL, map_location="cpu", weights_only=False)
+    baseline = instantiate(OmegaConf.create(results["config"]["model"]["net"]))
+    load_state_dict(baseline, results["baseline"]["origin"]["path"])
+    return baseline.eval(), final.eval(), results

@@ -1,15 +1,21 @@
 """The pipeline's stage order: the latency guard decides right after filter reconstruction, so data
 reconstruction and fine-tuning fit only the layers that stay."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from omegaconf import open_dict
 from torch import nn
 
 import lrx.pipeline
+from lrx.complexity import complexity
 from lrx.latency import conv_names
-from lrx.pipeline import prepare, run
-from tests.conftest import compose_cfg
+from lrx.lowrank import LowRankExpConvV1
+from lrx.pipeline import load_models, prepare, run
+from tests.conftest import REPO, compose_cfg
 from tests.test_robustness import _smoke, tiny_root  # noqa: F401 (a fixture)
 
 
@@ -74,3 +80,36 @@ def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypa
     assert list(results["stages"]) == ["filter", "data", "finetune"] and results["finetune_reverted"] is True
     assert results["final"]["acc1"] == 85.0  # the model handed back is the one from before fine-tuning
     assert before and all(torch.equal(timed[k], v) for k, v in before.items())
+
+
+def test_the_final_network_is_saved_and_can_be_timed_again(tmp_path, monkeypatch, tiny_root):
+    monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(2.0))
+    results = _run(tmp_path, tiny_root)
+    baseline, final, loaded = load_models(tmp_path)
+    assert isinstance(final.conv2, LowRankExpConvV1) and type(baseline.conv2) is nn.Conv2d
+    assert not final.training and not baseline.training
+    assert complexity(final, 32)["macs"] == results["final"]["macs"] == loaded["final"]["macs"]
+    assert complexity(baseline, 32)["macs"] == results["baseline"]["macs"]
+    recorded = (tmp_path / "results.json").read_text()
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "retime.py"), str(tmp_path), "--rounds", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    retimed = json.loads((tmp_path / "retime.json").read_text())
+    assert len(retimed["conv_speedup"]["rounds"]) == 2 and retimed["conv_speedup"]["min"] > 0
+    assert set(retimed["layers"]) == set(conv_names(baseline))
+    assert retimed["recorded"]["conv"] == results["speedup"]["conv"]["cpu"]  # the fake timing the run recorded
+    assert (tmp_path / "results.json").read_text() == recorded  # left as it was
+
+
+def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="no finished run"):
+        load_models(tmp_path)
+
+
+@pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
+def test_every_setting_where_the_final_model_is_slower_is_named(tmp_path, monkeypatch, tiny_root, conv2_speedup):
+    monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(conv2_speedup))
+    results = _run(tmp_path, tiny_root, "decomp.keep_slower=true")  # conv2 stays, even when slower
+    conv = 5 / (4 + 1 / conv2_speedup)  # five convs of 1 ms, conv2 replaced
+    expected = [f"cpu, batch {bs}: conv {conv:.2f}x, model 1.00x" for bs in (1, 32)] if conv < 1 else []
+    assert results["slower_than_baseline"] == expected
