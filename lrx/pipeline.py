@@ -25,7 +25,7 @@ from lrx.latency import MEMORY_FORMATS, compare, devices
 from lrx.lowrank.data_recon import reconstruct
 from lrx.lowrank import planner
 from lrx.lowrank.guard import put_back_slower
-from lrx.lowrank.scheme1_exec import reset_strategies, tune
+from lrx.lowrank.execution import reset_strategies, tune
 from lrx.lowrank.surgery import decompose, validate
 from lrx.module import Classifier
 from lrx.report import read_finished
@@ -160,7 +160,7 @@ def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, on=No
     out = {}
     for d in on or devices():
         x = torch.randn(max(lat.batch_sizes), 3, size, size, device=d).contiguous(memory_format=fmt)
-        tune(approx.to(d, memory_format=fmt), x, lat.warmup, lat.repeats)  # Scheme 1 execution, this device
+        tune(approx.to(d, memory_format=fmt), x, lat.warmup, lat.repeats)  # Scheme 1's and CP's execution, this device
         out[d.type] = {
             bs: compare(baseline, approx, size, bs, d, lat.warmup, lat.repeats, lat.memory_format)
             for bs in batch_sizes
@@ -177,7 +177,7 @@ def _guard(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, records
     device, batch_size = devices()[-1], max(job.cfg.latency.batch_sizes)
     timings = _timings(job, baseline, approx, on=[device], batch_sizes=[batch_size])[device.type][batch_size]
     put_back = put_back_slower(approx, baseline, records, timings["layers"])
-    reset_strategies(approx)  # timing chose Scheme 1's execution; fitting computes the same numbers in every run
+    reset_strategies(approx)  # timing chose the executions; fitting computes the same numbers in every run
     if put_back:
         log.warning("put back the original conv of %s: not faster on this device", put_back)
     return put_back
@@ -275,8 +275,9 @@ def load_models(run_dir: str | Path) -> tuple[torch.nn.Module, torch.nn.Module, 
     CPU: the final network from ``model.pt``, the baseline rebuilt from the run's model config and
     the checkpoint it came from (``results["baseline"]["origin"]["path"]``).
 
-    ``model.pt`` is a pickled module (``torch.load(..., weights_only=False)``): load only files you
-    made or trust.
+    The final network's layers run their default executions: the fastest one depends on the
+    machine, so call :func:`lrx.lowrank.execution.tune` to choose this machine's. ``model.pt`` is
+    a pickled module (``torch.load(..., weights_only=False)``): load only files you made or trust.
     """
     run_dir = Path(run_dir)
     results, why = read_finished(run_dir / RESULTS)
@@ -285,6 +286,7 @@ def load_models(run_dir: str | Path) -> tuple[torch.nn.Module, torch.nn.Module, 
     if not (run_dir / MODEL).is_file():
         raise ValueError(f"{run_dir} has no {MODEL} (runs made before lrx saved the final network have none)")
     final = torch.load(run_dir / MODEL, map_location="cpu", weights_only=False)
+    reset_strategies(final)
     baseline = instantiate(OmegaConf.create(results["config"]["model"]["net"]))
     load_state_dict(baseline, results["baseline"]["origin"]["path"])
     return baseline.eval(), final.eval(), results

@@ -1,7 +1,8 @@
 """Re-measure a finished run's speed-ups, several times, to see how far one timing can be trusted.
 
-Loads the run's baseline and final network (``lrx.pipeline.load_models``) and times them side by
-side ``--rounds`` times with the run's own latency settings (``lrx.latency.compare``: every conv on
+Loads the run's baseline and final network (``lrx.pipeline.load_models``), chooses the final
+network's layer executions on this machine (``lrx.lowrank.execution.tune``, as a run does), and
+times them side by side ``--rounds`` times with the run's own latency settings (``lrx.latency.compare``: every conv on
 its real input shape and the whole model, interleaved, medians of ``latency.repeats`` runs).
 Prints each round's conv and model speed-up and their median and range, and writes them to
 ``RUN_DIR/retime.json`` (atomically; the run's ``results.json`` is left as it was):
@@ -19,10 +20,12 @@ import statistics
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from lrx.io import write_json
-from lrx.latency import compare
+from lrx.latency import MEMORY_FORMATS, compare
+from lrx.lowrank.execution import tune
 from lrx.pipeline import load_models
 
 OUT = "retime.json"
@@ -40,6 +43,10 @@ def retime(run_dir: Path, rounds: int, batch_size: int | None = None) -> dict:
     cfg = results["config"]
     lat, size = cfg["latency"], cfg["model"]["input_size"]
     batch_size = batch_size or max(lat["batch_sizes"])
+    fmt = MEMORY_FORMATS[lat["memory_format"]]
+    x = torch.randn(batch_size, 3, size, size).contiguous(memory_format=fmt)
+    executions = tune(final.to(memory_format=fmt), x, lat["warmup"], lat["repeats"])
+    final.to(memory_format=torch.contiguous_format)
     timings = [
         compare(baseline, final, size, batch_size, "cpu", lat["warmup"], lat["repeats"], lat["memory_format"])
         for _ in tqdm(range(rounds), desc=f"retime {run_dir.name}")
@@ -51,6 +58,7 @@ def retime(run_dir: Path, rounds: int, batch_size: int | None = None) -> dict:
         "conv_speedup": spread([t["conv_speedup"] for t in timings]),
         "model_speedup": spread([t["model_speedup"] for t in timings]),
         "layers": {name: spread([t["layers"][name]["speedup"] for t in timings]) for name in timings[0]["layers"]},
+        "executions": {name: e["strategy"] for name, e in executions.items()},
     }
 
 

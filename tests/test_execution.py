@@ -1,4 +1,5 @@
-"""Every Scheme 1 execution strategy computes the same function as the reference layer."""
+"""Every execution strategy (Scheme 1's, CP's) computes the same function as the reference layer,
+and the measured choice is the one applied."""
 
 import pytest
 import torch
@@ -6,17 +7,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrx.lowrank import LowRankExpConvV1
-from lrx.lowrank.scheme1_exec import STRATEGIES, choose, tune
+from lrx.lowrank import cp
+from lrx.lowrank.execution import reset_strategies, tune
+from lrx.lowrank.scheme1_exec import STRATEGIES, choose
+
+LAYERS_AND_STRATEGIES = [(LowRankExpConvV1, s) for s in sorted(STRATEGIES)] + [(cp.CPConv, s) for s in cp.STRATEGIES]
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("layer_type, strategy", LAYERS_AND_STRATEGIES)
 @pytest.mark.parametrize(
     "c, n, k, stride, padding, dilation, bias",
-    [(6, 10, 3, 1, 1, 1, True), (10, 4, 5, 2, 2, 1, False), (5, 7, (3, 5), (2, 1), (0, 2), (2, 1), True)],
+    [(6, 10, 3, 1, 1, 1, True), (10, 4, 5, 2, 2, 1, False), (5, 7, (3, 5), (2, 1), (0, 2), (2, 1), True),
+     (4, 6, (2, 3), 1, "same", 1, False)],
 )
-def test_strategy_matches_the_dense_kernel(strategy, c, n, k, stride, padding, dilation, bias):
+def test_strategy_matches_the_dense_kernel(layer_type, strategy, c, n, k, stride, padding, dilation, bias):
     torch.manual_seed(0)
-    layer = LowRankExpConvV1(c, n, k, 3, stride=stride, padding=padding, dilation=dilation, bias=bias).eval()
+    layer = layer_type(c, n, k, 3, stride=stride, padding=padding, dilation=dilation, bias=bias).eval()
     layer.strategy = strategy
     x = torch.randn(2, c, 13, 11)
     expected = F.conv2d(x, layer.dense_weight(), layer.bias, stride, padding, dilation)
@@ -32,3 +38,13 @@ def test_choice_is_measured_cached_and_applied():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
     report = tune(net, torch.randn(2, 3, 12, 12), warmup=1, repeats=2)
     assert report["1"]["strategy"] == layer.strategy == best
+
+
+def test_cp_keeps_its_faster_execution_and_fitting_goes_back_to_the_default():
+    layer = cp.CPConv(8, 16, 3, 12, padding=1).eval()
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
+    (report,) = tune(net, torch.randn(2, 3, 12, 12), warmup=1, repeats=2).values()
+    times = report["times_ms"]
+    assert set(times) == set(cp.STRATEGIES) and report["strategy"] == layer.strategy == min(times, key=times.get)
+    reset_strategies(net)
+    assert layer.strategy == layer.default_strategy == "separable"

@@ -4,6 +4,10 @@
 
 executed as a 1x1 conv C -> R (S), a depthwise kh x 1 conv (V, row stride/padding/dilation), a
 depthwise 1 x kw conv (H, column stride/padding/dilation) and a 1x1 conv R -> N (U, the bias).
+The two depthwise passes can also run as ONE depthwise kh x kw conv whose kernels are the rank-1
+v_r h_r^T (the same function: more MACs, one pass over the R maps instead of two, and these
+passes are memory-bound); the layer times both on its real input and keeps the faster
+(``select_strategy``, as Scheme 1 does; :mod:`lrx.lowrank.execution`).
 
 Filter reconstruction by CP-ALS (no closed form; a local optimum). Each factor in turn is the exact
 ridge-regularised least-squares fit with the other three fixed,
@@ -29,11 +33,14 @@ rounds: 5.8 s against 39 s numpy / 37 s pytorch on a loaded 2-core machine).
 """
 
 import math
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lrx.latency import interleaved_ms
 from lrx.lowrank import scheme1
 from lrx.lowrank.base import (ConvGeometry, PointwiseOutConv, check_bases, converged, single_thread, solve_dtype,
                               solve_psd, top_left_singular_vectors)
@@ -45,6 +52,7 @@ MAX_ITERS = 200
 TOL = 1e-4
 RIDGE = 1e-2  # mu_k relative to the mean diagonal of G_k (see the module docstring)
 SEED = 0  # of the random initial columns of modes smaller than R
+STRATEGIES = ("separable", "fused")  # the depthwise passes: kh x 1 then 1 x kw | one kh x kw
 
 
 def full_rank(shape) -> int:
@@ -129,9 +137,12 @@ class CPConv(PointwiseOutConv):
 
     MACs per output pixel: R*(C + kh + kw + N) (every map counted at output resolution) against
     N*C*kh*kw dense, so macs_speedup = N*C*kh*kw / (R*(C + kh + kw + N)).
+    ``strategy="fused"`` runs the two depthwise passes as one kh x kw depthwise conv (R*kh*kw MACs
+    per pixel instead of R*(kh + kw)); see the module docstring.
     """
 
     scheme = "cp"
+    default_strategy = "separable"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, bases: int, stride=1, padding=0,
                  dilation=1, bias: bool = True, device=None, dtype=None):
@@ -143,6 +154,7 @@ class CPConv(PointwiseOutConv):
         self.vertical = nn.Conv2d(bases, bases, (kh, 1), groups=bases, bias=False, **g.vertical(), **factory)
         self.horizontal = nn.Conv2d(bases, bases, (1, kw), groups=bases, bias=False, **g.horizontal(), **factory)
         self.pointwise_out = nn.Conv2d(bases, out_channels, 1, bias=bias, **factory)
+        self.strategy = self.default_strategy
 
     @staticmethod
     def full_rank(geometry: ConvGeometry) -> int:
@@ -174,5 +186,22 @@ class CPConv(PointwiseOutConv):
                             self.pointwise_in.weight[:, :, 0, 0], self.vertical.weight[:, 0, :, 0],
                             self.horizontal.weight[:, 0, 0, :])
 
+    def _depthwise(self, y: torch.Tensor, strategy: str) -> torch.Tensor:
+        """Both depthwise passes on ``y`` (B, R, H, W) -> (B, R, H', W'), as ``strategy`` runs them."""
+        if strategy == "separable":
+            return self.horizontal(self.vertical(y))
+        g = self.geometry
+        kernel = self.vertical.weight * self.horizontal.weight  # (R, 1, kh, 1) * (R, 1, 1, kw) -> (R, 1, kh, kw)
+        return F.conv2d(y, kernel, stride=g.stride, padding=g.padding, dilation=g.dilation, groups=self.bases)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.horizontal(self.vertical(self.pointwise_in(x)))
+        return self._depthwise(self.pointwise_in(x), self.strategy)
+
+    @torch.inference_mode()
+    def select_strategy(self, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> dict:
+        """Time both executions of the depthwise passes on the real input ``x`` (interleaved), keep
+        the faster; returns the choice and the times."""
+        y = self.pointwise_in(x)
+        times = interleaved_ms({s: partial(self._depthwise, y, s) for s in STRATEGIES}, x.device, warmup, repeats)
+        self.strategy = min(times, key=times.get)
+        return {"strategy": self.strategy, "times_ms": times}

@@ -215,6 +215,7 @@ class LowRankExpConvV1(LowRankConv):
     """
 
     scheme = 1
+    default_strategy = scheme1_exec.DEFAULT
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, bases: int, stride=1, padding=0,
                  dilation=1, bias: bool = True, device=None, dtype=None):
@@ -226,7 +227,7 @@ class LowRankExpConvV1(LowRankConv):
         self.h = nn.Parameter(torch.empty(bases, kw, **factory))
         self.a = nn.Parameter(torch.empty(out_channels, in_channels, bases, **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self.strategy = scheme1_exec.DEFAULT  # execution strategy; see select_strategy
+        self.strategy = self.default_strategy  # execution strategy; see select_strategy
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lrx.latency import interleaved_ms, layer_inputs
+from lrx.latency import interleaved_ms
 
 CL = torch.channels_last
 
@@ -94,19 +94,3 @@ def choose(layer, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> tuple[
     best = min(times, key=times.get)
     _chosen[key] = best
     return best, times
-
-
-def tune(net: torch.nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> dict[str, dict]:
-    """Choose the execution strategy of every Scheme 1 layer of ``net`` on its real input for the
-    network input ``x``; returns ``{name: {"strategy": ..., "times_ms": {...}}}``."""
-    names = [name for name, m in net.named_modules() if hasattr(m, "select_strategy")]
-    inputs = layer_inputs(net, names, x)
-    return {name: net.get_submodule(name).select_strategy(inputs[name], warmup, repeats) for name in names}
-
-
-def reset_strategies(net: torch.nn.Module) -> None:
-    """Every Scheme 1 layer of ``net`` back to the default strategy: the strategies agree only to
-    float rounding, so fitting with a measured (run-dependent) choice would not be reproducible."""
-    for m in net.modules():
-        if hasattr(m, "select_strategy"):
-            m.strategy = DEFAULT

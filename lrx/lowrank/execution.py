@@ -1,0 +1,32 @@
+"""Layers whose forward pass can run in more than one way choose theirs by measurement.
+
+Such a layer (Scheme 1, CP) has ``strategy`` (the execution its forward uses),
+``default_strategy`` (the one fitting uses: the executions agree only to float rounding, so a
+measured, run-dependent choice would make fitting irreproducible) and
+``select_strategy(x, warmup, repeats)``, which times every execution on the real input ``x``,
+keeps the fastest and returns ``{"strategy": ..., "times_ms": {...}}``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lrx.latency import layer_inputs
+
+
+def _choosers(net: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    return {name: m for name, m in net.named_modules() if hasattr(m, "select_strategy")}
+
+
+def tune(net: torch.nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> dict[str, dict]:
+    """Choose the execution of every such layer of ``net`` on its real input for the network
+    input ``x``; returns ``{name: {"strategy": ..., "times_ms": {...}}}``."""
+    layers = _choosers(net)
+    inputs = layer_inputs(net, list(layers), x)
+    return {name: m.select_strategy(inputs[name], warmup, repeats) for name, m in layers.items()}
+
+
+def reset_strategies(net: torch.nn.Module) -> None:
+    """Every such layer of ``net`` back to its default execution (before fitting)."""
+    for m in _choosers(net).values():
+        m.strategy = m.default_strategy
