@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from lrx.io import write_bytes, write_text
 
 RESULTS = "results.json"  # lrx.pipeline.RESULTS; not imported, that would pull in the training stack
+RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
 
 COLUMNS = {  # markdown header -> row key
     "model": "model",
@@ -43,6 +44,7 @@ COLUMNS = {  # markdown header -> row key
     "theoretical speed-up (MAC ratio)": "macs_speedup",
     "measured conv speed-up (CPU)": "conv_speedup_cpu",
     "model speed-up (CPU)": "model_speedup_cpu",
+    "conv speed-up re-timed (CPU, median [range])": "retimed",
     "solve time(s)": "solve_s",
 }
 CSV_COLUMNS = {  # CSV header -> row key
@@ -121,7 +123,7 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
             b = res["baseline"]
             key = (res["model"], b["acc1"], b["acc1_test"], b["macs"], b["params"])
             base = {**_measures(b), "batch_size": _batch_size(res)}
-            job = _job_row(res, key) if res["layers"] else None
+            job = {**_job_row(res, key), "retimed": _retimed(path.parent / RETIMED)} if res["layers"] else None
         except (KeyError, TypeError, ValueError) as e:
             unfinished.append((path, f"malformed: {e!r}"))
             continue
@@ -138,6 +140,14 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
         rows.append(_baseline_row(bases, key))
         rows.extend(sorted(jobs, key=lambda r: r["conv_speedup_cpu"]))
     return rows, unfinished
+
+
+def _retimed(path: Path) -> str | None:
+    """``2.70 [2.61-2.78]``: the median and range of the conv speed-ups in ``retime.json``, if any."""
+    if not path.is_file():
+        return None
+    conv = json.loads(path.read_text())["conv_speedup"]
+    return f"{conv['median']:.2f} [{conv['min']:.2f}-{conv['max']:.2f}]"
 
 
 def _measures(part: dict) -> dict:
@@ -163,7 +173,7 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "cuda_ms": statistics.median(cuda) if cuda else None,
         "baseline_acc1": bases[0]["acc1"],
         "macs_speedup": 1.0, "conv_speedup_cpu": 1.0, "model_speedup_cpu": 1.0, "stages": {},
-        "stages_text": None, "solve_s": None,
+        "stages_text": None, "retimed": None, "solve_s": None,
     }
 
 
@@ -344,6 +354,8 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         "Theoretical speed-up: baseline MACs / final MACs (whole model). "
         "Measured conv speed-up: summed latency of all convs, baseline / final. "
         "Model speed-up: whole-model latency, baseline / final. "
+        "Re-timed: the conv speed-up measured again by scripts/retime.py (median and range over its rounds), "
+        "where the run directory has a retime.json. "
         "Solve time: filter reconstruction of the layers kept, summed (a planner's search not included).\n"
     )
     if unfinished:

@@ -27,8 +27,7 @@ from lrx.io import write_json
 from lrx.latency import MEMORY_FORMATS, compare
 from lrx.lowrank.execution import tune
 from lrx.pipeline import load_models
-
-OUT = "retime.json"
+from lrx.report import RETIMED
 
 
 def spread(values: list[float]) -> dict:
@@ -72,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         out = retime(args.run_dir, args.rounds, args.batch_size)
     except ValueError as e:
         sys.exit(f"retime: error: {e}")
-    write_json(args.run_dir / OUT, out)
+    write_json(args.run_dir / RETIMED, out)
     for key in ("conv_speedup", "model_speedup"):
         s = out[key]
         rounds = ", ".join(f"{v:.2f}" for v in s["rounds"])
         print(f"{key}: median {s['median']:.2f}x, range {s['min']:.2f}-{s['max']:.2f}x ({rounds}); "
               f"recorded in the run {out['recorded'][key.split('_')[0]]:.2f}x")
-    print(f"written to {args.run_dir / OUT}")
+    print(f"written to {args.run_dir / RETIMED}")
     return 0
 
 

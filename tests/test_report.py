@@ -98,13 +98,13 @@ def test_table_columns_and_rows(sweep):
     assert cells[0] == ["model", "scheme", "lambda", "layers", "#bases", "MACs(M)", "params(M)", "CPU time(ms)",
                         "CUDA time(ms)", "acc@1(%)", "test acc@1(%)", "acc@1 after each stage(%)",
                         "theoretical speed-up (MAC ratio)", "measured conv speed-up (CPU)", "model speed-up (CPU)",
-                        "solve time(s)"]
+                        "conv speed-up re-timed (CPU, median [range])", "solve time(s)"]
     body = cells[2:]
     assert len(body) == 4 and [r[1] for r in body] == ["baseline", "s1", "planner 2.5x latency (s1+s2)", "s2"]
     assert body[0][5:14] == ["92.78", "0.934", "40.00", "4.00", "87.56", "87.50", "-", "1.00", "1.00"]  # CUDA: s2's
-    assert body[0][15] == "-" and body[1][8] == "-"
-    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][15] == "0.01"
-    assert body[3][15] == "0.04"  # four layers at 0.01 s
+    assert body[0][16] == "-" and body[1][8] == "-" and body[1][15] == "-"  # not re-timed
+    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][16] == "0.01"
+    assert body[3][16] == "0.04"  # four layers at 0.01 s
     assert body[3][2:5] == ["-", "conv2-conv5", "32"] and body[3][8] == "1.38"  # 4.00 / 2.9
 
 
@@ -199,3 +199,12 @@ def test_a_plan_in_macs_is_labelled_apart_from_a_measured_one(tmp_path):
         (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
     rows, _ = report.collect([tmp_path])
     assert sorted(r["label"] for r in rows[1:]) == ["plan 3x MACs s2", "plan 3x s2"]
+
+
+def test_a_run_timed_again_shows_the_median_and_range_of_its_rounds(sweep):
+    conv = {"median": 2.7, "min": 2.61, "max": 2.78, "rounds": [2.61, 2.7, 2.78]}
+    (sweep / "1" / report.RETIMED).write_text(json.dumps({"conv_speedup": conv}))
+    rows, _ = report.collect([sweep])
+    retimed = {r["conv_speedup_cpu"]: r["retimed"] for r in rows}
+    assert retimed == {1.0: None, 1.6: None, 2.5: None, 2.9: "2.70 [2.61-2.78]"}  # job 1 is S2, at 2.9x
+    assert "| 2.70 [2.61-2.78] |" in report.table_markdown(rows)
