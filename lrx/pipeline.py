@@ -28,11 +28,10 @@ from lrx.lowrank.guard import put_back_slower
 from lrx.lowrank.execution import reset_strategies, tune
 from lrx.lowrank.surgery import decompose, validate
 from lrx.module import Classifier
-from lrx.report import read_finished
+from lrx.report import RESULTS, read_finished
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.json"
 MODEL = "model.pt"  # the final network (the approximation, or the baseline where nothing was replaced)
 PLAN_ERRORS = (*planner.OUTPUT_ERRORS, "filter")  # the planner's error: on training images (data, kl), or kernels
 
@@ -285,8 +284,12 @@ def load_models(run_dir: str | Path) -> tuple[torch.nn.Module, torch.nn.Module, 
         raise ValueError(f"{run_dir} holds no finished run: {why}")
     if not (run_dir / MODEL).is_file():
         raise ValueError(f"{run_dir} has no {MODEL} (runs made before lrx saved the final network have none)")
+    checkpoint = Path(results["baseline"]["origin"]["path"])
+    if not checkpoint.is_file():
+        raise ValueError(f"the baseline of {run_dir}, {str(checkpoint)!r}, is not there; a relative path is "
+                         f"relative to the directory the run was started in: run from there")
     final = torch.load(run_dir / MODEL, map_location="cpu", weights_only=False)
     reset_strategies(final)
     baseline = instantiate(OmegaConf.create(results["config"]["model"]["net"]))
-    load_state_dict(baseline, results["baseline"]["origin"]["path"])
+    load_state_dict(baseline, checkpoint)
     return baseline.eval(), final.eval(), results

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from lrx.io import write_bytes, write_text
 
-RESULTS = "results.json"  # lrx.pipeline.RESULTS; not imported, that would pull in the training stack
+RESULTS = "results.json"  # what lrx.pipeline writes (this module must not import the training stack)
 RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
 
 COLUMNS = {  # markdown header -> row key

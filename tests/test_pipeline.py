@@ -104,6 +104,10 @@ def test_the_final_network_is_saved_and_can_be_timed_again(tmp_path, monkeypatch
 def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match="no finished run"):
         load_models(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "results.json").write_text(json.dumps({"status": "complete", "baseline": {"origin": {"path": "gone.pt"}}}))
+    with pytest.raises(ValueError, match="'gone.pt', is not there"):
+        load_models(tmp_path)
 
 
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
