@@ -2,14 +2,20 @@
 
 Loads the run's baseline and final network (``lrx.pipeline.load_models``), chooses the final
 network's layer executions on this machine (``lrx.lowrank.execution.tune``, as a run does), and
-times them side by side ``--rounds`` times with the run's own latency settings (``lrx.latency.compare``: every conv on
-its real input shape and the whole model, interleaved, medians of ``latency.repeats`` runs).
-Prints each round's conv and model speed-up and their median and range, and writes them to
-``RUN_DIR/retime.json`` (atomically; the run's ``results.json`` is left as it was):
+times them side by side ``--rounds`` times with the run's own latency settings
+(``lrx.latency.compare``: every conv on its real input shape and the whole model, interleaved,
+medians of ``latency.repeats`` runs). Prints each round's conv and model speed-up and their
+median and range, and writes them to ``RUN_DIR/retime.json`` (atomically; the run's
+``results.json`` is left as it was):
 
     python scripts/retime.py outputs/exp/<run> --rounds 5
 
 Run it on a machine doing nothing else: another process on the CPU inflates timings unevenly.
+The whole-model time also depends on the memory allocator: in a fresh process glibc returns the
+activations' memory to the OS after each forward pass, which adds the same few milliseconds to
+both networks and lowers the model speed-up (docs/RESULTS.md measured 1.78x here against 2.00x in
+the run and 2.24x with ``MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=4000000000``);
+the per-conv timings, and so the conv speed-up, hardly move.
 """
 
 from __future__ import annotations
