@@ -28,6 +28,13 @@ from torch import nn
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
+def memory_format_of(name: str) -> torch.memory_format:
+    """The torch memory format called ``name`` (a key of MEMORY_FORMATS); a clear error otherwise."""
+    if name not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format={name!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}")
+    return MEMORY_FORMATS[name]
+
+
 @dataclass(frozen=True)
 class Setup:
     """What a latency figure was measured under."""
@@ -147,9 +154,7 @@ def compare(
     ``approx`` must keep the baseline's module names for the replaced layers. With
     ``memory_format="channels_last"`` both networks and the input run channels_last.
     """
-    if memory_format not in MEMORY_FORMATS:
-        raise ValueError(f"memory_format={memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}")
-    device, fmt = torch.device(device), MEMORY_FORMATS[memory_format]
+    device, fmt = torch.device(device), memory_format_of(memory_format)
     homes = (_device_of(baseline), _device_of(approx))
     baseline.to(device, memory_format=fmt)
     approx.to(device, memory_format=fmt)

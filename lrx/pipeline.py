@@ -21,7 +21,7 @@ from lrx.baseline import get_baseline, load_state_dict
 from lrx.complexity import complexity
 from lrx.evaluate import accuracy
 from lrx.io import save_torch, write_json
-from lrx.latency import MEMORY_FORMATS, compare, devices
+from lrx.latency import compare, devices
 from lrx.lowrank.data_recon import reconstruct
 from lrx.lowrank import planner
 from lrx.lowrank.guard import put_back_slower
@@ -154,12 +154,11 @@ def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, on=No
     """``{device: {batch size: compare(...)}}`` for the devices ``on`` (default: every device) and
     the ``batch_sizes`` (default: every configured one)."""
     lat, size = job.cfg.latency, job.cfg.model.input_size
-    fmt = MEMORY_FORMATS[lat.memory_format]
     batch_sizes = batch_sizes or lat.batch_sizes
     out = {}
     for d in on or devices():
-        x = torch.randn(max(lat.batch_sizes), 3, size, size, device=d).contiguous(memory_format=fmt)
-        tune(approx.to(d, memory_format=fmt), x, lat.warmup, lat.repeats)  # Scheme 1's and CP's execution, this device
+        x = torch.randn(max(lat.batch_sizes), 3, size, size, device=d)
+        tune(approx.to(d), x, lat.warmup, lat.repeats, lat.memory_format)  # Scheme 1's and CP's execution, this device
         out[d.type] = {
             bs: compare(baseline, approx, size, bs, d, lat.warmup, lat.repeats, lat.memory_format)
             for bs in batch_sizes

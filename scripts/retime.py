@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from lrx.io import write_json
-from lrx.latency import MEMORY_FORMATS, compare
+from lrx.latency import compare
 from lrx.lowrank.execution import tune
 from lrx.pipeline import load_models
 from lrx.report import RETIMED
@@ -48,10 +48,8 @@ def retime(run_dir: Path, rounds: int, batch_size: int | None = None) -> dict:
     cfg = results["config"]
     lat, size = cfg["latency"], cfg["model"]["input_size"]
     batch_size = batch_size or max(lat["batch_sizes"])
-    fmt = MEMORY_FORMATS[lat["memory_format"]]
-    x = torch.randn(batch_size, 3, size, size).contiguous(memory_format=fmt)
-    executions = tune(final.to(memory_format=fmt), x, lat["warmup"], lat["repeats"])
-    final.to(memory_format=torch.contiguous_format)
+    x = torch.randn(batch_size, 3, size, size)
+    executions = tune(final, x, lat["warmup"], lat["repeats"], lat["memory_format"])
     timings = [
         compare(baseline, final, size, batch_size, "cpu", lat["warmup"], lat["repeats"], lat["memory_format"])
         for _ in tqdm(range(rounds), desc=f"retime {run_dir.name}")

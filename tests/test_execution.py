@@ -48,3 +48,17 @@ def test_cp_keeps_its_faster_execution_and_fitting_goes_back_to_the_default():
     assert set(times) == set(cp.STRATEGIES) and report["strategy"] == layer.strategy == min(times, key=times.get)
     reset_strategies(net)
     assert layer.strategy == layer.default_strategy == "separable"
+
+
+def test_tune_times_in_the_memory_format_asked_and_hands_the_network_back_contiguous(monkeypatch):
+    layer = cp.CPConv(8, 16, 3, 12, padding=1).eval()
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
+    seen = []
+    monkeypatch.setattr(layer, "select_strategy", lambda x, warmup, repeats: seen.append(
+        (x.is_contiguous(memory_format=torch.channels_last), net[0].weight.is_contiguous(
+            memory_format=torch.channels_last))) or {})
+    tune(net, torch.randn(2, 3, 12, 12), warmup=1, repeats=1, memory_format="channels_last")
+    assert seen == [(True, True)]
+    assert all(p.is_contiguous() for p in net.parameters())
+    with pytest.raises(ValueError, match="memory_format='nhwc' is unknown; valid: contiguous, channels_last"):
+        tune(net, torch.randn(2, 3, 12, 12), memory_format="nhwc")
