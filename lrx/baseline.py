@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -98,8 +99,16 @@ def _load_cached(net: nn.Module, path: Path, key: str) -> dict | None:
     return obj.get("meta", {})
 
 
-def train(cfg: DictConfig, net: nn.Module, datamodule, logger, callbacks) -> dict:
-    """Fit ``net`` with the model's optimiser recipe and the Lightning trainer config."""
+RESUME = "last.ckpt"  # Lightning's checkpoint of the last finished epoch, beside the cached baseline
+
+
+def train(cfg: DictConfig, net: nn.Module, datamodule, logger, callbacks, checkpoint_dir: Path) -> dict:
+    """Fit ``net`` with the model's optimiser recipe and the Lightning trainer config.
+
+    Every epoch ends with ``checkpoint_dir/last.ckpt``; a training that was interrupted resumes
+    from it (the folder is keyed by the recipe, so it only ever holds this recipe's training).
+    The file is removed once the training is complete.
+    """
     module = Classifier(
         net,
         optimizer=instantiate(cfg.model.optimizer),
@@ -107,9 +116,15 @@ def train(cfg: DictConfig, net: nn.Module, datamodule, logger, callbacks) -> dic
         label_smoothing=cfg.model.get("label_smoothing", 0.0),
         channels_last=cfg.model.get("channels_last", False),
     )
-    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=callbacks)
+    last = ModelCheckpoint(dirpath=checkpoint_dir, filename=Path(RESUME).stem, save_on_train_epoch_end=True,
+                           enable_version_counter=False)  # no monitor: overwrites RESUME after every epoch
+    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[*callbacks, last], enable_checkpointing=True)
+    resume = checkpoint_dir / RESUME
+    if resume.is_file():
+        log.info("resuming the baseline's training from %s", resume)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.is_file() else None)
+    resume.unlink(missing_ok=True)
     net.to(memory_format=torch.contiguous_format)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {"train_time_s": time.perf_counter() - start, "epochs": trainer.current_epoch, "metrics": metrics}
@@ -131,6 +146,6 @@ def get_baseline(cfg: DictConfig, net: nn.Module, datamodule, logger=None, callb
             return {"source": "cache", "path": str(path), **meta}
         log.info("training baseline %s (cached at %s)", key, path)
         torch.manual_seed(cfg.seed)
-        meta = train(cfg, net, datamodule, logger, list(callbacks))
+        meta = train(cfg, net, datamodule, logger, list(callbacks), folder)
         save_torch(path, {"key": key, "recipe": recipe(cfg), "meta": meta, "state_dict": net.state_dict()})
     return {"source": "trained", "path": str(path), **meta}

@@ -2,5 +2,6 @@
 
 from lrx.models.alexnet import AlexNet
 from lrx.models.alexnet_cifar import AlexNetCIFAR
+from lrx.models.resnet20_cifar import ResNet20CIFAR
 
-__all__ = ["AlexNet", "AlexNetCIFAR"]
+__all__ = ["AlexNet", "AlexNetCIFAR", "ResNet20CIFAR"]
