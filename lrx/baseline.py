@@ -28,9 +28,16 @@ from lrx.module import Classifier
 log = logging.getLogger(__name__)
 
 # Keys that do not change the trained weights, left out of the cache key.
+_MODEL_NON_RECIPE = {"default_layers"}
 _DATA_NON_RECIPE = {"root", "num_workers", "download", "eval_batch_size"}
-_TRAINER_NON_RECIPE = {"accelerator", "devices", "enable_checkpointing", "log_every_n_steps",
-                       "limit_val_batches", "limit_test_batches"}
+_TRAINER_NON_RECIPE = {
+    "accelerator",
+    "devices",
+    "enable_checkpointing",
+    "log_every_n_steps",
+    "limit_val_batches",
+    "limit_test_batches",
+}
 
 
 class CheckpointMismatchError(ValueError):
@@ -41,7 +48,7 @@ def recipe(cfg: DictConfig) -> dict:
     """Everything that determines the baseline's trained weights."""
     c = OmegaConf.to_container(cfg, resolve=True)
     return {
-        "model": c["model"],
+        "model": {k: v for k, v in c["model"].items() if k not in _MODEL_NON_RECIPE},
         "data": {k: v for k, v in c["data"].items() if k not in _DATA_NON_RECIPE},
         "trainer": {k: v for k, v in c["trainer"].items() if k not in _TRAINER_NON_RECIPE},
         "seed": c["seed"],
@@ -63,7 +70,8 @@ def load_state_dict(net: nn.Module, path: str | Path) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
         raise CheckpointMismatchError(
-            f"checkpoint {str(path)!r} cannot be read: truncated or not a torch checkpoint ({type(e).__name__})") from e
+            f"checkpoint {str(path)!r} cannot be read: truncated or not a torch checkpoint ({type(e).__name__})"
+        ) from e
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise CheckpointMismatchError(f"checkpoint {str(path)!r} holds no state_dict")
@@ -116,8 +124,9 @@ def train(cfg: DictConfig, net: nn.Module, datamodule, logger, callbacks, checkp
         label_smoothing=cfg.model.get("label_smoothing", 0.0),
         channels_last=cfg.model.get("channels_last", False),
     )
-    last = ModelCheckpoint(dirpath=checkpoint_dir, filename=Path(RESUME).stem, save_on_train_epoch_end=True,
-                           enable_version_counter=False)  # no monitor: overwrites RESUME after every epoch
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename=Path(RESUME).stem, save_on_train_epoch_end=True, enable_version_counter=False
+    )  # no monitor: overwrites RESUME after every epoch
     trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[*callbacks, last], enable_checkpointing=True)
     resume = checkpoint_dir / RESUME
     if resume.is_file():

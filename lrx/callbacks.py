@@ -22,8 +22,14 @@ class ModelCost(L.Callback):
     Latency: batch ``batch_size`` of ``(3, input_size, input_size)`` images in ``memory_format``,
     on the module's device, eval mode, median of ``repeats`` runs after ``warmup``."""
 
-    def __init__(self, input_size: int, batch_size: int = 32, memory_format: str = "channels_last",
-                 warmup: int = 3, repeats: int = 10):
+    def __init__(
+        self,
+        input_size: int,
+        batch_size: int = 32,
+        memory_format: str = "channels_last",
+        warmup: int = 3,
+        repeats: int = 10,
+    ):
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"ModelCost: memory_format={memory_format!r}; valid: {', '.join(MEMORY_FORMATS)}")
         self.input_size, self.batch_size, self.memory_format = input_size, batch_size, memory_format
@@ -35,8 +41,14 @@ class ModelCost(L.Callback):
         x = torch.randn(self.batch_size, 3, self.input_size, self.input_size, device=next(net.parameters()).device)
         ms = median_ms(net, x.contiguous(memory_format=MEMORY_FORMATS[self.memory_format]), self.warmup, self.repeats)
         for lg in trainer.loggers:
-            lg.log_metrics({f"cost/{when}/macs_m": cost["macs"] / 1e6, f"cost/{when}/params_m": cost["params"] / 1e6,
-                            f"cost/{when}/latency_ms": ms}, step=trainer.global_step)
+            lg.log_metrics(
+                {
+                    f"cost/{when}/macs_m": cost["macs"] / 1e6,
+                    f"cost/{when}/params_m": cost["params"] / 1e6,
+                    f"cost/{when}/latency_ms": ms,
+                },
+                step=trainer.global_step,
+            )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log(trainer, pl_module, "fit_start")

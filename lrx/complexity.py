@@ -6,6 +6,8 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
+from lrx.modes import eval_mode
+
 
 def count_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
@@ -15,14 +17,11 @@ def count_params(net: nn.Module) -> int:
 def count_macs(net: nn.Module, input_size: int) -> int:
     """fvcore's count for one ``(1, 3, input_size, input_size)`` image; fvcore counts a
     multiply-accumulate as one, so this is MACs."""
-    was_training = net.training
-    net.eval()
     device = next(net.parameters()).device
-    flops = FlopCountAnalysis(net, torch.zeros(1, 3, input_size, input_size, device=device))
-    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    total = int(flops.total())
-    net.train(was_training)
-    return total
+    with eval_mode(net):
+        flops = FlopCountAnalysis(net, torch.zeros(1, 3, input_size, input_size, device=device))
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return int(flops.total())
 
 
 def complexity(net: nn.Module, input_size: int) -> dict:

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
+from lrx.modes import eval_mode
+from lrx.modes import memory_format as in_format
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -91,17 +92,9 @@ def interleaved_ms(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-@contextmanager
-def eval_mode(*modules: nn.Module):
-    flags = [m.training for m in modules]
-    try:
-        yield [m.eval() for m in modules]
-    finally:
-        for m, flag in zip(modules, flags):
-            m.train(flag)
-
-
-def modules_ms(modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
+def modules_ms(
+    modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10
+) -> dict[str, float]:
     """Median milliseconds of ``m(x)`` for each module (eval mode), interleaved on the same input."""
     with eval_mode(*modules.values()):
         return interleaved_ms({k: partial(m, x) for k, m in modules.items()}, x.device, warmup, repeats)
@@ -110,10 +103,6 @@ def modules_ms(modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int = 
 def median_ms(net: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> float:
     """Median milliseconds of ``net(x)``."""
     return modules_ms({"net": net}, x, warmup, repeats)["net"]
-
-
-def _device_of(net: nn.Module) -> torch.device:
-    return next(net.parameters()).device
 
 
 @torch.inference_mode()
@@ -155,10 +144,7 @@ def compare(
     ``memory_format="channels_last"`` both networks and the input run channels_last.
     """
     device, fmt = torch.device(device), memory_format_of(memory_format)
-    homes = (_device_of(baseline), _device_of(approx))
-    baseline.to(device, memory_format=fmt)
-    approx.to(device, memory_format=fmt)
-    try:
+    with in_format(fmt, baseline, approx, device=device):
         x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
         names = conv_names(baseline)
         inputs = layer_inputs(baseline, names, x)
@@ -177,9 +163,6 @@ def compare(
                 "replaced": True,
             }
         whole = modules_ms({"baseline": baseline, "approx": approx}, x, warmup, repeats)
-    finally:
-        baseline.to(homes[0], memory_format=torch.contiguous_format)
-        approx.to(homes[1], memory_format=torch.contiguous_format)
     conv_base = sum(v["baseline_ms"] for v in layers.values())
     conv_approx = sum(v["approx_ms"] for v in layers.values())
     return {

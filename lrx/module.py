@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 
 LOSSES = ("ce", "kd")
 
@@ -16,8 +15,11 @@ LOSSES = ("ce", "kd")
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al.'s soft-target loss: T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
-                    reduction="batchmean") * t * t
+    return (
+        F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean")
+        * t
+        * t
+    )
 
 
 class Classifier(L.LightningModule):

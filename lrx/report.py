@@ -24,13 +24,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lrx.io import write_bytes, write_text
+from lrx.lowrank import METHODS, method_class
 
 RESULTS = "results.json"  # what lrx.pipeline writes (this module must not import the training stack)
 RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
 
 COLUMNS = {  # markdown header -> row key
     "model": "model",
-    "scheme": "scheme",
+    "data": "dataset",
+    "method": "method",
     "lambda": "lambda",
     "layers": "layers",
     "#bases": "bases",
@@ -49,7 +51,8 @@ COLUMNS = {  # markdown header -> row key
 }
 CSV_COLUMNS = {  # CSV header -> row key
     "model": "model",
-    "scheme": "scheme",
+    "dataset": "dataset",
+    "method": "method",
     "layers": "layers",
     "bases": "bases",
     "lambda_schedule": "lambda",
@@ -92,8 +95,11 @@ def find(dirs) -> tuple[list[tuple[Path, dict]], list[tuple[Path, str]]]:
                 finished.append((path, results))
         for hydra in sorted(d.rglob(".hydra")):  # a Hydra run that has written nothing yet
             run = hydra.parent
-            if run.resolve() not in seen and not (run / RESULTS).exists() \
-                    and not any(p.parent == run for p, _ in unfinished):
+            if (
+                run.resolve() not in seen
+                and not (run / RESULTS).exists()
+                and not any(p.parent == run for p, _ in unfinished)
+            ):
                 seen.add(run.resolve())
                 unfinished.append((run, f"no {RESULTS}"))
     return finished, unfinished
@@ -121,7 +127,7 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
     for path, res in finished:
         try:
             b = res["baseline"]
-            key = (res["model"], b["acc1"], b["acc1_test"], b["macs"], b["params"])
+            key = (res["model"], dataset_of(res), b["acc1"], b["acc1_test"], b["macs"], b["params"])
             base = {**_measures(b), "batch_size": _batch_size(res)}
             job = {**_job_row(res, key), "retimed": _retimed(path.parent / RETIMED)} if res["layers"] else None
         except (KeyError, TypeError, ValueError) as e:
@@ -132,10 +138,9 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
         if job:
             jobs.append(job)
     if not groups:
-        raise ReportError(f"no finished {RESULTS} under {', '.join(map(str, dirs))}"
-                          f" ({len(unfinished)} unfinished)")
+        raise ReportError(f"no finished {RESULTS} under {', '.join(map(str, dirs))} ({len(unfinished)} unfinished)")
     rows = []
-    for key in sorted(groups, key=lambda k: (k[0], -k[1])):
+    for key in sorted(groups, key=lambda k: (k[0], k[1], -k[2])):
         bases, jobs = groups[key]
         rows.append(_baseline_row(bases, key))
         rows.extend(sorted(jobs, key=lambda r: r["conv_speedup_cpu"]))
@@ -153,8 +158,14 @@ def _retimed(path: Path) -> str | None:
 def _measures(part: dict) -> dict:
     """Size, latency and acc@1 of ``results['baseline']`` or ``results['final']``."""
     lat = part["latency_ms"]
-    return {"macs_m": part["macs"] / 1e6, "params_m": part["params"] / 1e6, "cpu_ms": lat["cpu"],
-            "cuda_ms": lat.get("cuda"), "acc1": part["acc1"], "acc1_test": part["acc1_test"]}
+    return {
+        "macs_m": part["macs"] / 1e6,
+        "params_m": part["params"] / 1e6,
+        "cpu_ms": lat["cpu"],
+        "cuda_ms": lat.get("cuda"),
+        "acc1": part["acc1"],
+        "acc1_test": part["acc1_test"],
+    }
 
 
 def _batch_size(res: dict) -> int:
@@ -166,55 +177,84 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
     """The baseline ``key`` from its :func:`_measures` in each run; latency: the median over them."""
     cuda = [b["cuda_ms"] for b in bases if b["cuda_ms"] is not None]
     return {
-        "kind": "baseline", "group": key, "model": key[0],
-        "scheme": "baseline", "label": "baseline", "lambda": None, "layers": None, "bases": None,
+        "kind": "baseline",
+        "group": key,
+        "model": key[0],
+        "dataset": key[1],
+        "method": "baseline",
+        "label": "baseline",
+        "lambda": None,
+        "layers": None,
+        "bases": None,
         **bases[0],
         "cpu_ms": statistics.median(b["cpu_ms"] for b in bases),
         "cuda_ms": statistics.median(cuda) if cuda else None,
         "baseline_acc1": bases[0]["acc1"],
-        "macs_speedup": 1.0, "conv_speedup_cpu": 1.0, "model_speedup_cpu": 1.0, "stages": {},
-        "stages_text": None, "retimed": None, "solve_s": None,
+        "macs_speedup": 1.0,
+        "conv_speedup_cpu": 1.0,
+        "model_speedup_cpu": 1.0,
+        "stages": {},
+        "stages_text": None,
+        "retimed": None,
+        "solve_s": None,
     }
+
+
+def dataset_of(res: dict) -> str:
+    """The run's dataset (runs made before lrx recorded it were all CIFAR-10)."""
+    return res.get("dataset", "cifar10")
+
+
+def method_of(record: dict) -> str:
+    """A layer record's method name (records made before the registry named it ``scheme``: 1, 2, ...)."""
+    return method_class(record.get("method", record.get("scheme"))).method
 
 
 def _job_row(res: dict, key: tuple) -> dict:
     """One decomposed run: its final model, with the accuracy after each stage."""
-    d, speedup = res["config"]["decomp"], res["speedup"]
+    speedup, plan = res["speedup"], res.get("plan")
     kept = [r for r in res["layers"] if r.get("kept", True)]  # the guard may have put some back
-    schemes = sorted({r["scheme"] for r in kept}, key=str)
-    bases = _bases_text(kept, mixed=len(schemes) > 1)
-    if d.get("target_speedup") is not None:
-        target = f"{d['target_speedup']:g}x"
-        used = "+".join(map(scheme_text, schemes)) or "-"
-        in_macs = "" if d["target_metric"] == "latency" else " MACs"  # a plan's target: measured, or in MACs
-        scheme, label = f"planner {target} {d['target_metric']} ({used})", f"plan {target}{in_macs} {used}"
+    methods = sorted(set(map(method_of, kept)), key=list(METHODS).index)
+    bases = _bases_text(kept, mixed=len(methods) > 1)
+    if plan:
+        target = f"{plan['target_speedup']:g}x"
+        used = "+".join(map(method_label, methods)) or "-"
+        in_macs = "" if plan["metric"] == "latency" else " MACs"  # a plan's target: measured, or in MACs
+        method, label = f"planner {target} {plan['metric']} ({used})", f"plan {target}{in_macs} {used}"
     else:
-        scheme = scheme_text(d["scheme"])
-        label = f"{scheme} {bases_text(d['scheme'], bases)}" if bases else scheme
+        method = method_label(methods[0]) if methods else "-"
+        label = f"{method} {bases_text(methods[0], bases)}" if bases else method
     return {
-        "kind": "job", "group": key, "model": res["model"],
-        "scheme": scheme, "label": label,
-        "lambda": lambda_text(next((r["lambda"] for r in kept if r["scheme"] == 1), None)),
-        "layers": _layers_text([r["name"] for r in kept]), "bases": bases,
+        "kind": "job",
+        "group": key,
+        "model": res["model"],
+        "dataset": dataset_of(res),
+        "method": method,
+        "label": label,
+        "lambda": lambda_text(next((r["lambda"] for r in kept if r.get("lambda")), None)),
+        "layers": _layers_text([r["name"] for r in kept]),
+        "bases": bases,
         **_measures(res["final"]),
         "baseline_acc1": res["baseline"]["acc1"],
-        "macs_speedup": speedup["macs"], "conv_speedup_cpu": speedup["conv"]["cpu"],
+        "macs_speedup": speedup["macs"],
+        "conv_speedup_cpu": speedup["conv"]["cpu"],
         "model_speedup_cpu": speedup["model"]["cpu"],
-        "stages": {name: s["acc1"] for name, s in res["stages"].items()}, "batch_size": _batch_size(res),
+        "stages": {name: s["acc1"] for name, s in res["stages"].items()},
+        "batch_size": _batch_size(res),
         "stages_text": " → ".join(f"{name} {s['acc1']:.2f}" for name, s in res["stages"].items())
         + (" (reverted: lower)" if res.get("finetune_reverted") else ""),
         "solve_s": sum(r["solve_time_s"] for r in kept),  # filter reconstruction of the layers kept
     }
 
 
-def scheme_text(scheme) -> str:
-    """``s1``, ``s2`` for the paper's schemes; the peers by name (``tucker2``, ``cp``)."""
-    return f"s{scheme}" if isinstance(scheme, int) else str(scheme)
+def method_label(method) -> str:
+    """The method's short label (``s1``, ``s2``, ``tucker2``, ``cp``, ``csvd``)."""
+    return method_class(method).label
 
 
-def bases_letter(scheme) -> str:
-    """What each scheme calls its bases: M (Scheme 1), K (Scheme 2), R (the peers' ranks)."""
-    return {1: "M", 2: "K"}.get(scheme, "R")
+def bases_letter(method) -> str:
+    """What the method calls its bases: M (Scheme 1), K (Scheme 2, channel SVD), R (ranks)."""
+    return method_class(method).letter
 
 
 def rank_text(bases) -> str:
@@ -222,9 +262,9 @@ def rank_text(bases) -> str:
     return "x".join(map(str, bases)) if isinstance(bases, (list, tuple)) else str(bases)
 
 
-def bases_text(scheme, bases) -> str:
+def bases_text(method, bases) -> str:
     """``M8``, ``K32``, ``R64x32``."""
-    return bases_letter(scheme) + rank_text(bases)
+    return bases_letter(method) + rank_text(bases)
 
 
 def lambda_text(lam: dict | None) -> str | None:
@@ -256,7 +296,7 @@ def _successor(name: str) -> str | None:
 def _bases_text(kept: list[dict], mixed: bool) -> str | None:
     """``8`` when every layer has 8 bases, ``15/76/48/46`` per layer; with both schemes ``M2/K26``."""
     if mixed:
-        return "/".join(bases_text(r["scheme"], r["bases"]) for r in kept)
+        return "/".join(bases_text(method_of(r), r["bases"]) for r in kept)
     values = [rank_text(r["bases"]) for r in kept]
     return (values[0] if len(set(values)) == 1 else "/".join(values)) if values else None
 
@@ -270,8 +310,10 @@ def _fmt(key: str, value) -> str:
 def table_markdown(rows: list[dict]) -> str:
     """The markdown table of ``rows``, numbers right-aligned, "-" where a value does not apply."""
     numeric = {k for k in COLUMNS.values() if any(isinstance(r[k], float) for r in rows)}
-    lines = ["| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---:" if k in numeric else "---" for k in COLUMNS.values()) + "|"]
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---:" if k in numeric else "---" for k in COLUMNS.values()) + "|",
+    ]
     lines += ["| " + " | ".join(_fmt(k, r[k]) for k in COLUMNS.values()) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
@@ -281,7 +323,7 @@ def csv_rows(rows: list[dict]) -> list[dict]:
     every other number the final model's."""
     out = []
     for r in rows:
-        for stage, acc1 in (r["stages"].items() if r["kind"] == "job" else [("baseline", r["acc1"])]):
+        for stage, acc1 in r["stages"].items() if r["kind"] == "job" else [("baseline", r["acc1"])]:
             row = {**r, "stage": stage, "acc1": acc1}
             out.append({col: "" if row[k] is None else row[k] for col, k in CSV_COLUMNS.items()})
     return out
@@ -319,15 +361,27 @@ def plot(rows: list[dict], path, title: str = "lrx report") -> Path:
     groups = {k: pts for k, pts in groups.items() if len(pts) > 1} or groups  # baselines with runs on them
     for i, (key, pts) in enumerate(groups.items()):
         color = f"C{i}"
-        ax.scatter([r["conv_speedup_cpu"] for r in pts], [r["acc1"] for r in pts], color=color, s=30,
-                   zorder=3, label=f"{key[0]} (baseline {key[1]:.2f}%)")
+        ax.scatter(
+            [r["conv_speedup_cpu"] for r in pts],
+            [r["acc1"] for r in pts],
+            color=color,
+            s=30,
+            zorder=3,
+            label=f"{key[0]} on {key[1]} (baseline {key[2]:.2f}%)",
+        )
         front = pareto(pts)
         fx, fy = [r["conv_speedup_cpu"] for r in front], [r["acc1"] for r in front]
         ax.step(fx, fy, where="pre", color=color, lw=1.5, alpha=0.6, label="Pareto front" if i == 0 else None)
         ax.scatter(fx, fy, s=110, facecolors="none", edgecolors=color, lw=1.5, zorder=3)
         for j, r in enumerate(sorted(pts, key=lambda r: (r["conv_speedup_cpu"], r["acc1"]))):
-            ax.annotate(r["label"], (r["conv_speedup_cpu"], r["acc1"]), xytext=(7, 6 if j % 2 == 0 else -14),
-                        textcoords="offset points", fontsize=9, color=color)
+            ax.annotate(
+                r["label"],
+                (r["conv_speedup_cpu"], r["acc1"]),
+                xytext=(7, 6 if j % 2 == 0 else -14),
+                textcoords="offset points",
+                fontsize=9,
+                color=color,
+            )
     ax.set_xlabel("measured conv speed-up on CPU (×)", fontsize=11)
     ax.set_ylabel("acc@1 (%)", fontsize=11)
     ax.set_title(title, fontsize=12)
@@ -346,8 +400,8 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         f"# lrx report\n\nRuns under: {', '.join(f'`{d}`' for d in dirs)}\n\n{table_markdown(rows)}\n"
         "acc@1: validation top-1 of the final model (after its last stage); test acc@1: the same on "
         "the test split; acc@1 after each stage: validation top-1 after filter reconstruction, the "
-        "latency guard (where it put layers back), data reconstruction and fine-tuning; \"reverted: "
-        "lower\" marks a fine-tuning that lowered it, whose weights were not kept (the final model is "
+        'latency guard (where it put layers back), data reconstruction and fine-tuning; "reverted: '
+        'lower" marks a fine-tuning that lowered it, whose weights were not kept (the final model is '
         "the one before it). "
         f"CPU/CUDA time: one forward pass of the whole model on a batch of {sizes}; "
         "a baseline's is the median over the runs that measured it. "
@@ -369,8 +423,13 @@ def _title(dirs: list[Path]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lrx.report", description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", type=Path, metavar="SWEEP_DIR",
-                        help="Hydra multirun or run directory, searched recursively for results.json")
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        metavar="SWEEP_DIR",
+        help="Hydra multirun or run directory, searched recursively for results.json",
+    )
     parser.add_argument("--csv", type=Path, help="also write the per-stage summary here")
     parser.add_argument("--out", type=Path, help="where report.md and report.png go (default: the first SWEEP_DIR)")
     parser.add_argument("--plot", type=Path, help="write the plot here instead of OUT/report.png")
@@ -381,11 +440,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lrx.report: error: {e}", file=sys.stderr)
         return 1
     if unfinished:
-        print(f"lrx.report: warning: skipped {len(unfinished)} unfinished: "
-              + "; ".join(f"{p} ({why})" for p, why in unfinished), file=sys.stderr)
+        print(
+            f"lrx.report: warning: skipped {len(unfinished)} unfinished: "
+            + "; ".join(f"{p} ({why})" for p, why in unfinished),
+            file=sys.stderr,
+        )
     out = args.out or args.dirs[0]
-    written = [write_text(out / "report.md", markdown(rows, unfinished, args.dirs)),
-               plot(rows, args.plot or out / "report.png", title=_title(args.dirs))]
+    written = [
+        write_text(out / "report.md", markdown(rows, unfinished, args.dirs)),
+        plot(rows, args.plot or out / "report.png", title=_title(args.dirs)),
+    ]
     if args.csv:
         written.append(write_csv(rows, args.csv))
     print(table_markdown(rows))

@@ -14,12 +14,23 @@ from collections.abc import Callable, Iterable
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lrx.report import bases_letter, lambda_text, rank_text, scheme_text
+from lrx.report import bases_letter, lambda_text, method_label, method_of, rank_text
 
 log = logging.getLogger(__name__)
 
-LAYER_COLUMNS = ["name", "shape", "scheme", "bases", "lambda", "rel_error", "rel_error_data",
-                 "macs_speedup", "measured_speedup_cpu", "measured_speedup_cuda", "solve_time_s"]
+LAYER_COLUMNS = [
+    "name",
+    "shape",
+    "method",
+    "bases",
+    "lambda",
+    "rel_error",
+    "rel_error_data",
+    "macs_speedup",
+    "measured_speedup_cpu",
+    "measured_speedup_cuda",
+    "solve_time_s",
+]
 
 
 def _short_layer(layer) -> str:
@@ -46,16 +57,18 @@ def _bases_label(bases) -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """A name a dashboard reader understands, e.g. ``alexnet s1 M8 l2``, ``alexnet_cifar s2
-    K16/32 l2,3``, ``alexnet_cifar plan 2.5x latency l2-5`` or ``alexnet_cifar baseline``."""
+    """A name a dashboard reader understands, e.g. ``alexnet cifar10 s1 M8 l2``, ``alexnet_cifar
+    cifar100 s2 K16/32 l2,3``, ``resnet20_cifar cifar10 plan 2x latency lall`` or ``alexnet_cifar
+    cifar10 baseline``: the model, the dataset, then what was done."""
     d = OmegaConf.to_container(cfg.decomp, resolve=True)
-    model = cfg.model.name
-    if d["target_speedup"] is not None:
-        return f"{model} plan {d['target_speedup']:g}x {d['target_metric']} l{_layers_label(d['layers'])}"
-    if d["scheme"] is None:
+    model = f"{cfg.model.name} {cfg.data.get('name', 'cifar10')}"
+    if d["method"] == "plan":
+        p = cfg.planner
+        return f"{model} plan {p.target_speedup:g}x {p.metric} l{_layers_label(d['layers'])}"
+    if d["method"] == "none":
         return f"{model} baseline"
-    bases = f"{bases_letter(d['scheme'])}{_bases_label(d['bases'])}"
-    return f"{model} {scheme_text(d['scheme'])} {bases} l{_layers_label(d['layers'])}"
+    bases = f"{bases_letter(d['method'])}{_bases_label(d['bases'])}"
+    return f"{model} {method_label(d['method'])} {bases} l{_layers_label(d['layers'])}"
 
 
 def summary_metrics(results: dict) -> dict[str, float]:
@@ -89,25 +102,34 @@ def layer_rows(results: dict) -> list[list]:
     rows = []
     for r in results["layers"]:
         measured = r.get("measured_speedup", {})
-        rows.append([
-            r["name"], "x".join(map(str, r["shape"])), str(r["scheme"]), rank_text(r["bases"]),
-            lambda_text(r.get("lambda")), r["rel_error"], r.get("data_recon", {}).get("rel_error_after"),
-            r["macs_speedup"], measured.get("cpu"), measured.get("cuda"), r["solve_time_s"],
-        ])
+        rows.append(
+            [
+                r["name"],
+                "x".join(map(str, r["shape"])),
+                method_of(r),
+                rank_text(r["bases"]),
+                lambda_text(r.get("lambda")),
+                r["rel_error"],
+                r.get("data_recon", {}).get("rel_error_after"),
+                r["macs_speedup"],
+                measured.get("cpu"),
+                measured.get("cuda"),
+                r["solve_time_s"],
+            ]
+        )
     return rows
 
 
 def run_kind(cfg: DictConfig) -> str:
-    """``baseline``, ``plan``, ``s1`` or ``s2`` (a tag, and the start of :func:`run_name`)."""
-    d = cfg.decomp
-    if d.target_speedup is not None:
-        return "plan"
-    return "baseline" if d.scheme is None else scheme_text(d.scheme)
+    """``baseline``, ``plan`` or the method's label (``s1``, ``s2``, ``cp``, ...): a tag, and part
+    of :func:`run_name`."""
+    method = cfg.decomp.method
+    return {"none": "baseline", "plan": "plan"}.get(method) or method_label(method)
 
 
 def make_loggers(cfg: DictConfig, group: str | None) -> list:
     """Instantiate the configured loggers. W&B gets :func:`run_name` (unless ``logger.wandb.name``
-    is set), the sweep as its group (unless set), the model and :func:`run_kind` as extra tags,
+    is set), the sweep as its group (unless set), the model, the dataset and :func:`run_kind` as tags,
     and the resolved config. A logger that cannot start is dropped with a warning."""
     loggers = []
     for key, node in (cfg.get("logger") or {}).items():
@@ -119,11 +141,11 @@ def make_loggers(cfg: DictConfig, group: str | None) -> list:
         if "group" in node and node.group is None:
             extra["group"] = group
         if "tags" in node:
-            extra["tags"] = [*node.tags, cfg.model.name, run_kind(cfg)]
+            extra["tags"] = [*node.tags, cfg.model.name, cfg.data.get("name", "cifar10"), run_kind(cfg)]
         try:
             lg = instantiate(node, **extra)
             if type(lg).__name__ == "WandbLogger":
-                lg.experiment  # start the run now, so a failure shows here and not mid-training
+                _ = lg.experiment  # start the run now, so a failure shows here and not mid-training
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         except Exception as e:  # noqa: BLE001 - a logger must never take the run down
             log.warning("logger %r could not start (%s: %s); going on without it", key, type(e).__name__, e)
@@ -144,8 +166,13 @@ def guarded(logger, what: str, call: Callable[[], object]) -> None:
     try:
         call()
     except Exception as e:  # noqa: BLE001 - any logger failure must leave the run going
-        log.warning("logger %s failed to %s (%s: %s); the run goes on, results.json is unaffected",
-                    type(logger).__name__, what, type(e).__name__, e)
+        log.warning(
+            "logger %s failed to %s (%s: %s); the run goes on, results.json is unaffected",
+            type(logger).__name__,
+            what,
+            type(e).__name__,
+            e,
+        )
 
 
 def log_results(loggers: Iterable, results: dict) -> None:
@@ -156,5 +183,8 @@ def log_results(loggers: Iterable, results: dict) -> None:
         guarded(lg, "log the summary metrics", lambda lg=lg: lg.log_metrics(summary))
         if type(lg).__name__ == "WandbLogger":
             guarded(lg, "write the W&B summary", lambda lg=lg: lg.experiment.summary.update(summary))
-            guarded(lg, "log the layer table",
-                    lambda lg=lg: lg.log_table("layers", columns=LAYER_COLUMNS, data=layer_rows(results)))
+            guarded(
+                lg,
+                "log the layer table",
+                lambda lg=lg: lg.log_table("layers", columns=LAYER_COLUMNS, data=layer_rows(results)),
+            )

@@ -34,6 +34,7 @@ def finished(run_dir: Path, cfg: DictConfig) -> dict | None:
 
 
 def _sweep_group() -> str | None:
+    """The sweep directory in a multirun (the W&B group of its jobs), else None."""
     hc = HydraConfig.get()
     return str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
 
@@ -50,7 +51,7 @@ def main(cfg: DictConfig) -> dict | None:
         log.info("skipped: %s already holds the complete results of this config", run_dir / RESULTS)
         return done
     try:
-        job = prepare(cfg)
+        job = prepare(cfg, sweep=_sweep_group() is not None)
     except USER_ERRORS as e:
         log.error("%s", e)
         sys.exit(f"lrx: error: {e}")

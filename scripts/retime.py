@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("conv_speedup", "model_speedup"):
         s = out[key]
         rounds = ", ".join(f"{v:.2f}" for v in s["rounds"])
-        print(f"{key}: median {s['median']:.2f}x, range {s['min']:.2f}-{s['max']:.2f}x ({rounds}); "
-              f"recorded in the run {out['recorded'][key.split('_')[0]]:.2f}x")
+        print(
+            f"{key}: median {s['median']:.2f}x, range {s['min']:.2f}-{s['max']:.2f}x ({rounds}); "
+            f"recorded in the run {out['recorded'][key.split('_')[0]]:.2f}x"
+        )
     print(f"written to {args.run_dir / RETIMED}")
     return 0
 

@@ -39,5 +39,19 @@ def run_train(args: list[str], cwd: Path, env: dict | None = None, timeout: int 
     full_env = {**os.environ, "LRX_DATA_ROOT": str(DATA_ROOT), "WANDB_SILENT": "true", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "lrx.train", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A CIFAR-10 root of 100 random training images: prepare() reads it in no time."""
+    from tests.helpers.data import write_tiny_cifar10
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    write_tiny_cifar10(root / "cifar-10-batches-bin")
+    return root

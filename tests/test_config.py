@@ -1,32 +1,73 @@
-"""Every config group option composes, and every instantiable node instantiates."""
+"""Config composition: every group option composes and instantiates, the user's own command
+resolves to the earlier attempt's row, and a key that has no effect is refused."""
 
 from pathlib import Path
 
 import pytest
+import torch
+from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from lrx import config
+from lrx.lowrank import METHODS
 from tests.conftest import CONF, compose_cfg, run_train
+
+GROUPS = [
+    "data",
+    "model",
+    "decomp",
+    "data_recon",
+    "finetune",
+    "latency",
+    "paths",
+    "trainer",
+    "logger",
+    "callbacks",
+    "experiment",
+]
+
+
+# what an option needs the user to give (the ??? of its file)
+REQUIRED = {"imagefolder": ["data.num_classes=3"], "custom": ["model.net._target_=torchvision.models.vgg11"]}
 
 
 def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["data", "model", "decomp", "trainer", "logger", "callbacks", "experiment"])
-def test_every_option_composes(group, tmp_path):
+def _resolved(overrides: list[str], tmp_path) -> dict:
+    cfg = compose_cfg(overrides, tmp_path)
+    return {**config.resolved(cfg), "hydra": {"run": {"dir": cfg.hydra.run.dir}}}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes_resolves_and_passes_the_schema(group, tmp_path):
     for option in _options(group):
-        cfg = compose_cfg([f"{group}={option}"], tmp_path)
-        assert cfg.model.name and cfg.data.root is not None
-        assert "bases" in cfg.decomp and "lam" in cfg.decomp
+        overrides = [f"{group}={option}", *REQUIRED.get(option, [])]
+        cfg = compose_cfg(overrides, tmp_path)
+        c = config.resolved(cfg)
+        assert c["model"]["name"] and c["model"]["net"]["num_classes"] == c["data"]["num_classes"]
+        if group != "experiment":  # experiments are sweeps: their jobs are checked in the sweep tests
+            assert config.check(cfg) == [], option
+
+
+def test_every_method_has_its_config_file():
+    assert set(METHODS) <= set(_options("decomp"))
 
 
 @pytest.mark.parametrize("model", _options("model"))
 def test_models_and_data_instantiate(model, tmp_path):
-    cfg = compose_cfg([f"model={model}"], tmp_path)
+    cfg = compose_cfg([f"model={model}", *REQUIRED.get(model, [])], tmp_path)
     net = instantiate(cfg.model.net)
-    assert net.input_size == cfg.model.input_size == cfg.data.resize
-    dm = instantiate(cfg.data)
-    assert dm.resize == cfg.model.input_size
+    assert getattr(net, "input_size", cfg.model.input_size) == cfg.model.input_size == cfg.data.resize
+    assert instantiate(cfg.data).resize == cfg.model.input_size
+    assert net(torch.zeros(2, 3, cfg.model.input_size, cfg.model.input_size)).shape == (2, cfg.data.num_classes)
+
+
+@pytest.mark.parametrize("data, classes", [("cifar10", 10), ("cifar100", 100), ("fake", 10)])
+def test_models_take_the_number_of_classes_and_the_input_size_from_the_data(data, classes, tmp_path):
+    c = _resolved([f"data={data}", "model=resnet20_cifar"], tmp_path)
+    assert c["model"]["net"]["num_classes"] == classes and c["model"]["input_size"] == c["data"]["input_size"]
 
 
 @pytest.mark.parametrize("logger", _options("logger"))
@@ -42,12 +83,81 @@ def test_trainer_instantiates(tmp_path):
     assert trainer.max_epochs == 1
 
 
-def test_the_users_sweep_command_composes(tmp_path):
-    cfg = compose_cfg(["model=alexnet", "decomp.bases=8"], tmp_path)
-    assert cfg.decomp.bases == 8 and cfg.data.resize == 224
-    assert Path(cfg.hydra.sweep.dir).parts[0] == "outputs"
+def test_the_users_command_runs_the_earlier_attempts_alexnet2_row(tmp_path):
+    """``python -m lrx.train model=alexnet decomp.bases=8 -m``: Scheme 1, M = 8, conv2, lambda 1e-4."""
+    c = _resolved(["model=alexnet", "decomp.bases=8"], tmp_path)
+    d = c["decomp"]
+    assert d["method"] == "scheme1" and d["layers"] == ["conv2"] and d["bases"] == 8
+    assert d["lam"]["schedule"] == "fixed" and d["lam"]["start"] == 1e-4
+    assert c["data"]["resize"] == 224 and "data_recon" not in c and "finetune" not in c
+    assert Path(compose_cfg(["model=alexnet"], tmp_path).hydra.sweep.dir).parts[0] == "outputs"
 
 
+def test_a_model_without_default_layers_decomposes_every_conv(tmp_path):
+    assert _resolved(["model=resnet20_cifar"], tmp_path)["decomp"]["layers"] == "all"
+
+
+def test_paths_live_in_one_group(tmp_path):
+    c = _resolved(["paths.data=/somewhere", "paths.baseline_cache=/cache", "paths.outputs=/out"], tmp_path)
+    assert c["data"]["root"] == "/somewhere" and c["baseline"]["cache_dir"] == "/cache"
+    assert c["hydra"]["run"]["dir"].startswith("/out/runs/")
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["decomp=none", "decomp.bases=8"], "decomp.bases"),
+        (["decomp=scheme2", "decomp.lam.start=0.1"], "decomp.lam"),  # lambda is Scheme 1's alone
+        (["planner.target_speedup=3"], "planner"),  # the planner comes with decomp=plan
+        (["data_recon.steps=10"], "data_recon"),  # off unless selected
+        (["finetune.epochs=3"], "finetune"),
+        (["finetune=ce", "finetune.temperature=2"], "finetune.temperature"),  # a distillation setting
+    ],
+)
+def test_a_key_of_a_group_that_is_off_fails_at_composition_naming_it(overrides, key, tmp_path):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(overrides, tmp_path)
+    assert key in str(info.value.__cause__ or info.value) + str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["decomp=none", "+decomp.bases=8"], ["decomp.bases", "decomp=none"]),
+        (["decomp=scheme2", "+decomp.lam.start=0.1"], ["decomp.lam.start", "scheme2", "none"]),
+        (["+planner.target_speedup=3"], ["planner.", "decomp=plan"]),
+        (["+data_recon.steps=10"], ["data_recon.", "missing", "data_recon=default"]),
+    ],
+)
+def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
+    with pytest.raises(config.ConfigError) as info:
+        config.check(compose_cfg(overrides, tmp_path))
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, ignored",
+    [
+        (["decomp.lam.steps=4"], "decomp.lam.steps"),  # a fixed schedule has no steps
+        (["decomp=plan", "planner.error=filter", "planner.samples=64"], "planner.samples"),
+        (
+            ["decomp=plan", "planner.methods=[scheme2]", "+planner.options.scheme1.lam.start=0.01"],
+            "planner.options.scheme1",
+        ),
+        (["data_recon=lstsq", "data_recon.lr=0.1"], "data_recon.lr"),  # no gradient steps
+    ],
+)
+def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(overrides, ignored, tmp_path, tiny_root):
+    from lrx.pipeline import prepare
+
+    cfg = compose_cfg([*overrides, f"data.root={tiny_root}", "data.val_size=10"], tmp_path)
+    assert any(k.startswith(ignored) for k in config.check(cfg))
+    with pytest.raises(config.ConfigError, match=ignored.replace(".", r"\.") + ".*no effect"):
+        prepare(cfg)
+    assert any(k.startswith(ignored) for k in prepare(cfg, sweep=True).ignored_keys)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("group, bad", [("model", "resnet9000"), ("data", "imagenet")])
 def test_unknown_option_lists_valid_choices(group, bad, tmp_path):
     res = run_train([f"{group}={bad}"], cwd=tmp_path, timeout=120)
@@ -58,42 +168,116 @@ def test_unknown_option_lists_valid_choices(group, bad, tmp_path):
     assert not list(tmp_path.rglob("results.json"))
 
 
-@pytest.mark.parametrize("launcher, target", [
-    ("basic", "BasicLauncher"), ("joblib", "JoblibLauncher"), ("submitit_slurm", "SlurmLauncher"),
-    ("slurm", "SlurmLauncher"),
-])
+@pytest.mark.parametrize(
+    "launcher, target",
+    [
+        ("basic", "BasicLauncher"),
+        ("joblib", "JoblibLauncher"),
+        ("submitit_slurm", "SlurmLauncher"),
+        ("slurm", "SlurmLauncher"),
+    ],
+)
 def test_every_launcher_composes(launcher, target, tmp_path):
     cfg = compose_cfg([f"hydra/launcher={launcher}"], tmp_path)
     assert cfg.hydra.launcher._target_.endswith(target)
 
 
-@pytest.mark.parametrize("experiment, group", [("seed_table", "table/seed_table")])
-def test_every_table_row_composes(experiment, group, tmp_path):
+def test_every_seed_table_row_composes(tmp_path):
+    group = "table/seed_table"
     rows = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-    cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
+    cfg = compose_cfg(["experiment=seed_table"], tmp_path)
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert sorted(cfg.hydra.sweeper.params[f"+{group}"].split(",")) == rows
-    schemes = {}
+    methods = {}
     for row in rows:
-        cfg = compose_cfg([f"experiment={experiment}", f"+{group}={row}"], tmp_path)
-        schemes[row] = cfg.decomp.scheme
-        assert cfg.decomp.keep_slower  # a table shows each row's measured speed-up, below 1x too
-        if cfg.decomp.scheme is not None:
-            assert list(cfg.decomp.layers) == ["conv2"] and cfg.decomp.bases == 8
-            assert cfg.decomp.lam.schedule == "fixed" and cfg.decomp.lam.start == 1e-4
-    assert schemes == {"baseline": None, "s1_filter": 1, "s1_tuned": 1}
+        cfg = compose_cfg(["experiment=seed_table", f"+{group}={row}"], tmp_path)
+        c = config.resolved(cfg)
+        assert config.check(cfg) == []
+        methods[row] = c["decomp"]["method"]
+        assert not c["latency"]["guard"]  # a table shows each row's measured speed-up, below 1x too
+        if methods[row] != "none":
+            assert c["decomp"]["layers"] == ["conv2"] and c["decomp"]["bases"] == 8
+            assert c["decomp"]["lam"] == {**c["decomp"]["lam"], "schedule": "fixed", "start": 1e-4}
+    assert methods == {"baseline": "none", "s1_filter": "scheme1", "s1_tuned": "scheme1"}
 
 
-@pytest.mark.parametrize("experiment, schemes, targets, metric", [
-    ("scheme_sweep", "[1],[2]", "1.5,2,3,4", "macs"),
-    ("peer_table", "[1],[2],[tucker2],[cp]", "3,6", "macs"),
-    ("planner_sweep", None, "2,3,4", "latency"),
-])
-def test_comparison_sweeps_run_all_three_stages_at_their_targets(tmp_path, experiment, schemes, targets, metric):
+@pytest.mark.parametrize(
+    "experiment, methods, targets, metric",
+    [
+        ("scheme_sweep", "[scheme1],[scheme2]", "1.5,2,3,4", "macs"),
+        ("peer_table", "[scheme1],[scheme2],[tucker2],[cp],[channel_svd]", "3,6", "macs"),
+        ("planner_sweep", None, "2,3,4", "latency"),
+    ],
+)
+def test_comparison_sweeps_run_all_three_stages_at_their_targets(tmp_path, experiment, methods, targets, metric):
     cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
     params = cfg.hydra.sweeper.params
-    assert params.get("decomp.schemes") == schemes and params["decomp.target_speedup"] == targets
-    assert cfg.decomp.target_metric == metric and list(cfg.decomp.layers) == ["conv2", "conv3", "conv4", "conv5"]
-    assert cfg.decomp.data_recon.enabled and cfg.decomp.finetune.epochs >= 1
+    assert params.get("planner.methods") == methods and params["planner.target_speedup"] == targets
+    c = config.resolved(cfg)
+    assert c["decomp"] == {"method": "plan", "layers": ["conv2", "conv3", "conv4", "conv5"]}
+    assert c["planner"]["metric"] == metric and c["data_recon"]["steps"] == 0 and c["finetune"]["epochs"] >= 1
     # comparing methods keeps every method's layers; the planner's product keeps the guard
-    assert cfg.decomp.keep_slower == (metric == "macs")
+    assert c["latency"]["guard"] == (metric == "latency")
+    for job in (methods or "[scheme1]").split(","):  # every job of the sweep passes the schema
+        for target in targets.split(","):
+            job_cfg = compose_cfg(
+                [f"experiment={experiment}", f"planner.methods={job}", f"planner.target_speedup={target}"], tmp_path
+            )
+            assert config.check(job_cfg) == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["decomp=tucker2"],
+        ["decomp=tucker2", "decomp.bases=vbmf"],
+        ["decomp=cp", "decomp.bases=16"],
+        ["decomp=channel_svd"],
+        ["decomp=scheme2", "decomp.layers=conv*"],
+    ],
+)
+def test_every_method_config_validates_against_its_model(overrides, tmp_path):
+    from lrx.lowrank import validate
+
+    cfg = compose_cfg(overrides, tmp_path)
+    assert config.check(cfg) == []
+    d = config.resolved(cfg)["decomp"]
+    plan = validate(instantiate(cfg.model.net), d["layers"], d["method"], d["bases"], **config.method_options(d))
+    assert [name for name, _, _ in plan] == (
+        ["conv2"] if d["layers"] == ["conv2"] else [f"conv{i}" for i in range(1, 6)]
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["model=torchvision", "model.arch=resnet9000"], ["model.arch='resnet9000'", "resnet18", "vgg11_bn"]),
+        (["model=torchvision", "model.weights=IMAGENET9K"], ["model.weights='IMAGENET9K'", "IMAGENET1K_V1", "null"]),
+    ],
+)
+def test_a_bad_torchvision_name_is_one_clear_error(overrides, words, tmp_path):
+    from lrx.pipeline import _instantiate
+
+    with pytest.raises(ValueError) as info:
+        _instantiate(compose_cfg(overrides, tmp_path).model.net)
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_pretrained_weights_offline_say_how_to_pass_a_local_file(tmp_path, monkeypatch):
+    import torchvision.models as tvm
+
+    from lrx.pipeline import _instantiate
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tvm._api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(OSError, match=r"model.weights='DEFAULT'.*resnet18-.*\.pth.*baseline.ckpt=PATH"):
+        _instantiate(compose_cfg(["model=torchvision", "model.weights=DEFAULT"], tmp_path).model.net)
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
+def test_networks_with_auxiliary_logits_return_plain_logits_in_training(arch, tmp_path):
+    cfg = compose_cfg(["model=torchvision", f"model.arch={arch}", "data=fake", "data.input_size=80"], tmp_path)
+    net = instantiate(cfg.model.net).train()
+    assert isinstance(net(torch.zeros(2, 3, 80, 80)), torch.Tensor)

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from lrx.data import RECORD_BYTES, CIFAR10DataModule, CorruptBatchError, DataRootError, load_cifar10
+from lrx.data import (
+    RECORD_BYTES,
+    CIFAR10DataModule,
+    CIFAR100DataModule,
+    CorruptBatchError,
+    DataRootError,
+    FakeDataModule,
+    ImageFolderDataModule,
+    load_cifar10,
+)
 
 
 def _fake_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,3 +123,62 @@ def test_calibration_batches_come_from_the_training_split_only(tmp_path):
     held_out = {key(ds[i][0]) for ds in (dm.val_set, dm.test_set) for i in range(len(ds))}
     seen = {key(x) for xb, _ in dm.calibration_dataloader(batch_size=16) for x in xb}
     assert seen == train and seen.isdisjoint(held_out)
+
+
+def test_cifar10_arguments_must_match_the_dataset(tmp_path):
+    for kwargs, key, valid in [
+        ({"num_classes": 100}, "data.num_classes=100", "10"),
+        ({"name": "cifar100"}, "data.name='cifar100'", "'cifar10'"),
+        ({"input_size": 64}, "data.input_size=64", "32"),
+        ({"val_size": 0}, "data.val_size=0", "1 .. 49999"),
+        ({"val_size": 50_000}, "data.val_size=50000", "1 .. 49999"),
+        ({"resize": 0}, "data.resize=0", ">= 1"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            CIFAR10DataModule(root=str(tmp_path), **kwargs)  # no file is read: tmp_path is empty
+        assert key in str(e.value) and valid in str(e.value), str(e.value)
+
+
+def test_val_size_beyond_the_images_found_fails_in_setup(tmp_path):
+    _write_binary(tmp_path / "cifar-10-batches-bin")  # 100 training images
+    with pytest.raises(ValueError, match=r"data.val_size=100 .* 100 training images.* 1 and 99"):
+        CIFAR10DataModule(root=str(tmp_path), val_size=100).setup()
+
+
+def test_resize_sets_the_reported_input_size(tmp_path):
+    assert CIFAR10DataModule(root=str(tmp_path)).input_size == 32
+    assert CIFAR10DataModule(root=str(tmp_path), resize=224).input_size == 224
+
+
+MODULES = {
+    "cifar10": lambda root, **kw: CIFAR10DataModule(root=root, **kw),
+    "cifar100": lambda root, **kw: CIFAR100DataModule(root=root, **kw),
+    "imagefolder": lambda root, **kw: ImageFolderDataModule(root=root, num_classes=3, **kw),
+    "fake": lambda root, **kw: FakeDataModule(**kw),
+}
+
+
+@pytest.mark.parametrize("module", MODULES)
+@pytest.mark.parametrize(
+    "key, value, valid",
+    [
+        ("batch_size", 0, "an integer >= 1"),
+        ("eval_batch_size", 0, "an integer >= 1"),
+        ("eval_batch_size", 2.5, "an integer >= 1"),
+        ("num_workers", -1, "an integer >= 0"),
+        ("split_seed", -1, "an integer >= 0"),
+        ("val_size", 0, "1"),
+    ],
+)
+def test_every_module_checks_the_loader_settings_in_init(tmp_path, module, key, value, valid):
+    with pytest.raises(ValueError) as e:
+        MODULES[module](str(tmp_path / "absent"), **{key: value})  # raised before the (absent) root is read
+    assert f"data.{key}={value!r} is invalid; valid: " in str(e.value) and valid in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_loaders_before_setup_say_so(tmp_path, module):
+    dm = MODULES[module](str(tmp_path))
+    assert isinstance(dm.num_classes, int) and dm.input_size >= 1 and len(dm.mean) == len(dm.std) == 3 and dm.name
+    with pytest.raises(RuntimeError, match=r"setup\(\) must run"):
+        dm.train_dataloader()

@@ -1,5 +1,6 @@
-"""Data reconstruction (lrx.lowrank.data_recon) on a tiny trained conv net, with approximations
-built here (a truncated-SVD vertical/horizontal conv pair) so that nothing depends on the schemes."""
+"""Data reconstruction (lrx.lowrank.data_recon) on a tiny trained conv net: its mechanics with
+approximations built here (a truncated-SVD vertical/horizontal conv pair, so that they depend on
+no method), then the least-squares refit and the gradient steps on every registered method."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrx.lowrank import METHODS, ConvGeometry
 from lrx.lowrank.data_recon import CacheLimitError, DataReconError, NonFiniteError, reconstruct
+from tests.helpers.methods import NAMES as METHOD_NAMES
+from tests.helpers.methods import fast_options
 
 CONVS = ("conv1", "conv2", "conv3")
 RANKS = {"conv1": 2, "conv2": 3, "conv3": 3}
@@ -85,8 +89,9 @@ def svd_separable(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     v = u[:, :rank] * s[:rank].sqrt()
     h = s[:rank].sqrt()[:, None] * vh[:rank]
     vert = nn.Conv2d(c, rank, (kh, 1), stride=(conv.stride[0], 1), padding=(conv.padding[0], 0), bias=False)
-    horiz = nn.Conv2d(rank, n, (1, kw), stride=(1, conv.stride[1]), padding=(0, conv.padding[1]),
-                      bias=conv.bias is not None)
+    horiz = nn.Conv2d(
+        rank, n, (1, kw), stride=(1, conv.stride[1]), padding=(0, conv.padding[1]), bias=conv.bias is not None
+    )
     with torch.no_grad():
         vert.weight.copy_(v.reshape(c, kh, rank).permute(2, 0, 1).unsqueeze(-1))
         horiz.weight.copy_(h.reshape(rank, n, kw).permute(1, 0, 2).unsqueeze(2))
@@ -129,8 +134,18 @@ def test_svd_helper_is_exact_at_full_rank(net):
 @pytest.mark.parametrize("mode", ["asymmetric", "symmetric"])
 def test_lowers_heldout_error_of_every_layer(net, batches, mode):
     approx = approximate(net, RANKS)
-    res = reconstruct(net, approx, ["conv3", "conv1", "conv2"], batches, mode=mode, steps=60, lr=1e-2,
-                      batch_size=32, holdout_batches=2, progress=False)
+    res = reconstruct(
+        net,
+        approx,
+        ["conv3", "conv1", "conv2"],
+        batches,
+        mode=mode,
+        steps=60,
+        lr=1e-2,
+        batch_size=32,
+        holdout_batches=2,
+        progress=False,
+    )
     assert [r["name"] for r in res] == list(CONVS)  # network order, not the order given
     json.dumps(res, allow_nan=False)
     for r in res:
@@ -140,12 +155,14 @@ def test_lowers_heldout_error_of_every_layer(net, batches, mode):
         assert r["time_s"] > 0 and r["cached_bytes"] > 0
 
 
-@pytest.mark.parametrize("optimizer,lr,batch_size,steps", [
-    ("sgd", 0.05, 16, 25), ("lbfgs", 1.0, None, 10), ("adam", 1e-2, None, 15)])
+@pytest.mark.parametrize(
+    "optimizer,lr,batch_size,steps", [("sgd", 0.05, 16, 25), ("lbfgs", 1.0, None, 10), ("adam", 1e-2, None, 15)]
+)
 def test_each_optimizer_lowers_the_error(net, batches, optimizer, lr, batch_size, steps):
     approx = approximate(net, {"conv2": 3})
-    (r,) = reconstruct(net, approx, ["conv2"], batches, steps=steps, lr=lr, optimizer=optimizer,
-                       batch_size=batch_size, progress=False)
+    (r,) = reconstruct(
+        net, approx, ["conv2"], batches, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size, progress=False
+    )
     assert r["optimizer"] == optimizer and not r["reverted"]
     assert r["rel_error_after"] < 0.95 * r["rel_error_before"], r
 
@@ -172,8 +189,18 @@ def test_inputs_follow_the_mode_and_targets_come_from_the_original(net, batches,
     # "approximated" by an exact copy of itself that records what it is fed.
     approx = approximate(net, {"conv1": 1})
     approx.conv2 = Recorder(copy.deepcopy(net.conv2))
-    (r1, r2) = reconstruct(net, approx, ["conv1", "conv2"], batches, mode=mode, steps=3, lr=1e-5,
-                           optimizer="sgd", revert_if_worse=False, progress=False)
+    (r1, r2) = reconstruct(
+        net,
+        approx,
+        ["conv1", "conv2"],
+        batches,
+        mode=mode,
+        steps=3,
+        lr=1e-5,
+        optimizer="sgd",
+        revert_if_worse=False,
+        progress=False,
+    )
     fed = torch.cat([x for x in approx.conv2.seen if x.shape[0] > 1])  # (skip the 1-sample shape probe)
     orig_in = layer_inputs(net, "conv2", batches)
     appr_in = layer_inputs(approx, "conv2", batches)  # with conv1 as reconstructed
@@ -254,20 +281,23 @@ def test_memory_bound_refuses_before_any_capture(net, batches):
     assert {r["name"]: r["cached_bytes"] for r in res} == per_layer
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"mode": "sideways"}, r"mode='sideways'.*'asymmetric', 'symmetric'"),
-    ({"optimizer": "rmsprop"}, r"optimizer='rmsprop'.*'adam', 'sgd', 'lbfgs'"),
-    ({"steps": 0, "lstsq": False}, r"steps=0.*>= 1"),
-    ({"lstsq": "yes"}, r"lstsq='yes'.*true or false"),
-    ({"lr": -1.0}, r"lr=-1.0"),
-    ({"holdout_batches": 0}, r"holdout_batches=0"),
-    ({"holdout_batches": 6}, r"holdout_batches=6 .*6 batches; valid: 1..5"),
-    ({"batch_size": 0}, r"batch_size=0"),
-    ({"optimizer": "lbfgs", "batch_size": 8}, r"'lbfgs' needs full-batch.*batch_size=8"),
-    ({"layer_names": ["conv1", "conv9"]}, r"no layer 'conv9'.*valid: conv1, bn1, conv2"),
-    ({"layer_names": ["conv1", "conv1"]}, r"'conv1' is listed twice"),
-    ({"layer_names": "conv1"}, r"layer_names='conv1'"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"mode": "sideways"}, r"mode='sideways'.*'asymmetric', 'symmetric'"),
+        ({"optimizer": "rmsprop"}, r"optimizer='rmsprop'.*'adam', 'sgd', 'lbfgs'"),
+        ({"steps": 0, "lstsq": False}, r"steps=0.*>= 1"),
+        ({"lstsq": "yes"}, r"lstsq='yes'.*true or false"),
+        ({"lr": -1.0}, r"lr=-1.0"),
+        ({"holdout_batches": 0}, r"holdout_batches=0"),
+        ({"holdout_batches": 6}, r"holdout_batches=6 .*6 batches; valid: 1..5"),
+        ({"batch_size": 0}, r"batch_size=0"),
+        ({"optimizer": "lbfgs", "batch_size": 8}, r"'lbfgs' needs full-batch.*batch_size=8"),
+        ({"layer_names": ["conv1", "conv9"]}, r"no layer 'conv9'.*valid: conv1, bn1, conv2"),
+        ({"layer_names": ["conv1", "conv1"]}, r"'conv1' is listed twice"),
+        ({"layer_names": "conv1"}, r"layer_names='conv1'"),
+    ],
+)
 def test_bad_arguments_are_named(net, batches, kwargs, match):
     approx = approximate(net, RANKS)
     kwargs = {"layer_names": ["conv1"], **kwargs}
@@ -307,8 +337,11 @@ def test_nan_weight_names_the_layer(net, batches):
 
 def test_diverging_loss_names_the_layer_and_step(net, batches):
     approx = approximate(net, RANKS)
-    with pytest.raises(NonFiniteError, match=r"data reconstruction of layer 'conv1': the (loss is (nan|inf) at step"
-                                             r"|parameters became NaN)"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"data reconstruction of layer 'conv1': the (loss is (nan|inf) at step"
+        r"|parameters became NaN)",
+    ):
         reconstruct(net, approx, ["conv1"], batches, steps=50, lr=1e8, optimizer="sgd", progress=False)
 
 
@@ -335,40 +368,64 @@ def test_cuda(net, batches):
     assert all(r["rel_error_after"] < r["rel_error_before"] for r in res)
 
 
-def _lowrank(net: nn.Module, scheme: int, name: str, bases: int) -> nn.Module:
-    from lrx.lowrank import LowRankExpConvV1, LowRankExpConvV2
-
+def _lowrank(net: nn.Module, method: str, name: str, speedup: float = 2.0, bases=None) -> tuple[nn.Module, nn.Module]:
+    """A copy of ``net`` with conv ``name`` replaced by ``method``'s layer (filter reconstruction) at
+    ``bases`` (default: the largest rank reaching ``speedup``); returns the copy and the new layer."""
+    cls, conv = METHODS[method], getattr(net, name)
+    if bases is None:
+        g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
+        bases = cls.bases_for_speedup(g, speedup)
     approx = copy.deepcopy(net)
-    cls, options = (LowRankExpConvV1, {"progress": False}) if scheme == 1 else (LowRankExpConvV2, {})
-    setattr(approx, name, cls.from_conv(getattr(net, name), bases, **options))
-    return approx
+    setattr(approx, name, cls.from_conv(conv, bases, **fast_options(method)))
+    return approx, getattr(approx, name)
 
 
-@pytest.mark.parametrize("scheme,name,bases", [(1, "conv2", 2), (2, "conv2", 3), (2, "conv3", 4), (1, "conv3", 3)])
-def test_lstsq_refit_is_the_optimum_of_the_last_pass(net, batches, scheme, name, bases):
+def _last_pass(layer: nn.Module) -> set[str]:
+    """The names of the parameters ``set_final`` writes (the layer's last linear pass and bias)."""
+    probe = copy.deepcopy(layer)
+    z = probe.final_features(torch.zeros(1, probe.geometry.in_channels, 6, 6))
+    n = probe.geometry.out_channels
+    probe.set_final(torch.zeros(n, z.shape[1]), None if probe.bias is None else torch.zeros(n))
+    before = dict(layer.named_parameters())
+    return {k for k, p in probe.named_parameters() if not torch.equal(p, before[k])}
+
+
+@pytest.mark.parametrize("name", ["conv2", "conv3"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_lstsq_refit_is_the_optimum_of_the_last_pass(net, batches, method, name):
     """steps=0: the least-squares refit alone. It lowers the held-out error, and on the training
     samples the MSE's gradient with respect to the last pass (and bias) vanishes: an optimum."""
-    approx = _lowrank(net, scheme, name, bases)
-    first = approx.get_submodule(name).vertical.weight if scheme == 2 else approx.get_submodule(name).v
-    first_before = first.detach().clone()
+    approx, layer = _lowrank(net, method, name)
+    last = _last_pass(layer)
+    assert last and "bias" in {k.rsplit(".", 1)[-1] for k in last}  # conv2 and conv3 have a bias
+    before = {k: p.detach().clone() for k, p in layer.named_parameters()}
     (r,) = reconstruct(net, approx, [name], batches, steps=0, progress=False)
-    assert torch.equal(first, first_before)  # the earlier passes are left alone
+    for k, p in layer.named_parameters():  # the earlier passes are left alone, the last one refit
+        assert torch.equal(p, before[k]) == (k not in last), k
     assert r["rel_error_lstsq"] == r["rel_error_after"] < r["rel_error_before"]
     assert r["train_loss"] is None
-    layer = approx.get_submodule(name).double()
+    layer = layer.double()
     x = layer_inputs(net, name, batches[:-1]).double()
     target = getattr(net, name).double()(x)
-    last = [layer.horizontal.weight] if scheme == 2 else [layer.a]
-    params = last + [layer.bias]
+    params = [p for k, p in layer.named_parameters() if k in last]
     loss = (layer(x) - target).pow(2).sum() / target.pow(2).sum()
     grads = torch.autograd.grad(loss, params)
     assert max(g.abs().max().item() for g in grads) < 1e-6 * max(p.abs().max().item() for p in params)
 
 
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_gradient_steps_lower_the_error_of_every_method(net, batches, method):
+    """Without the refit, Adam on all the layer's passes lowers its held-out output error."""
+    approx, layer = _lowrank(net, method, "conv3", 3.0)
+    (r,) = reconstruct(net, approx, ["conv3"], batches, lstsq=False, steps=20, lr=1e-2, progress=False)
+    assert r["rel_error_lstsq"] is None and not r["reverted"]
+    assert r["rel_error_after"] < 0.95 * r["rel_error_before"], r
+
+
 def test_lstsq_then_gradient_steps_beat_gradient_steps_alone(net, batches):
     errors = {}
     for lstsq in (False, True):
-        approx = _lowrank(net, 2, "conv3", 3)
+        approx, _ = _lowrank(net, "scheme2", "conv3", bases=3)
         (r,) = reconstruct(net, approx, ["conv3"], batches, lstsq=lstsq, steps=30, lr=1e-2, progress=False)
         assert (r["rel_error_lstsq"] is None) == (not lstsq)
         errors[lstsq] = r["rel_error_after"]

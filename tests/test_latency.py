@@ -8,6 +8,10 @@ from lrx.latency import compare, interleaved_ms, layer_inputs
 from lrx.lowrank import LowRankExpConvV2
 from lrx.lowrank.guard import put_back_slower
 from lrx.models import AlexNetCIFAR
+from lrx.modes import eval_mode, memory_format
+from tests.helpers.methods import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_interleaved_runs_every_call_round_robin():
@@ -62,3 +66,20 @@ def test_guard_restores_the_original_conv_with_its_exact_weights():
     assert isinstance(approx.conv4, LowRankExpConvV2)
     assert records[0]["kept"] is False and "0.80x" in records[0]["put_back_reason"]
     assert records[1]["kept"] is True
+
+
+def test_eval_mode_puts_each_module_back_in_its_own_mode_even_after_an_error():
+    a, b = nn.Conv2d(1, 1, 1).train(), nn.Conv2d(1, 1, 1).eval()
+    with pytest.raises(RuntimeError, match="inside"):
+        with eval_mode(a, b) as modules:
+            assert modules == [a, b] and not a.training and not b.training
+            raise RuntimeError("inside")
+    assert a.training and not b.training
+
+
+def test_memory_format_hands_the_modules_back_contiguous():
+    net = AlexNetCIFAR()
+    with memory_format(torch.channels_last, net):
+        assert net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+        assert not net.conv2.weight.is_contiguous()
+    assert all(p.is_contiguous() for p in net.parameters())

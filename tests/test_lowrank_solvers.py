@@ -3,7 +3,10 @@
 import pytest
 import torch
 
-from lrx.lowrank import DecompositionError, solve_scheme1, solve_scheme2
+from lrx.lowrank import DecompositionError, LowRankExpConvV1, scheme1, solve_channel_svd, solve_scheme1, solve_scheme2
+from tests.helpers.methods import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel(w, approx):
@@ -38,20 +41,21 @@ def test_scheme2_error_is_the_singular_value_tail(shape):
         optimal = (sigma[k:].square().sum().sqrt() / sigma.norm()).item()
         assert errors[-1] == pytest.approx(optimal, abs=1e-6)
     assert errors[-1] < 1e-6  # K = min(C*kh, N*kw) is exact
-    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:]))
+    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:], strict=False))
 
 
 def test_scheme2_splits_singular_values_evenly():
     w = torch.randn(6, 5, 3, 3)
     vertical, horizontal = solve_scheme2(w, 4)
-    torch.testing.assert_close(vertical.flatten(1).norm(dim=1), horizontal.permute(1, 0, 2).flatten(1).norm(dim=1),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        vertical.flatten(1).norm(dim=1), horizontal.permute(1, 0, 2).flatten(1).norm(dim=1), rtol=1e-6, atol=0
+    )
 
 
 def test_scheme1_error_non_increasing_in_bases():
     w = torch.randn(8, 6, 3, 3, generator=torch.Generator().manual_seed(2))
     errors = [scheme1_error(w, bases=m, lam_steps=4, iters=10)[0] for m in range(1, 10)]
-    assert all(b <= a + 1e-6 for a, b in zip(errors, errors[1:])), errors
+    assert all(b <= a + 1e-6 for a, b in zip(errors, errors[1:], strict=False)), errors
     assert errors[-1] < 1e-6  # M = kh*kw is exact
 
 
@@ -62,7 +66,7 @@ def test_scheme1_objective_non_increasing_at_fixed_lambda(lam):
     for stage in info["history"]:  # the fixed-lambda stage, then the rank-1 ALS refinement
         obj = stage["objective"]
         assert len(obj) > 1
-        assert all(b <= a + 1e-12 * abs(a) for a, b in zip(obj, obj[1:])), stage["lam"]
+        assert all(b <= a + 1e-12 * abs(a) for a, b in zip(obj, obj[1:], strict=False)), stage["lam"]
 
 
 def test_scheme1_ascending_schedule_reaches_rank1():
@@ -106,13 +110,29 @@ def test_scheme1_beats_truncated_svd(kind):
         (dict(lam_schedule="cosine"), ["'cosine'", "'fixed' or 'ascending'"]),
         (dict(lam_start=0.0), ["lam_start=0.0", "fixed"]),
         (dict(lam_start=1.0, lam_end=0.1), ["lam_start <= lam_end"]),
-        (dict(lambda_start=0.1), ["lambda_start", "lam_start"]),
+        (dict(init="random"), ["init='random'", "'svd' or 'als'"]),
+        (dict(refine_iters=-1), ["refine_iters=-1", ">= 0"]),
+        (dict(iters=2.0), ["iters=2.0", "integer"]),
+        (dict(tol=True), ["tol=True", "number"]),
+        (dict(lambda_start=0.1), ["lambda_start: not an option of method 'scheme1'", "lam_start"]),
     ],
 )
 def test_scheme1_refuses_bad_options(opts, words):
     with pytest.raises(DecompositionError) as info:
         solve_scheme1(torch.randn(4, 3, 3, 3), 2, **opts)
-    assert all(w in str(info.value) for w in words)
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_scheme1_options_are_merged_with_the_defaults_and_named_as_the_caller_calls_them():
+    merged = LowRankExpConvV1.check_options({"lam_start": 0.01, "iters": 3})
+    assert merged == {**scheme1.DEFAULTS, "lam_start": 0.01, "iters": 3}
+    assert scheme1.DEFAULTS["lam_start"] != 0.01  # the defaults themselves are left alone
+    assert scheme1.check_options(dict(scheme1.DEFAULTS), name=str) is None
+    names = {"lam_start": "decomp.lam_start", "lam_schedule": "decomp.lam_schedule"}
+    with pytest.raises(DecompositionError, match=r"^decomp\.lam_start=-1: must be a number >= 0"):
+        LowRankExpConvV1.check_options({"lam_start": -1}, names=names)
+    with pytest.raises(DecompositionError, match=r"decomp\.lam_start=0.*use decomp\.lam_schedule=fixed"):
+        scheme1.check_options({**scheme1.DEFAULTS, "lam_start": 0}, name=lambda k: names.get(k, k))
 
 
 def test_scheme1_progress_bar(capsys):
@@ -125,3 +145,4 @@ def test_solvers_run_on_the_weight_device():
     w = torch.randn(16, 8, 3, 3, device="cuda")
     assert solve_scheme1(w, 2, lam_steps=2, iters=3)[0].device == w.device
     assert solve_scheme2(w, 4)[0].device == w.device
+    assert all(t.device == w.device for t in solve_channel_svd(w, 4))

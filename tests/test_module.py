@@ -18,8 +18,14 @@ def _net() -> nn.Module:
 def _fit(module: Classifier) -> None:
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, 3, 4, 4, generator=g), torch.randint(0, 10, (32,), generator=g))
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(module, DataLoader(data, batch_size=8))
 
 
@@ -30,8 +36,13 @@ def test_finetuning_changes_the_student_and_never_the_teacher(loss):
     student = copy.deepcopy(teacher)
     teacher_state = copy.deepcopy(teacher.state_dict())
     before = copy.deepcopy(student.state_dict())
-    module = Classifier(student, optimizer=lambda params: torch.optim.SGD(params, lr=0.1), loss=loss,
-                        teacher=teacher if loss == "kd" else None, channels_last=False)
+    module = Classifier(
+        student,
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+        loss=loss,
+        teacher=teacher if loss == "kd" else None,
+        channels_last=False,
+    )
     assert all(p is not q for p in module.parameters() for q in teacher.parameters())
     _fit(module)
     assert all(torch.equal(v, teacher_state[k]) for k, v in teacher.state_dict().items())

@@ -1,5 +1,6 @@
-"""The peer baselines: Tucker-2 and CP layers, VBMF rank selection, and both through surgery, the
-planner and the config."""
+"""The peer baselines: Tucker-2 and CP solvers, VBMF rank selection, and the peers through surgery
+and the planner. (What every method shares, exactness at full rank included, is in
+test_lowrank_layers.py.)"""
 
 import json
 import re
@@ -7,60 +8,35 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
-from lrx.lowrank import cp
-from lrx.lowrank import (ConvGeometry, CPConv, DecompositionError, Tucker2Conv, decompose, evbmf_rank, solve_cp,
-                         solve_tucker2, tucker2_ranks, validate)
+from lrx.lowrank import (
+    METHODS,
+    CPConv,
+    DecompositionError,
+    Tucker2Conv,
+    decompose,
+    evbmf_rank,
+    solve_cp,
+    solve_tucker2,
+    tucker2_ranks,
+    validate,
+)
 from lrx.lowrank.planner import plan
-from tests.conftest import compose_cfg
-from tests.test_lowrank_layers import GEOMETRIES, make_conv
+from tests.helpers.methods import one_thread  # noqa: F401
 
-PEERS = [Tucker2Conv, CPConv]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model():
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(3, 8, 3, padding=1),
-        act=nn.ReLU(),
-        conv2=nn.Conv2d(8, 12, 3, stride=2, padding=1),
-        pool=nn.AdaptiveAvgPool2d(1),
-    ))
-
-
-@pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_tucker2_full_ranks_reproduce_conv(geometry):
-    conv = make_conv(*geometry)
-    layer = Tucker2Conv.from_conv(conv, (conv.in_channels, conv.out_channels))
-    x = torch.randn(2, conv.in_channels, 11, 14)
-    torch.testing.assert_close(layer(x), conv(x), atol=1e-5, rtol=1e-4)
-    assert layer.report["rel_error"] < 1e-5
-
-
-@pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_cp_at_the_rank_bound_nearly_reproduces_conv(geometry, monkeypatch):
-    """Plain CP-ALS (no ridge) is not exact, but at R = the CP-rank bound (smallest product of all
-    sizes but one) it reaches a relative kernel error below 1e-4 and outputs within 2e-4 of the conv's."""
-    monkeypatch.setattr(cp, "RIDGE", 0.0)
-    conv = make_conv(*geometry)
-    layer = CPConv.from_conv(conv, CPConv.full_rank(ConvGeometry.of(conv.in_channels, conv.out_channels,
-                                                                     conv.kernel_size)))
-    x = torch.randn(2, conv.in_channels, 11, 14)
-    torch.testing.assert_close(layer(x), conv(x), atol=2e-4, rtol=1e-3)
-    assert layer.report["rel_error"] < 1e-4
-
-
-@pytest.mark.parametrize("cls", PEERS)
-def test_last_pass_features_for_data_reconstruction(cls):
-    """out = F @ final_features(x) + bias, and set_final installs F (what data_recon relies on)."""
-    layer = cls.from_conv(nn.Conv2d(4, 6, 3, stride=2, padding=1), 3)
-    x = torch.randn(2, 4, 9, 9)
-    z = layer.final_features(x)
-    final = layer.pointwise_out.weight[:, :, 0, 0].detach().clone()
-    torch.testing.assert_close(layer(x).flatten(2), final @ z + layer.bias[:, None], atol=1e-5, rtol=1e-4)
-    layer.set_final(2 * final, torch.zeros(6))
-    torch.testing.assert_close(layer(x).flatten(2), 2 * final @ z, atol=1e-5, rtol=1e-4)
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 8, 3, padding=1),
+            act=nn.ReLU(),
+            conv2=nn.Conv2d(8, 12, 3, stride=2, padding=1),
+            pool=nn.AdaptiveAvgPool2d(1),
+        )
+    )
 
 
 def test_error_non_increasing_in_rank_and_over_rounds():
@@ -70,10 +46,10 @@ def test_error_non_increasing_in_rank_and_over_rounds():
     plain_als = [solve_cp(weight, r, ridge=0) for r in (1, 4, 16, 48)]
     for infos in ([t[3] for t in tucker], [c[1] for c in plain_als]):
         finals = [info["history"][-1] for info in infos]
-        assert all(b <= a for a, b in zip(finals, finals[1:])), finals
+        assert all(b <= a for a, b in zip(finals, finals[1:], strict=False)), finals
         for info in infos:  # HOOI and ALS rounds never raise the error
             h = info["history"]
-            assert all(b <= a * (1 + 1e-9) + 1e-12 for a, b in zip(h, h[1:])), h
+            assert all(b <= a * (1 + 1e-9) + 1e-12 for a, b in zip(h, h[1:], strict=False)), h
 
 
 def _term_norms(factors) -> torch.Tensor:
@@ -97,19 +73,31 @@ def test_cp_ridge_keeps_the_terms_small_at_about_the_same_error():
 @pytest.mark.parametrize(
     "cls, bases, valid",
     [
-        (Tucker2Conv, 0, r"an integer in \[1, 3\].*R_in in \[1, 3\] and R_out in \[1, 4\]"),
+        (
+            Tucker2Conv,
+            0,
+            r"an integer in \[1, 3\] \(both ranks\), a pair \(R_in, R_out\) with R_in in \[1, 3\] and "
+            r"R_out in \[1, 4\], or 'vbmf'",
+        ),
         (Tucker2Conv, 4, r"an integer in \[1, 3\]"),
         (Tucker2Conv, (3, 5), r"R_out in \[1, 4\]"),
         (Tucker2Conv, (1, 2, 3), r"a pair \(R_in, R_out\)"),
+        (Tucker2Conv, (2.0, 2), r"a pair \(R_in, R_out\)"),
         (Tucker2Conv, 2.5, r"an integer in \[1, 3\]"),
-        (CPConv, 0, r"an integer in \[1, 27\]"),  # min(3*3*3, 4*3*3, 4*3*3, 4*3*3)
-        (CPConv, 28, r"an integer in \[1, 27\]"),
-        (CPConv, (2, 2), r"an integer in \[1, 27\]"),
+        (Tucker2Conv, "vbfm", r"or 'vbmf'"),
+        (Tucker2Conv, None, r"or 'vbmf'"),
+        (CPConv, (2, 2), r"an integer in \[1, 27\]"),  # min(3*3*3, 4*3*3, 4*3*3, 4*3*3)
+        (CPConv, "vbmf", r"an integer in \[1, 27\]"),  # VBMF chooses Tucker-2's ranks only
     ],
 )
 def test_refuses_bad_bases(cls, bases, valid):
-    with pytest.raises(DecompositionError, match=re.escape(f"bases={bases!r}") + f".*{cls.scheme!r}; valid: .*{valid}"):
+    with pytest.raises(DecompositionError, match=re.escape(f"bases={bases!r}") + f".*{cls.method!r}; valid: .*{valid}"):
         cls.from_conv(nn.Conv2d(3, 4, 3), bases)
+
+
+def test_vbmf_needs_a_weight_to_choose_from():
+    with pytest.raises(DecompositionError, match="vbmf"):
+        Tucker2Conv(8, 16, 3, "vbmf")  # from_conv chooses the ranks; a bare layer has no weight yet
 
 
 def test_vbmf_ranks():
@@ -122,67 +110,76 @@ def test_vbmf_ranks():
         assert 1 <= r_in <= conv.in_channels and 1 <= r_out <= conv.out_channels
 
 
-@pytest.mark.parametrize("scheme, bases", [("tucker2", 3), ("tucker2", {"conv1": (2, 3), "conv2": [8, 12]}),
-                                           ("cp", 6)])
-def test_decompose(scheme, bases):
+@pytest.mark.parametrize("method, bases", [("tucker2", 3), ("tucker2", {"conv1": (2, 3), "conv2": [8, 12]}), ("cp", 6)])
+def test_decompose(method, bases):
     torch.manual_seed(0)
     model = small_model().eval()
     x = torch.randn(2, 3, 8, 8)
     before = model(x)
-    records = decompose(model, "all", scheme, bases)
-    cls = Tucker2Conv if scheme == "tucker2" else CPConv
+    records = decompose(model, "all", method, bases)
+    cls = METHODS[method]
     assert isinstance(model.conv1, cls) and isinstance(model.conv2, cls)
     assert model(x).shape == before.shape
     json.dumps(records)
     assert [r["name"] for r in records] == ["conv1", "conv2"]
     for r in records:
-        assert r["scheme"] == scheme and 0 <= r["rel_error"] < 1 and r["solve_time_s"] >= 0 and r["macs_speedup"] > 0
-        assert "history" not in r and ("hooi_iters" in r if scheme == "tucker2" else "iters" in r)
+        assert r["method"] == method and 0 <= r["rel_error"] < 1 and r["solve_time_s"] >= 0 and r["macs_speedup"] > 0
+        assert "history" not in r and ("hooi_iters" in r if method == "tucker2" else "iters" in r)
     if isinstance(bases, dict):
         assert [r["bases"] for r in records] == [(2, 3), (8, 12)]
 
 
 def test_decompose_with_vbmf_ranks():
     model = small_model()
-    plan_ = validate(model, "all", "tucker2", bases=None, rank_selection="vbmf")
-    assert [b for _, _, b in plan_] == [None, None]
+    plan_ = validate(model, "all", "tucker2", bases="vbmf")
+    assert [b for _, _, b in plan_] == ["vbmf", "vbmf"]
     expected = [tucker2_ranks(model.conv1.weight), tucker2_ranks(model.conv2.weight)]
-    records = decompose(model, "all", "tucker2", bases=None, rank_selection="vbmf")
+    records = decompose(model, "all", "tucker2", bases="vbmf")
     assert [r["bases"] for r in records] == expected
+    assert [model.conv1.bases, model.conv2.bases] == expected
+
+
+def test_vbmf_for_some_layers_only():
+    model = small_model()
+    records = decompose(model, "all", "tucker2", bases={"conv1": (2, 3), "conv2": "vbmf"})
+    assert [r["bases"] for r in records] == [(2, 3), tucker2_ranks(small_model().conv2.weight)]
 
 
 @pytest.mark.parametrize(
-    "scheme, rank_selection, words",
+    "method, bases, options, words",
     [
-        (3, None, ["scheme=3", "1, 2, 'tucker2', 'cp'"]),
-        ("cp", "vbmf", ["rank_selection='vbmf'", "scheme='tucker2'", "scheme='cp'"]),
-        ("tucker2", "svd", ["rank_selection='svd'", "'vbmf'"]),
+        (3, 4, {}, ["method 3 is unknown", "valid: " + ", ".join(METHODS), "aliases"]),
+        ("svd", 4, {}, ["method 'svd' is unknown", *METHODS]),
+        ("cp", "vbmf", {}, ["bases='vbmf'", "method 'cp'", "an integer in"]),
+        ("tucker2", "svd", {}, ["bases='svd'", "'vbmf'"]),
+        (
+            "tucker2",
+            4,
+            {"rank_selection": "vbmf"},
+            ["rank_selection: not an option of method 'tucker2'", "its options: none"],
+        ),
+        ("cp", 4, {"iters": 5}, ["iters: not an option of method 'cp'", "its options: progress"]),
     ],
 )
-def test_validate_refuses_bad_requests(scheme, rank_selection, words):
+def test_validate_refuses_bad_requests(method, bases, options, words):
     with pytest.raises(DecompositionError) as info:
-        validate(small_model(), "all", scheme, 4, rank_selection)
-    assert all(w in str(info.value) for w in words)
+        validate(small_model(), "all", method, bases, **options)
+    assert all(w in str(info.value) for w in words), str(info.value)
 
 
-def test_planner_considers_peer_schemes():
+def test_cp_takes_its_progress_option(capsys):
+    records = decompose(small_model(), "conv1", "cp", 4, progress=True)
+    assert records[0]["method"] == "cp" and "CP-ALS" in capsys.readouterr().err
+
+
+def test_planner_considers_peer_methods():
     torch.manual_seed(0)
     net = small_model().eval()
-    chosen, report = plan(net, "conv1", 1.3, input_size=8, batch_size=2, schemes=(2, "tucker2", "cp"), progress=False)
-    assert set(chosen) == {"conv1"} and chosen["conv1"].scheme is not None
+    methods = (2, "tucker2", "cp", "channel_svd")
+    chosen, report = plan(net, "conv1", 1.3, input_size=8, batch_size=2, methods=methods, progress=False)
+    assert set(chosen) == {"conv1"} and chosen["conv1"].method is not None
     assert report["predicted_conv_speedup"] >= 1.3
-    tried = {o["scheme"] for options in report["candidates"].values() for o in options}
-    assert tried == {None, 2, "tucker2", "cp"}
-    with pytest.raises(DecompositionError, match=r"schemes=\['svd'\].*\[1, 2, 'tucker2', 'cp'\]"):
-        plan(net, "all", 2.0, schemes=("svd",))
-
-
-@pytest.mark.parametrize("overrides", [["decomp=tucker2"], ["decomp=tucker2", "decomp.rank_selection=vbmf"],
-                                       ["decomp=cp", "decomp.bases=16"]])
-def test_config_composes_and_validates(overrides, tmp_path):
-    cfg = compose_cfg(overrides, tmp_path)
-    d = cfg.decomp
-    assert d.scheme in ("tucker2", "cp") and d.rank_selection in (None, "vbmf")
-    net = instantiate(cfg.model.net)
-    plan_ = validate(net, list(d.layers), d.scheme, d.bases, d.rank_selection)
-    assert [name for name, _, _ in plan_] == list(d.layers)
+    tried = {o["method"] for options in report["candidates"].values() for o in options}
+    assert tried == {None, "scheme2", "tucker2", "cp", "channel_svd"}
+    with pytest.raises(DecompositionError, match=r"method 'svd' is unknown; valid: scheme1, scheme2, .*cp"):
+        plan(net, "all", 2.0, methods=("svd",))

@@ -16,11 +16,12 @@ from lrx.latency import conv_names
 from lrx.lowrank import LowRankExpConvV1
 from lrx.pipeline import load_models, prepare, run
 from tests.conftest import REPO, compose_cfg
-from tests.test_robustness import _smoke, tiny_root  # noqa: F401 (a fixture)
+from tests.helpers.data import smoke_args
 
 
 def _fake_compare(conv2_speedup: float):
     """lrx.latency.compare with made-up times: conv2, where replaced, runs at ``conv2_speedup``."""
+
     def compare(baseline, approx, *args, **kwargs):
         layers = {}
         for name in conv_names(baseline):
@@ -28,14 +29,21 @@ def _fake_compare(conv2_speedup: float):
             speedup = conv2_speedup if replaced else 1.0
             layers[name] = {"baseline_ms": 1.0, "approx_ms": 1.0 / speedup, "speedup": speedup, "replaced": replaced}
         conv = {"baseline": float(len(layers)), "approx": sum(v["approx_ms"] for v in layers.values())}
-        return {"setup": {}, "layers": layers, "conv_ms": conv, "conv_speedup": conv["baseline"] / conv["approx"],
-                "model_ms": {"baseline": 2.0, "approx": 2.0}, "model_speedup": 1.0}
+        return {
+            "setup": {},
+            "layers": layers,
+            "conv_ms": conv,
+            "conv_speedup": conv["baseline"] / conv["approx"],
+            "model_ms": {"baseline": 2.0, "approx": 2.0},
+            "model_speedup": 1.0,
+        }
+
     return compare
 
 
 def _run(tmp_path, root, *overrides) -> dict:
     """The pipeline in-process on experiment=smoke over ``root``, as lrx.train runs it."""
-    cfg = compose_cfg([*_smoke(root), *overrides, f"baseline.cache_dir={tmp_path}"], run_dir=tmp_path)
+    cfg = compose_cfg([*smoke_args(root), *overrides, f"baseline.cache_dir={tmp_path}"], run_dir=tmp_path)
     with open_dict(cfg):
         del cfg["hydra"]  # as lrx.train receives it
     return run(prepare(cfg), tmp_path)
@@ -74,9 +82,9 @@ def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypa
         return real_timings(job, baseline, approx, **kwargs)
 
     real_timings = lrx.pipeline._timings
-    monkeypatch.setattr(lrx.pipeline, "_finetune", ruinous_finetune)
+    monkeypatch.setattr(lrx.pipeline, "_fit_approximation", ruinous_finetune)
     monkeypatch.setattr(lrx.pipeline, "_timings", timings)
-    results = _run(tmp_path, tiny_root, "decomp.keep_slower=true")
+    results = _run(tmp_path, tiny_root, "latency.guard=false")
     assert list(results["stages"]) == ["filter", "data", "finetune"] and results["finetune_reverted"] is True
     assert results["final"]["acc1"] == 85.0  # the model handed back is the one from before fine-tuning
     assert before and all(torch.equal(timed[k], v) for k, v in before.items())
@@ -91,8 +99,12 @@ def test_the_final_network_is_saved_and_can_be_timed_again(tmp_path, monkeypatch
     assert complexity(final, 32)["macs"] == results["final"]["macs"] == loaded["final"]["macs"]
     assert complexity(baseline, 32)["macs"] == results["baseline"]["macs"]
     recorded = (tmp_path / "results.json").read_text()
-    res = subprocess.run([sys.executable, str(REPO / "scripts" / "retime.py"), str(tmp_path), "--rounds", "2"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "retime.py"), str(tmp_path), "--rounds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     retimed = json.loads((tmp_path / "retime.json").read_text())
     assert len(retimed["conv_speedup"]["rounds"]) == 2 and retimed["conv_speedup"]["min"] > 0
@@ -105,7 +117,9 @@ def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_pa
     with pytest.raises(ValueError, match="no finished run"):
         load_models(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"")
-    (tmp_path / "results.json").write_text(json.dumps({"status": "complete", "baseline": {"origin": {"path": "gone.pt"}}}))
+    (tmp_path / "results.json").write_text(
+        json.dumps({"status": "complete", "baseline": {"origin": {"path": "gone.pt"}}})
+    )
     with pytest.raises(ValueError, match="'gone.pt', is not there"):
         load_models(tmp_path)
 
@@ -113,7 +127,7 @@ def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_pa
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
 def test_every_setting_where_the_final_model_is_slower_is_named(tmp_path, monkeypatch, tiny_root, conv2_speedup):
     monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(conv2_speedup))
-    results = _run(tmp_path, tiny_root, "decomp.keep_slower=true")  # conv2 stays, even when slower
+    results = _run(tmp_path, tiny_root, "latency.guard=false")  # conv2 stays, even when slower
     conv = 5 / (4 + 1 / conv2_speedup)  # five convs of 1 ms, conv2 replaced
     expected = [f"cpu, batch {bs}: conv {conv:.2f}x, model 1.00x" for bs in (1, 32)] if conv < 1 else []
     assert results["slower_than_baseline"] == expected

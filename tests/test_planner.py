@@ -12,9 +12,15 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from lrx.lowrank import DecompositionError, planner
-from lrx.lowrank.planner import Candidate, choose, plan
+from lrx.lowrank import CPConv, DecompositionError, LowRankExpConvV1, LowRankExpConvV2, planner
+from lrx.lowrank.base import PLANNER_TARGETS, ConvGeometry
+from lrx.lowrank.cp import CP_PLANNER_TARGETS
+from lrx.lowrank.planner import Candidate, check_request, choose, plan
+from lrx.lowrank.scheme1 import MAX_PLANNER_BASES
 from lrx.models import AlexNetCIFAR
+from tests.helpers.methods import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_choose_is_optimal_against_brute_force():
@@ -49,16 +55,23 @@ def _conv_macs(net: nn.Module, names) -> float:
 def test_planner_meets_its_mac_target(target):
     torch.manual_seed(0)
     net = AlexNetCIFAR().eval()
-    chosen, report = plan(net, "all", target, metric="macs", lam_steps=3, iters=5, progress=False)
+    chosen, report = plan(
+        net, "all", target, metric="macs", options={"scheme1": dict(lam_steps=3, iters=5)}, progress=False
+    )
     approx = copy.deepcopy(net)
     for name, c in chosen.items():
-        if c.scheme is not None:
+        if c.method is not None:
             approx.set_submodule(name, c.layer)
+            assert c.layer.report["method"] == c.method and c.layer.bases == c.bases
+        if c.method == "scheme1":  # the options reached Scheme 1's solver
+            assert c.layer.report["lambda"]["steps"] == 3
     names = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
     measured = _conv_macs(net, names) / _conv_macs(approx, names)
     assert measured >= target * 0.99
     assert report["predicted_conv_speedup"] == pytest.approx(measured, rel=0.02)
     assert set(report["plan"]) == set(chosen)
+    assert {p["method"] for p in report["plan"].values()} <= {None, "scheme1", "scheme2"}
+    assert {o["method"] for opts in report["candidates"].values() for o in opts} == {None, "scheme1", "scheme2"}
 
 
 def test_planner_refuses_unreachable_targets_and_bad_metrics():
@@ -68,7 +81,31 @@ def test_planner_refuses_unreachable_targets_and_bad_metrics():
     with pytest.raises(DecompositionError, match="target_speedup=0.5"):
         plan(net, "conv2", 0.5)
     with pytest.raises(DecompositionError, match="out of reach"):
-        plan(net, "conv1", 50.0, schemes=(2,), progress=False)
+        plan(net, "conv1", 50.0, methods=(2,), progress=False)
+
+
+@pytest.mark.parametrize(
+    "methods, options, match",
+    [
+        ((), None, r"methods=\[\] is invalid"),
+        (("svd",), None, r"method 'svd' is unknown; valid: scheme1, scheme2"),
+        ((1, 2), {"scheme2": {"lam_start": 0.1}}, r"lam_start: not an option of method 'scheme2'; its options: none"),
+        ((1,), {1: {"lambda": 0.1}}, r"lambda: not an option of method 'scheme1'; its options: init, iters, lam_end"),
+        ((1,), {"scheme1": {"lam_steps": 0}}, r"lam_steps=0: must be an integer >= 1"),
+        ((2,), {"scheme1": {"lam_steps": 3}}, r"options for 'scheme1', which is not among the methods \[2\]"),
+        ((2,), {"bogus": {}}, r"method 'bogus' is unknown"),
+    ],
+)
+def test_check_request_refuses_bad_methods_and_options(methods, options, match):
+    with pytest.raises(DecompositionError, match=match):
+        check_request(AlexNetCIFAR(), "conv2", 2.0, "macs", methods, options)
+    with pytest.raises(DecompositionError, match=match):  # before anything is solved or timed
+        plan(AlexNetCIFAR(), "conv2", 2.0, methods=methods, options=options, progress=False)
+
+
+def test_check_request_accepts_aliases_and_returns_the_selection():
+    selected = check_request(AlexNetCIFAR(), ["conv2", "conv3"], 2.0, "latency", ("1", 2), {1: {"iters": 5}})
+    assert [name for name, _ in selected] == ["conv2", "conv3"]
 
 
 class _TwoConvs(nn.Module):
@@ -92,9 +129,10 @@ def test_data_aware_errors_put_the_bases_where_the_data_needs_them():
     net = _TwoConvs().eval()
     images = torch.randn(16, 3, 12, 12)
     layers = ["conv_a", "conv_b"]
-    by_kernel, rep_k = plan(net, layers, 1.8, metric="macs", input_size=12, schemes=(2,), progress=False)
-    by_data, rep_d = plan(net, layers, 1.8, metric="macs", input_size=12, schemes=(2,), progress=False,
-                          calibration=images)
+    by_kernel, rep_k = plan(net, layers, 1.8, metric="macs", input_size=12, methods=(2,), progress=False)
+    by_data, rep_d = plan(
+        net, layers, 1.8, metric="macs", input_size=12, methods=(2,), progress=False, calibration=images
+    )
     assert (rep_k["error"], rep_d["error"]) == ("filter", "data")
     # conv_a's output lives in a small subspace, so few bases reproduce it on real inputs
     assert (by_data["conv_a"].bases or 99) < (by_kernel["conv_a"].bases or 99)
@@ -137,8 +175,17 @@ def test_kl_error_sees_only_what_reaches_the_predictions():
 def test_kl_planning_reports_its_error_kind_and_meets_the_target():
     torch.manual_seed(0)
     net, images = _TwoConvs().eval(), torch.randn(16, 3, 12, 12)
-    chosen, report = plan(net, ["conv_a", "conv_b"], 1.8, metric="macs", input_size=12, schemes=(2,),
-                          progress=False, calibration=images, error="kl")
+    chosen, report = plan(
+        net,
+        ["conv_a", "conv_b"],
+        1.8,
+        metric="macs",
+        input_size=12,
+        methods=(2,),
+        progress=False,
+        calibration=images,
+        error="kl",
+    )
     assert report["error"] == "kl" and report["predicted_conv_speedup"] >= 1.8
     assert all(c["error"] >= 0 for opts in report["candidates"].values() for c in opts)
     with pytest.raises(DecompositionError, match="error='mse'.*data, kl"):
@@ -169,13 +216,15 @@ def test_latency_planning_times_in_the_requested_memory_format(monkeypatch):
 
     def fake_ms(modules, x, warmup, repeats):
         weights = [p for m in modules.values() for p in m.parameters() if p.dim() == 4]
-        seen.append(x.is_contiguous(memory_format=torch.channels_last)
-                    and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights))
+        seen.append(
+            x.is_contiguous(memory_format=torch.channels_last)
+            and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+        )
         return {k: 0.5 if k == "lowrank" else 1.0 for k in modules}
 
     monkeypatch.setattr(planner, "modules_ms", fake_ms)
     net = AlexNetCIFAR()
-    plan(net, "conv2", 1.1, metric="latency", schemes=(2,), progress=False, memory_format="channels_last")
+    plan(net, "conv2", 1.1, metric="latency", methods=(2,), progress=False, memory_format="channels_last")
     assert len(seen) > 5 and all(seen)
     # the network is handed back in the contiguous format
     assert all(p.is_contiguous() for p in net.parameters())
@@ -185,8 +234,30 @@ def test_latency_planning_times_in_the_requested_memory_format(monkeypatch):
 
 def test_cp_candidates_start_at_2x_where_the_others_start_at_1_25x():
     conv = AlexNetCIFAR().conv2
-    grid = planner._grid(conv, (2, "cp"))
-    cp = [bases for cls, bases in grid if cls.scheme == "cp"]
-    s2 = [bases for cls, bases in grid if cls.scheme == 2]
-    assert max(cp) == planner.cp_bases(conv, 2.0) and min(cp) == planner.cp_bases(conv, 16.0)
-    assert max(s2) == planner.scheme2_bases(conv, 1.25)
+    g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
+    grid = planner._grid(conv, (2, "cp", "scheme1"))
+    assert {cls.method for cls, _ in grid} == {"scheme2", "cp", "scheme1"}
+    cp = [bases for cls, bases in grid if cls.method == "cp"]
+    s2 = [bases for cls, bases in grid if cls.method == "scheme2"]
+    s1 = [bases for cls, bases in grid if cls.method == "scheme1"]
+    assert min(CP_PLANNER_TARGETS) == 2.0 and max(CP_PLANNER_TARGETS) == max(PLANNER_TARGETS) == 16.0
+    assert max(cp) == CPConv.bases_for_speedup(g, 2.0) and min(cp) == CPConv.bases_for_speedup(g, 16.0)
+    assert CPConv.theoretical_speedup(g, max(cp)) >= 2.0 > CPConv.theoretical_speedup(g, max(cp) + 1)
+    assert max(s2) == LowRankExpConvV2.bases_for_speedup(g, 1.25) and min(PLANNER_TARGETS) == 1.25
+    assert s1 == list(range(1, MAX_PLANNER_BASES + 1))  # every M up to the cap (5x5: 24 > 12)
+    assert LowRankExpConvV1.planner_ranks(ConvGeometry.of(8, 8, 3)) == list(range(1, 9))  # 3x3: below kh*kw
+
+
+def test_the_plan_installs_the_method_it_reports():
+    torch.manual_seed(0)
+    net = AlexNetCIFAR().eval()
+    chosen, report = plan(net, ["conv3", "conv4"], 1.3, methods=("channel_svd", "2"), progress=False)
+    assert set(chosen) == {"conv3", "conv4"}
+    for name, c in chosen.items():
+        assert report["plan"][name] == {"method": c.method, "bases": c.bases, "error": c.error}
+        if c.method is not None:
+            assert c.method in ("channel_svd", "scheme2") and type(c.layer).method == c.method
+    records = planner.apply(net, chosen)
+    assert records  # 1.3x needs at least one of the two replaced
+    assert [r["name"] for r in records] == [n for n, c in chosen.items() if c.method is not None]
+    assert all(r["method"] == chosen[r["name"]].method and "history" not in r for r in records)

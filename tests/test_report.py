@@ -11,21 +11,36 @@ from matplotlib.image import imread
 
 from lrx import report
 
-BASELINE = {"acc1": 87.56, "acc1_test": 87.5, "macs": 92_783_872, "params": 934_010,
-            "origin": {"source": "checkpoint", "path": "checkpoints/alexnet_cifar.pt"}}
+BASELINE = {
+    "acc1": 87.56,
+    "acc1_test": 87.5,
+    "macs": 92_783_872,
+    "params": 934_010,
+    "origin": {"source": "checkpoint", "path": "checkpoints/alexnet_cifar.pt"},
+}
 SHAPES = {"conv2": [128, 48, 5, 5], "conv3": [192, 128, 3, 3], "conv4": [192, 192, 3, 3], "conv5": [128, 192, 3, 3]}
 LAM = {"schedule": "fixed", "start": 0.01, "end": 1.0, "steps": 10}
 
 
-def results(scheme, layers, bases, stages, conv_speedup, *, target=None, lam=LAM, cuda=False) -> dict:
+def results(method, layers, bases, stages, conv_speedup, *, target=None, metric="latency", lam=LAM, cuda=False) -> dict:
     """A ``results.json`` as lrx.pipeline.run writes it (the timings table left out), for the layer
-    ``bases`` list (ints, or (scheme, bases) pairs for the planner) and ``stages`` {stage: acc1}."""
-    per_layer = [b if isinstance(b, tuple) else (scheme, b) for b in bases]
-    records = [{"name": name, "shape": SHAPES[name], "scheme": s, "bases": k, "rel_error": 0.5,
-                "macs_speedup": 4.0, "solve_time_s": 0.01, "kept": True,
-                "lambda": {**lam, "values": [lam["start"]], "scale": 97.4} if s == 1 else None,
-                "measured_speedup": {"cpu": conv_speedup, **({"cuda": 1.5} if cuda else {})}}
-               for name, (s, k) in zip(layers, per_layer)]
+    ``bases`` list (ints, or (method, bases) pairs for the planner) and ``stages`` {stage: acc1}."""
+    per_layer = [b if isinstance(b, tuple) else (method, b) for b in bases]
+    records = [
+        {
+            "name": name,
+            "shape": SHAPES[name],
+            "method": m,
+            "bases": k,
+            "rel_error": 0.5,
+            "macs_speedup": 4.0,
+            "solve_time_s": 0.01,
+            "kept": True,
+            "lambda": {**lam, "values": [lam["start"]], "scale": 97.4} if m == "scheme1" else None,
+            "measured_speedup": {"cpu": conv_speedup, **({"cuda": 1.5} if cuda else {})},
+        }
+        for name, (m, k) in zip(layers, per_layer)
+    ]
     final = {**{k: v for k, v in BASELINE.items() if k != "origin"}, "macs": 20_000_000, "params": 200_000}
     final.update(acc1=list(stages.values())[-1], acc1_test=list(stages.values())[-1] - 0.5)
 
@@ -35,27 +50,40 @@ def results(scheme, layers, bases, stages, conv_speedup, *, target=None, lam=LAM
     return {
         "status": "complete",
         "model": "alexnet_cifar",
+        "dataset": "cifar10",
+        "method": "plan" if target else method,
         "baseline": {**BASELINE, "latency_ms": lat(40.0)},
         "final": {**final, "latency_ms": lat(40.0 / conv_speedup)},
         "stages": {name: {"acc1": acc, "acc1_test": acc - 0.5} for name, acc in stages.items()},
-        "speedup": {"macs": BASELINE["macs"] / final["macs"], "conv": lat(conv_speedup),
-                    "model": lat(conv_speedup * 0.9)},
+        "speedup": {
+            "macs": BASELINE["macs"] / final["macs"],
+            "conv": lat(conv_speedup),
+            "model": lat(conv_speedup * 0.9),
+        },
         "latency": {},
         "layers": records,
-        "plan": None,
+        "plan": {"target_speedup": target, "metric": metric} if target else None,
         "config": {
             "model": {"name": "alexnet_cifar", "input_size": 32},
             "latency": {"batch_sizes": [1, 32], "memory_format": "channels_last", "warmup": 3, "repeats": 10},
-            "decomp": {"scheme": None if target else scheme, "layers": layers, "bases": bases[0],
-                       "lam": lam, "target_speedup": target, "target_metric": "latency", "schemes": [1, 2]},
+            "decomp": {"method": "plan", "layers": layers}
+            if target
+            else {"method": method, "layers": layers, "bases": bases[0]},
         },
     }
 
 
-S1 = results(1, ["conv2"], [8], {"filter": 60.0, "data": 80.0, "finetune": 84.0}, 1.6)
-S2 = results(2, ["conv2", "conv3", "conv4", "conv5"], [32] * 4, {"filter": 50.0, "data": 78.0}, 2.9, cuda=True)
-PLAN = results(None, ["conv2", "conv4"], [(1, 4), (2, 26)], {"filter": 70.0, "data": 83.0}, 2.5, target=2.5,
-               lam={"schedule": "ascending", "start": 0.001, "end": 1.0, "steps": 10})
+S1 = results("scheme1", ["conv2"], [8], {"filter": 60.0, "data": 80.0, "finetune": 84.0}, 1.6)
+S2 = results("scheme2", ["conv2", "conv3", "conv4", "conv5"], [32] * 4, {"filter": 50.0, "data": 78.0}, 2.9, cuda=True)
+PLAN = results(
+    None,
+    ["conv2", "conv4"],
+    [("scheme1", 4), ("scheme2", 26)],
+    {"filter": 70.0, "data": 83.0},
+    2.5,
+    target=2.5,
+    lam={"schedule": "ascending", "start": 0.001, "end": 1.0, "steps": 10},
+)
 
 
 @pytest.fixture
@@ -78,28 +106,49 @@ def test_collect_rows_and_unfinished(sweep):
     assert [r["kind"] for r in rows] == ["baseline", "job", "job", "job"]
     assert [r["conv_speedup_cpu"] for r in rows] == [1.0, 1.6, 2.5, 2.9]
     base, s1, plan, s2 = rows
-    assert (base["scheme"], base["macs_m"], base["params_m"], base["acc1"]) == ("baseline", 92.783872, 0.93401, 87.56)
-    assert (s1["scheme"], s1["lambda"], s1["layers"], s1["bases"], s1["label"]) == ("s1", "0.01", "conv2", "8", "s1 M8")
-    assert (s2["scheme"], s2["lambda"], s2["layers"], s2["bases"]) == ("s2", None, "conv2-conv5", "32")
+    assert (base["method"], base["macs_m"], base["params_m"], base["acc1"]) == ("baseline", 92.783872, 0.93401, 87.56)
+    assert (s1["method"], s1["lambda"], s1["layers"], s1["bases"], s1["label"]) == ("s1", "0.01", "conv2", "8", "s1 M8")
+    assert (s2["method"], s2["lambda"], s2["layers"], s2["bases"]) == ("s2", None, "conv2-conv5", "32")
     assert s2["label"] == "s2 K32"
     assert s2["cuda_ms"] == pytest.approx(4.0 / 2.9) and s1["cuda_ms"] is None
-    assert plan["scheme"] == "planner 2.5x latency (s1+s2)" and plan["label"] == "plan 2.5x s1+s2"
+    assert plan["method"] == "planner 2.5x latency (s1+s2)" and plan["label"] == "plan 2.5x s1+s2"
     assert (plan["lambda"], plan["layers"], plan["bases"]) == ("asc 0.001→1", "conv2,conv4", "M4/K26")
     assert s1["acc1"] == 84.0 and s1["stages"] == {"filter": 60.0, "data": 80.0, "finetune": 84.0}
     reasons = {p.relative_to(sweep).as_posix(): why for p, why in unfinished}
-    assert reasons == {"3/results.json": "status missing", "4/results.json": "unparsable JSON",
-                       "5/.results.json.x1y2.tmp": "temporary file"}
+    assert reasons == {
+        "3/results.json": "status missing",
+        "4/results.json": "unparsable JSON",
+        "5/.results.json.x1y2.tmp": "temporary file",
+    }
 
 
 def test_table_columns_and_rows(sweep):
     rows, _ = report.collect([sweep])
     lines = report.table_markdown(rows).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    assert cells[0] == ["model", "scheme", "lambda", "layers", "#bases", "MACs(M)", "params(M)", "CPU time(ms)",
-                        "CUDA time(ms)", "acc@1(%)", "test acc@1(%)", "acc@1 after each stage(%)",
-                        "theoretical speed-up (MAC ratio)", "measured conv speed-up (CPU)", "model speed-up (CPU)",
-                        "conv speed-up re-timed (CPU, median [range])", "solve time(s)"]
+    assert cells[0] == [
+        "model",
+        "data",
+        "method",
+        "lambda",
+        "layers",
+        "#bases",
+        "MACs(M)",
+        "params(M)",
+        "CPU time(ms)",
+        "CUDA time(ms)",
+        "acc@1(%)",
+        "test acc@1(%)",
+        "acc@1 after each stage(%)",
+        "theoretical speed-up (MAC ratio)",
+        "measured conv speed-up (CPU)",
+        "model speed-up (CPU)",
+        "conv speed-up re-timed (CPU, median [range])",
+        "solve time(s)",
+    ]
     body = cells[2:]
+    body = [r[:1] + r[2:] for r in body]  # the data column aside
+    assert {r[1] for r in cells[2:]} == {"cifar10"}
     assert len(body) == 4 and [r[1] for r in body] == ["baseline", "s1", "planner 2.5x latency (s1+s2)", "s2"]
     assert body[0][5:14] == ["92.78", "0.934", "40.00", "4.00", "87.56", "87.50", "-", "1.00", "1.00"]  # CUDA: s2's
     assert body[0][16] == "-" and body[1][8] == "-" and body[1][15] == "-"  # not re-timed
@@ -124,15 +173,34 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
 
     with open(csv_path, newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["model", "scheme", "layers", "bases", "lambda_schedule", "stage", "acc1",
-                                     "baseline_acc1", "macs_m", "params_m", "cpu_ms", "cuda_ms", "macs_speedup",
-                                     "measured_speedup_cpu", "model_speedup_cpu"]
+        assert reader.fieldnames == [
+            "model",
+            "dataset",
+            "method",
+            "layers",
+            "bases",
+            "lambda_schedule",
+            "stage",
+            "acc1",
+            "baseline_acc1",
+            "macs_m",
+            "params_m",
+            "cpu_ms",
+            "cuda_ms",
+            "macs_speedup",
+            "measured_speedup_cpu",
+            "model_speedup_cpu",
+        ]
         table = list(reader)
-    assert [(r["scheme"], r["stage"], r["acc1"]) for r in table] == [
+    assert [(r["method"], r["stage"], r["acc1"]) for r in table] == [
         ("baseline", "baseline", "87.56"),
-        ("s1", "filter", "60.0"), ("s1", "data", "80.0"), ("s1", "finetune", "84.0"),
-        ("planner 2.5x latency (s1+s2)", "filter", "70.0"), ("planner 2.5x latency (s1+s2)", "data", "83.0"),
-        ("s2", "filter", "50.0"), ("s2", "data", "78.0"),
+        ("s1", "filter", "60.0"),
+        ("s1", "data", "80.0"),
+        ("s1", "finetune", "84.0"),
+        ("planner 2.5x latency (s1+s2)", "filter", "70.0"),
+        ("planner 2.5x latency (s1+s2)", "data", "83.0"),
+        ("s2", "filter", "50.0"),
+        ("s2", "data", "78.0"),
     ]
     s1 = table[1]
     assert s1["baseline_acc1"] == "87.56" and s1["macs_m"] == "20.0" and s1["measured_speedup_cpu"] == "1.6"
@@ -164,26 +232,34 @@ def test_errors_name_the_path(tmp_path, capsys):
 def test_complete_but_malformed_file_is_skipped(sweep):
     (sweep / "2" / "results.json").write_text(json.dumps({**PLAN, "final": {}}))
     rows, unfinished = report.collect([sweep])
-    assert [r["scheme"] for r in rows] == ["baseline", "s1", "s2"]
+    assert [r["method"] for r in rows] == ["baseline", "s1", "s2"]
     assert any(p == sweep / "2" / "results.json" and why.startswith("malformed") for p, why in unfinished)
 
 
 def test_peer_decompositions_get_their_names_and_ranks(tmp_path):
-    peers = results(None, ["conv2", "conv3", "conv4"], [(2, 26), ("cp", 32), ("tucker2", [64, 32])],
-                    {"filter": 70.0}, 2.2, target=3)
+    peers = results(
+        None,
+        ["conv2", "conv3", "conv4"],
+        [("scheme2", 26), ("cp", 32), ("tucker2", [64, 32])],
+        {"filter": 70.0},
+        2.2,
+        target=3,
+    )
     tucker = results("tucker2", ["conv3"], [[64, 32]], {"filter": 75.0}, 1.4)
     for i, res in enumerate((peers, tucker)):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
     rows, _ = report.collect([tmp_path])
     by_label = {r["label"]: r for r in rows}
-    assert by_label["plan 3x s2+cp+tucker2"]["bases"] == "K26/R32/R64x32"
-    assert by_label["tucker2 R64x32"]["scheme"] == "tucker2"
+    assert by_label["plan 3x s2+tucker2+cp"]["bases"] == "K26/R32/R64x32"
+    assert by_label["tucker2 R64x32"]["method"] == "tucker2"
 
 
 def test_a_reverted_finetuning_is_marked(tmp_path):
-    res = {**results(2, ["conv2"], [32], {"filter": 70.0, "data": 85.0, "finetune": 40.0}, 2.0),
-           "finetune_reverted": True}
+    res = {
+        **results("scheme2", ["conv2"], [32], {"filter": 70.0, "data": 85.0, "finetune": 40.0}, 2.0),
+        "finetune_reverted": True,
+    }
     res["final"]["acc1"] = 85.0
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "results.json").write_text(json.dumps(res))
@@ -193,8 +269,7 @@ def test_a_reverted_finetuning_is_marked(tmp_path):
 
 def test_a_plan_in_macs_is_labelled_apart_from_a_measured_one(tmp_path):
     for i, metric in enumerate(["macs", "latency"]):
-        res = results(None, ["conv2"], [(2, 26)], {"filter": 70.0}, 2.0, target=3)
-        res["config"]["decomp"]["target_metric"] = metric
+        res = results(None, ["conv2"], [("scheme2", 26)], {"filter": 70.0}, 2.0, target=3, metric=metric)
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
     rows, _ = report.collect([tmp_path])
@@ -208,3 +283,23 @@ def test_a_run_timed_again_shows_the_median_and_range_of_its_rounds(sweep):
     retimed = {r["conv_speedup_cpu"]: r["retimed"] for r in rows}
     assert retimed == {1.0: None, 1.6: None, 2.5: None, 2.9: "2.70 [2.61-2.78]"}  # job 1 is S2, at 2.9x
     assert "| 2.70 [2.61-2.78] |" in report.table_markdown(rows)
+
+
+def test_results_written_before_the_method_registry_are_still_reported():
+    """results/runs holds runs whose layer records name the method ``scheme`` (1, 2, 'cp', ...) and
+    whose config has the old decomp keys: every one of them is still a row."""
+    runs = Path(__file__).resolve().parents[1] / "results" / "runs"
+    finished, _ = report.find([runs])
+    rows, unfinished = report.collect([runs])
+    assert finished and not unfinished
+    assert len([r for r in rows if r["kind"] == "job"]) == len([1 for _, res in finished if res["layers"]])
+    labels = " ".join(r["label"] for r in rows).replace("+", " ").split()
+    assert {"s1", "s2", "tucker2", "cp"} <= set(labels)
+
+
+def test_a_new_method_gets_its_label_and_letter_from_the_registry(tmp_path):
+    res = results("channel_svd", ["conv3"], [40], {"filter": 75.0}, 1.8)
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "results.json").write_text(json.dumps(res))
+    _, row = report.collect([tmp_path])[0]
+    assert row["label"] == "csvd K40" and row["method"] == "csvd"

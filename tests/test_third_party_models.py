@@ -28,8 +28,12 @@ def test_resnet18_every_spatial_conv_by_scheme2_at_full_rank():
     spatial = [name for name, m in convs.items() if m.kernel_size != (1, 1)]  # the 7x7 stem and every 3x3
     pointwise = [name for name, m in convs.items() if m.kernel_size == (1, 1)]  # the downsample convs
     assert "conv1" in spatial and len(spatial) == 17 and len(pointwise) == 3
-    full = {name: min(convs[name].in_channels * convs[name].kernel_size[0],
-                      convs[name].out_channels * convs[name].kernel_size[1]) for name in spatial}
+    full = {
+        name: min(
+            convs[name].in_channels * convs[name].kernel_size[0], convs[name].out_channels * convs[name].kernel_size[1]
+        )
+        for name in spatial
+    }
 
     records = decompose(model, "all", 2, full)  # 'all' skips the 1x1 convs
 

@@ -9,25 +9,48 @@ from lrx.tracking import LAYER_COLUMNS, layer_rows, log_results, make_loggers, r
 from tests.conftest import compose_cfg
 
 
-@pytest.mark.parametrize("overrides, name", [
-    (["model=alexnet", "decomp=scheme1", "decomp.bases=8", "decomp.layers=[conv2]"], "alexnet s1 M8 l2"),
-    (["decomp=scheme2", "decomp.bases=[16,32]", "decomp.layers=[conv2,conv4]"], "alexnet_cifar s2 K16/32 l2,4"),
-    (["decomp=scheme2", "decomp.layers=[2,3,4,5]"], "alexnet_cifar s2 K8 l2-5"),
-    (["decomp.target_speedup=2.5", "decomp.target_metric=latency"], "alexnet_cifar plan 2.5x latency lall"),
-    ([], "alexnet_cifar baseline"),
-])
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        (["model=alexnet", "decomp.bases=8"], "alexnet cifar10 s1 M8 l2"),
+        (
+            ["decomp=scheme2", "decomp.bases=[16,32]", "decomp.layers=[conv2,conv4]"],
+            "alexnet_cifar cifar10 s2 K16/32 l2,4",
+        ),
+        (["decomp=scheme2", "decomp.layers=[2,3,4,5]", "data=cifar100"], "alexnet_cifar cifar100 s2 K8 l2-5"),
+        (["decomp=channel_svd", "decomp.bases=24"], "alexnet_cifar cifar10 csvd K24 l2"),
+        (
+            ["decomp=plan", "planner.target_speedup=2.5", "planner.metric=latency"],
+            "alexnet_cifar cifar10 plan 2.5x latency lall",
+        ),
+        (["decomp=none"], "alexnet_cifar cifar10 baseline"),
+    ],
+)
 def test_run_names_read_like_the_users(overrides, name, tmp_path):
     assert run_name(compose_cfg(overrides, tmp_path)) == name
 
 
 def _results() -> dict:
-    layer = {"name": "conv2", "shape": [128, 48, 5, 5], "scheme": 1, "bases": 8, "rel_error": 0.5,
-             "macs_speedup": 2.9, "solve_time_s": 0.4, "measured_speedup": {"cpu": 1.3},
-             "lambda": {"schedule": "fixed", "start": 1e-4, "end": 1.0}, "data_recon": {"rel_error_after": 0.2}}
+    layer = {
+        "name": "conv2",
+        "shape": [128, 48, 5, 5],
+        "method": "scheme1",
+        "bases": 8,
+        "rel_error": 0.5,
+        "macs_speedup": 2.9,
+        "solve_time_s": 0.4,
+        "measured_speedup": {"cpu": 1.3},
+        "lambda": {"schedule": "fixed", "start": 1e-4, "end": 1.0},
+        "data_recon": {"rel_error_after": 0.2},
+    }
     side = {"acc1": 80.0, "acc1_test": 79.0, "macs": 2e6, "params": 3e5, "latency_ms": {"cpu": 4.0}}
-    return {"baseline": side, "final": {**side, "macs": 1e6}, "layers": [layer],
-            "speedup": {"macs": 2.0, "conv": {"cpu": 1.5}, "model": {"cpu": 1.2}},
-            "stages": {"filter": {"acc1": 60.0, "acc1_test": 61.0}, "data": {"acc1": 78.0, "acc1_test": 77.0}}}
+    return {
+        "baseline": side,
+        "final": {**side, "macs": 1e6},
+        "layers": [layer],
+        "speedup": {"macs": 2.0, "conv": {"cpu": 1.5}, "model": {"cpu": 1.2}},
+        "stages": {"filter": {"acc1": 60.0, "acc1_test": 61.0}, "data": {"acc1": 78.0, "acc1_test": 77.0}},
+    }
 
 
 def test_summary_metrics_are_flat_and_named_once():
@@ -42,9 +65,18 @@ def test_summary_metrics_are_flat_and_named_once():
 def test_layer_table_has_one_row_per_layer():
     (row,) = layer_rows(_results())
     assert dict(zip(LAYER_COLUMNS, row)) == {
-        "name": "conv2", "shape": "128x48x5x5", "scheme": "1", "bases": "8", "lambda": "0.0001",
-        "rel_error": 0.5, "rel_error_data": 0.2, "macs_speedup": 2.9, "measured_speedup_cpu": 1.3,
-        "measured_speedup_cuda": None, "solve_time_s": 0.4}
+        "name": "conv2",
+        "shape": "128x48x5x5",
+        "method": "scheme1",
+        "bases": "8",
+        "lambda": "0.0001",
+        "rel_error": 0.5,
+        "rel_error_data": 0.2,
+        "macs_speedup": 2.9,
+        "measured_speedup_cpu": 1.3,
+        "measured_speedup_cuda": None,
+        "solve_time_s": 0.4,
+    }
 
 
 class _Broken:
@@ -79,9 +111,15 @@ def test_csv_logger_gets_the_resolved_config(tmp_path):
     assert "decomp:" in hparams and "alexnet_cifar" in hparams
 
 
-@pytest.mark.parametrize("overrides, name", [
-    (["decomp=tucker2", "decomp.bases=16", "decomp.layers=[conv3]"], "alexnet_cifar tucker2 R16 l3"),
-    (["decomp=cp", "decomp.bases={conv2: 32, conv3: 64}", "decomp.layers=[conv2,conv3]"], "alexnet_cifar cp R32/64 l2,3"),
-])
+@pytest.mark.parametrize(
+    "overrides, name",
+    [
+        (["decomp=tucker2", "decomp.bases=16", "decomp.layers=[conv3]"], "alexnet_cifar cifar10 tucker2 R16 l3"),
+        (
+            ["decomp=cp", "decomp.bases={conv2: 32, conv3: 64}", "decomp.layers=[conv2,conv3]"],
+            "alexnet_cifar cifar10 cp R32/64 l2,3",
+        ),
+    ],
+)
 def test_peer_run_names(overrides, name, tmp_path):
     assert run_name(compose_cfg(overrides, tmp_path)) == name

@@ -20,9 +20,9 @@ def records(path: Path) -> list:
         if BLOCK - pos % BLOCK < RECORD_HEADER:  # a block's tail too short for a header is padding
             pos += BLOCK - pos % BLOCK
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + RECORD_HEADER])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + RECORD_HEADER])
         pos += RECORD_HEADER
-        payload += data[pos:pos + length]
+        payload += data[pos : pos + length]
         pos += length
         if kind in (FULL, LAST):
             rec = wandb_internal_pb2.Record()

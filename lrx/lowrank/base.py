@@ -26,7 +26,8 @@ def check_conv(conv: nn.Module, name: str = "conv") -> None:
     groups == 1, zero padding, and a kernel with both sides > 1."""
     if not isinstance(conv, nn.Conv2d):
         raise DecompositionError(
-            f"{name!r} is a {type(conv).__name__}, not an nn.Conv2d: only 2-D convs can be decomposed")
+            f"{name!r} is a {type(conv).__name__}, not an nn.Conv2d: only 2-D convs can be decomposed"
+        )
     if conv.groups != 1:
         raise DecompositionError(f"{name!r} has groups={conv.groups}: only groups=1 convs can be decomposed")
     if conv.padding_mode != "zeros":
@@ -39,8 +40,7 @@ def check_kernel(kernel_size, name: str = "conv") -> None:
     if kh == 1 and kw == 1:
         raise DecompositionError(f"{name!r} has a 1x1 kernel: nothing to separate")
     if min(kh, kw) == 1:
-        raise DecompositionError(
-            f"{name!r} has a {kh}x{kw} kernel: both kernel sides must be > 1 to separate it")
+        raise DecompositionError(f"{name!r} has a {kh}x{kw} kernel: both kernel sides must be > 1 to separate it")
 
 
 def check_finite(conv: nn.Module, name: str = "conv") -> None:
@@ -49,7 +49,8 @@ def check_finite(conv: nn.Module, name: str = "conv") -> None:
     if bad:
         raise DecompositionError(
             f"filter reconstruction of layer {name!r}: {bad} NaN/Inf value(s) in its weight or bias; "
-            "the baseline is broken (check its checkpoint or training)")
+            "the baseline is broken (check its checkpoint or training)"
+        )
 
 
 def is_decomposable(conv: nn.Module) -> bool:
@@ -64,10 +65,11 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_bases(bases, full_rank: int, scheme: int | str, name: str = "conv") -> None:
+def check_bases(bases, full_rank: int, method: str, name: str = "conv") -> None:
     if not is_int(bases) or not 1 <= bases <= full_rank:
         raise DecompositionError(
-            f"{name!r}: bases={bases!r} is invalid for scheme {scheme!r}; valid: an integer in [1, {full_rank}]")
+            f"{name!r}: bases={bases!r} is invalid for method {method!r}; valid: an integer in [1, {full_rank}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,14 @@ class ConvGeometry:
     def of(cls, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1) -> "ConvGeometry":
         """Normalise nn.Conv2d-style arguments (int or pair) to pairs."""
         check_kernel(kernel_size)
-        return cls(in_channels, out_channels, _pair(kernel_size), _pair(stride),
-                   padding if isinstance(padding, str) else _pair(padding), _pair(dilation))
+        return cls(
+            in_channels,
+            out_channels,
+            _pair(kernel_size),
+            _pair(stride),
+            padding if isinstance(padding, str) else _pair(padding),
+            _pair(dilation),
+        )
 
     def vertical(self) -> dict:
         """Conv kwargs of the (kh x 1) pass: the row stride / padding / dilation."""
@@ -109,8 +117,7 @@ def solve_dtype(device: torch.device) -> torch.dtype:
 def single_thread(device: torch.device):
     """Run tiny-matrix solver loops on one CPU thread. Threads cannot speed up (M, M) or (P, P)
     ops, and on a busy CPU every multi-threaded LAPACK call waits for a descheduled thread:
-    milliseconds instead of microseconds (measured: 8x8 torch.linalg.solve 16 ms on 2 threads
-    next to a training run, 30 us on one)."""
+    milliseconds instead of microseconds (docs/SOLVERS.md)."""
     if device.type != "cpu":
         yield
         return
@@ -139,16 +146,85 @@ def top_left_singular_vectors(mat: torch.Tensor, k: int) -> torch.Tensor:
     return torch.linalg.eigh(mat @ mat.T)[1].flip(1)[:, :k]
 
 
-class LowRankConv(nn.Module):
-    """Base of the low-rank layers. A subclass defines ``scheme``, ``full_rank``,
-    ``theoretical_speedup``, ``check_options``, ``fit_filters`` and ``dense_weight`` (and
-    ``valid_bases`` when its bases are not one integer).
+# The registry: every LowRankConv subclass declared with ``method=`` is a decomposition method,
+# found by that name (or an alias) by surgery, the planner, the config checks and the reports.
+METHODS: dict[str, type["LowRankConv"]] = {}
+ALIASES: dict = {}
+# Theoretical speed-ups whose ranks the planner tries by default: 1.25x to 16x in steps of about
+# 15%, so that each layer's rank can land close to what a target needs.
+PLANNER_TARGETS = (
+    1.25,
+    1.4,
+    1.6,
+    1.8,
+    2.0,
+    2.25,
+    2.5,
+    2.8,
+    3.2,
+    3.6,
+    4.0,
+    4.5,
+    5.0,
+    5.7,
+    6.5,
+    7.5,
+    8.5,
+    10.0,
+    12.0,
+    14.0,
+    16.0,
+)
 
-    ``report`` (dict, filled by ``from_conv``): scheme, bases, rel_error (||W - W_hat||_F / ||W||_F),
-    macs_speedup (theoretical, per output pixel), solve_time_s, plus the scheme's own solver info.
+
+def method_class(name) -> type["LowRankConv"]:
+    """The registered method called ``name`` (or an alias: 1 and 2 for the paper's schemes)."""
+    valid_type = isinstance(name, str) or (isinstance(name, int) and not isinstance(name, bool))
+    key = ALIASES.get(name, name) if valid_type else None
+    if key not in METHODS:
+        raise DecompositionError(
+            f"method {name!r} is unknown; valid: {', '.join(METHODS)} (aliases: {', '.join(f'{a!r}' for a in ALIASES)})"
+        )
+    return METHODS[key]
+
+
+def dense_macs(geometry: ConvGeometry) -> int:
+    """N*C*kh*kw: the dense conv's MACs per output pixel."""
+    return geometry.out_channels * geometry.in_channels * geometry.kernel_size[0] * geometry.kernel_size[1]
+
+
+class LowRankConv(nn.Module):
+    """Base of the low-rank layers, and the registry of methods.
+
+    A method is a subclass declared as ``class X(LowRankConv, method="name", label="s1", letter="M",
+    aliases=(1,))``. It defines ``full_rank``, ``macs`` (its cost per output pixel for a rank),
+    ``fit_filters`` and ``dense_weight`` (``final_features``/``set_final`` for data
+    reconstruction), and where they differ from the defaults: ``options`` (its solver options
+    and their defaults) with ``_check_options``, ``valid_bases`` (when its bases are not one
+    integer), ``bases_for_speedup`` and ``planner_ranks``.
+
+    ``report`` (dict, filled by ``from_conv``): method, bases, rel_error (||W - W_hat||_F / ||W||_F),
+    macs_speedup (theoretical, per output pixel), solve_time_s, plus the method's own solver info.
     """
 
-    scheme: int | str
+    method: str  # the registry name
+    label: str  # short, for run names and reports
+    letter: str  # what the method calls its bases (M, K, R)
+    options: dict = {}  # solver options (keywords of from_conv) and their defaults
+    planner_targets: tuple = PLANNER_TARGETS
+
+    def __init_subclass__(
+        cls, method: str | None = None, label: str | None = None, letter: str = "R", aliases: tuple = (), **kwargs
+    ):
+        super().__init_subclass__(**kwargs)
+        if method is None:  # a shared base such as PointwiseOutConv, not a method
+            return
+        taken = [n for n in (method, *aliases) if n in METHODS or n in ALIASES]
+        if taken:
+            raise ValueError(f"{cls.__name__}: the method name or alias {taken[0]!r} is already registered")
+        cls.method, cls.label, cls.letter = method, label or method, letter
+        METHODS[method] = cls
+        ALIASES.update({alias: method for alias in aliases})
 
     def __init__(self, geometry: ConvGeometry, bases):
         super().__init__()
@@ -163,22 +239,70 @@ class LowRankConv(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def macs(cls, geometry: ConvGeometry, bases) -> float:
+        """MACs per output pixel at ``bases`` (every intermediate map counted at output resolution)."""
+        raise NotImplementedError
+
+    @classmethod
+    def theoretical_speedup(cls, geometry: ConvGeometry, bases) -> float:
+        """Dense MACs / low-rank MACs per output pixel."""
+        return dense_macs(geometry) / cls.macs(geometry, bases)
+
+    @classmethod
     def valid_bases(cls, geometry: ConvGeometry, bases, name: str = "conv"):
         """``bases`` in normal form; DecompositionError (naming ``name``) if not in [1, full_rank]."""
-        check_bases(bases, cls.full_rank(geometry), cls.scheme, name)
+        check_bases(bases, cls.full_rank(geometry), cls.method, name)
         return bases
 
-    @staticmethod
-    def theoretical_speedup(geometry: ConvGeometry, bases: int) -> float:
-        """Dense MACs / low-rank MACs per output pixel."""
-        raise NotImplementedError
+    @classmethod
+    def bases_for_speedup(cls, geometry: ConvGeometry, target: float):
+        """The largest rank whose theoretical speed-up is >= ``target`` (1 if none is): the cost
+        grows with the rank, so a bisection over [1, full_rank]."""
+        lo, hi = 1, cls.full_rank(geometry)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cls.theoretical_speedup(geometry, mid) >= target else (lo, mid - 1)
+        return lo
 
-    @staticmethod
-    def check_options(**solver_options) -> dict:
-        """Validate solver options (DecompositionError naming the bad one); return them with defaults."""
-        raise NotImplementedError
+    @classmethod
+    def planner_ranks(cls, geometry: ConvGeometry) -> list:
+        """The ranks the planner tries: those of ``planner_targets``, below the full rank."""
+        full = cls.full_rank(geometry)
+        return sorted({b for b in (cls.bases_for_speedup(geometry, t) for t in cls.planner_targets) if b != full})
 
-    def fit_filters(self, weight: torch.Tensor, **solver_options) -> dict:
+    @classmethod
+    def check_options(cls, options: dict | None = None, names: dict | None = None) -> dict:
+        """``options`` (solver keywords) checked and merged with the defaults. ``names`` maps a
+        keyword to what the user calls it (a config key) for the error messages."""
+        options = dict(options or {})
+        name = lambda k: (names or {}).get(k, k)
+        unknown = sorted(set(options) - set(cls.options))
+        if unknown:
+            raise DecompositionError(
+                f"{', '.join(map(name, unknown))}: not an option of method {cls.method!r}; its options: "
+                f"{', '.join(map(name, sorted(cls.options))) or 'none'}"
+            )
+        merged = {**cls.options, **options}
+        cls._check_options(merged, name)
+        return merged
+
+    @classmethod
+    def _check_options(cls, options: dict, name) -> None:
+        """Range and type checks of a method's merged options (``name(keyword)`` for messages)."""
+
+    @classmethod
+    def unused_options(cls, options: dict) -> dict[str, str]:
+        """The options (merged) that have no effect given the others, each with the reason; an
+        option at its default does not count."""
+        return {}
+
+    @classmethod
+    def bases_for_weight(cls, weight: torch.Tensor, bases):
+        """The bases to fit ``weight`` with (a method that chooses ranks from the weight, such as
+        Tucker-2's 'vbmf', does it here)."""
+        return bases
+
+    def fit_filters(self, weight: torch.Tensor, **options) -> dict:
         """Set the parameters by filter reconstruction of ``weight`` (N, C, kh, kw); return solver info."""
         raise NotImplementedError
 
@@ -197,16 +321,29 @@ class LowRankConv(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, bases, **solver_options) -> "LowRankConv":
+    def from_conv(cls, conv: nn.Conv2d, bases, **options) -> "LowRankConv":
         """A layer with ``conv``'s geometry, device and dtype, fitted to its weight; bias copied."""
         check_conv(conv)
-        g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                            conv.padding, conv.dilation)
+        options = cls.check_options(options)
+        g = ConvGeometry.of(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation
+        )
         w = conv.weight
-        layer = cls(g.in_channels, g.out_channels, g.kernel_size, bases, g.stride, g.padding, g.dilation,
-                    bias=conv.bias is not None, device=w.device, dtype=w.dtype)
+        bases = cls.bases_for_weight(w.detach(), cls.valid_bases(g, bases))
+        layer = cls(
+            g.in_channels,
+            g.out_channels,
+            g.kernel_size,
+            bases,
+            g.stride,
+            g.padding,
+            g.dilation,
+            bias=conv.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
         start = time.perf_counter()
-        info = layer.fit_filters(w.detach(), **solver_options)
+        info = layer.fit_filters(w.detach(), **options)
         if w.is_cuda:
             torch.cuda.synchronize(w.device)
         solve_time = time.perf_counter() - start
@@ -215,15 +352,23 @@ class LowRankConv(nn.Module):
                 layer.bias.copy_(conv.bias)
             dtype = torch.promote_types(w.dtype, torch.float32)
             err = torch.linalg.norm(w.to(dtype) - layer.dense_weight().to(dtype)) / torch.linalg.norm(w.to(dtype))
-        layer.report = dict(scheme=cls.scheme, bases=layer.bases, rel_error=float(err),
-                            macs_speedup=cls.theoretical_speedup(g, layer.bases), solve_time_s=solve_time, **info)
+        layer.report = dict(
+            method=cls.method,
+            bases=layer.bases,
+            rel_error=float(err),
+            macs_speedup=cls.theoretical_speedup(g, layer.bases),
+            solve_time_s=solve_time,
+            **info,
+        )
         return layer
 
     def extra_repr(self) -> str:
         g = self.geometry
-        return (f"scheme={self.scheme}, {g.in_channels}->{g.out_channels}, kernel={g.kernel_size}, "
-                f"stride={g.stride}, padding={g.padding}, dilation={g.dilation}, bases={self.bases}, "
-                f"macs_speedup={self.theoretical_speedup(g, self.bases):.2f}x")
+        return (
+            f"method={self.method}, {g.in_channels}->{g.out_channels}, kernel={g.kernel_size}, "
+            f"stride={g.stride}, padding={g.padding}, dilation={g.dilation}, bases={self.bases}, "
+            f"macs_speedup={self.theoretical_speedup(g, self.bases):.2f}x"
+        )
 
 
 class PointwiseOutConv(LowRankConv):

@@ -17,19 +17,13 @@ ridge-regularised least-squares fit with the other three fixed,
 X_(k) the mode-k unfolding, KR_k the Khatri-Rao product of the other factors and mu_k = RIDGE *
 mean(diag G_k); with RIDGE = 0 this is plain ALS, whose error is non-increasing over the rounds.
 The ridge keeps CP away from degenerate solutions: rank-1 terms far larger than W that cancel
-each other, which fit the kernel but make the layer unstable to train. Measured on the trained
-AlexNetCIFAR conv2 at R = 103: the terms' norms sum to 119 ||W|| without the ridge (the largest
-term 2.9 ||W||) and to 12 ||W|| with RIDGE = 1e-2 (largest 0.16 ||W||), at relative kernel errors of
-0.532 (plain) and 0.523 (ridge); fine-tuning the degenerate layers at lr 0.01 took acc@1 from 87.10 to 32.12.
+each other, which fit the kernel but make the layer unstable to train (docs/SOLVERS.md).
 
 The products X_(k) KR_k come from two contractions per round (X with V and H for U and S, X with
 U and S for V and H) instead of four. Started from the top-R left singular vectors of each
 unfolding (random columns beyond a mode's size, as tensorly's init='svd').
 
-Measured against tensorly's parafac (same algorithm and init, numpy and pytorch backends) on the
-trained AlexNetCIFAR conv2 (128, 48, 5, 5) and conv3 (192, 128, 3, 3) at R = 32..128, one thread:
-equal error after the same number of rounds, this solver 3-7x faster (e.g. conv2, R = 128, 50
-rounds: 5.8 s against 39 s numpy / 37 s pytorch on a loaded 2-core machine).
+Checked against tensorly's parafac: docs/SOLVERS.md.
 """
 
 import math
@@ -41,18 +35,27 @@ from torch import nn
 from tqdm import tqdm
 
 from lrx.latency import interleaved_ms
-from lrx.lowrank import scheme1
-from lrx.lowrank.base import (ConvGeometry, PointwiseOutConv, check_bases, converged, single_thread, solve_dtype,
-                              solve_psd, top_left_singular_vectors)
+from lrx.lowrank.base import (
+    ConvGeometry,
+    PointwiseOutConv,
+    check_bases,
+    converged,
+    single_thread,
+    solve_dtype,
+    solve_psd,
+    top_left_singular_vectors,
+)
 
 # ALS rounds at most, and the stop: a round that lowers ||W - W_hat||^2 by less than TOL
-# (relative). Trained AlexNetCIFAR conv2 at R = 32: relative error 0.637 after 10 rounds, 0.627
-# when TOL stops it (79 rounds), 0.6245 after 300.
+# (relative); how they were chosen: docs/SOLVERS.md.
 MAX_ITERS = 200
 TOL = 1e-4
 RIDGE = 1e-2  # mu_k relative to the mean diagonal of G_k (see the module docstring)
 SEED = 0  # of the random initial columns of modes smaller than R
 STRATEGIES = ("separable", "fused")  # the depthwise passes: kh x 1 then 1 x kw | one kh x kw
+# The planner tries CP from 2x theoretical only, on a coarse grid: below 2x, R runs into the
+# hundreds, where CP-ALS takes minutes per candidate and CP's depthwise passes make it slow to run.
+CP_PLANNER_TARGETS = (2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0, 16.0)
 
 
 def full_rank(shape) -> int:
@@ -88,8 +91,14 @@ def _balance(factors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [f * (target / norm.clamp_min(torch.finfo(f.dtype).tiny)) for f, norm in zip(factors, norms)]
 
 
-def solve_cp(weight: torch.Tensor, rank: int, iters: int = MAX_ITERS, tol: float = TOL, ridge: float | None = None,
-             progress: bool = False) -> tuple[list[torch.Tensor], dict]:
+def solve_cp(
+    weight: torch.Tensor,
+    rank: int,
+    iters: int = MAX_ITERS,
+    tol: float = TOL,
+    ridge: float | None = None,
+    progress: bool = False,
+) -> tuple[list[torch.Tensor], dict]:
     """CP-ALS of ``weight`` (N, C, kh, kw) at rank R.
 
     Returns the factors [U (N, R), S (C, R), V (kh, R), H (kw, R)] (float64 on weight's device,
@@ -130,7 +139,7 @@ def _solve_cp(weight: torch.Tensor, rank: int, iters: int, tol: float, ridge: fl
     return factors, {"iters": len(history), "history": history}
 
 
-class CPConv(PointwiseOutConv):
+class CPConv(PointwiseOutConv, method="cp"):
     """CP with R = ``bases`` terms: ``pointwise_in`` nn.Conv2d C -> R (1x1, no bias), ``vertical``
     depthwise R -> R (kh x 1, row stride/padding/dilation), ``horizontal`` depthwise R -> R (1 x kw,
     column stride/padding/dilation), ``pointwise_out`` nn.Conv2d R -> N (1x1, the bias).
@@ -141,11 +150,23 @@ class CPConv(PointwiseOutConv):
     per pixel instead of R*(kh + kw)); see the module docstring.
     """
 
-    scheme = "cp"
+    options = {"progress": False}  # a tqdm bar over the ALS rounds
+    planner_targets = CP_PLANNER_TARGETS
     default_strategy = "separable"
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, bases: int, stride=1, padding=0,
-                 dilation=1, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        bases: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
         g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
         super().__init__(g, bases)
         kh, kw = g.kernel_size
@@ -160,19 +181,13 @@ class CPConv(PointwiseOutConv):
     def full_rank(geometry: ConvGeometry) -> int:
         return full_rank((geometry.out_channels, geometry.in_channels, *geometry.kernel_size))
 
-    @staticmethod
-    def theoretical_speedup(geometry: ConvGeometry, bases: int) -> float:
+    @classmethod
+    def macs(cls, geometry: ConvGeometry, bases: int) -> float:
         c, n, (kh, kw) = geometry.in_channels, geometry.out_channels, geometry.kernel_size
-        return n * c * kh * kw / (bases * (c + kh + kw + n))
+        return bases * (c + kh + kw + n)
 
-    @staticmethod
-    def check_options(**solver_options) -> dict:
-        """Scheme 1's options are accepted and checked, so one config drives every scheme; only
-        ``progress`` (a tqdm bar over the ALS rounds) is used."""
-        return {"progress": scheme1.check_options(**solver_options)["progress"]}
-
-    def fit_filters(self, weight: torch.Tensor, **solver_options) -> dict:
-        (u, s, v, h), info = solve_cp(weight, self.bases, **self.check_options(**solver_options))
+    def fit_filters(self, weight: torch.Tensor, progress: bool = False) -> dict:
+        (u, s, v, h), info = solve_cp(weight, self.bases, progress=progress)
         with torch.no_grad():
             self.pointwise_in.weight.copy_(s.T[:, :, None, None])  # (R, C, 1, 1)
             self.vertical.weight.copy_(v.T[:, None, :, None])  # (R, 1, kh, 1)
@@ -182,9 +197,13 @@ class CPConv(PointwiseOutConv):
 
     def dense_weight(self) -> torch.Tensor:
         # W[n, c, y, x] = sum_r U[n, r] S[c, r] V[y, r] H[x, r]
-        return torch.einsum("nr,rc,ry,rx->ncyx", self.pointwise_out.weight[:, :, 0, 0],
-                            self.pointwise_in.weight[:, :, 0, 0], self.vertical.weight[:, 0, :, 0],
-                            self.horizontal.weight[:, 0, 0, :])
+        return torch.einsum(
+            "nr,rc,ry,rx->ncyx",
+            self.pointwise_out.weight[:, :, 0, 0],
+            self.pointwise_in.weight[:, :, 0, 0],
+            self.vertical.weight[:, 0, :, 0],
+            self.horizontal.weight[:, 0, 0, :],
+        )
 
     def _depthwise(self, y: torch.Tensor, strategy: str) -> torch.Tensor:
         """Both depthwise passes on ``y`` (B, R, H, W) -> (B, R, H', W'), as ``strategy`` runs them."""

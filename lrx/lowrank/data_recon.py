@@ -47,6 +47,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lrx.modes import eval_mode
+
 log = logging.getLogger(__name__)
 
 STAGE = "data reconstruction"
@@ -78,11 +80,24 @@ class _Stop(BaseException):
     (a BaseException so that a model's own ``except Exception`` cannot swallow it)."""
 
 
-def reconstruct(original: nn.Module, approx: nn.Module, layer_names: list[str], batches: Iterable, *,
-                mode: str = "asymmetric", lstsq: bool = True, steps: int = 200, lr: float = 1e-3,
-                optimizer: str = "adam",
-                holdout_batches: int = 1, batch_size: int | None = None, max_cache_bytes: int = 1 << 30,
-                seed: int = 0, revert_if_worse: bool = True, progress: bool = True) -> list[dict]:
+def reconstruct(
+    original: nn.Module,
+    approx: nn.Module,
+    layer_names: list[str],
+    batches: Iterable,
+    *,
+    mode: str = "asymmetric",
+    lstsq: bool = True,
+    steps: int = 200,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    holdout_batches: int = 1,
+    batch_size: int | None = None,
+    max_cache_bytes: int = 1 << 30,
+    seed: int = 0,
+    revert_if_worse: bool = True,
+    progress: bool = True,
+) -> list[dict]:
     """Optimise the layers ``layer_names`` of ``approx`` (in place) to reproduce ``original``'s.
 
     Args:
@@ -146,12 +161,11 @@ def reconstruct(original: nn.Module, approx: nn.Module, layer_names: list[str], 
     chunk = inputs[0].shape[0]
 
     with ExitStack() as stack:
-        stack.callback(_restore_flags(original, approx))
-        original.eval()
-        approx.eval()
+        stack.enter_context(eval_mode(original, approx))
         shapes = _probe(original, approx, names, inputs[0][:1].to(device))
-        per_layer = {n: n_total * (s["in_numel"] * s["in_esize"] + s["out_numel"] * s["out_esize"])
-                     for n, s in shapes.items()}
+        per_layer = {
+            n: n_total * (s["in_numel"] * s["in_esize"] + s["out_numel"] * s["out_esize"]) for n, s in shapes.items()
+        }
         biggest = max(per_layer, key=per_layer.get)
         needed = input_bytes + per_layer[biggest]
         if needed > max_cache_bytes:
@@ -159,22 +173,50 @@ def reconstruct(original: nn.Module, approx: nn.Module, layer_names: list[str], 
                 f"{STAGE} needs {needed} bytes ({needed / 2**20:.1f} MiB) > max_cache_bytes={max_cache_bytes} "
                 f"({max_cache_bytes / 2**20:.1f} MiB): {input_bytes} bytes of input batches + "
                 f"{per_layer[biggest]} bytes of activations for layer {biggest!r} "
-                f"({n_total} samples); use fewer or smaller batches or raise max_cache_bytes")
+                f"({n_total} samples); use fewer or smaller batches or raise max_cache_bytes"
+            )
 
         results = []
         for name in names:
             t0 = time.perf_counter()
             X, T = _capture(original, approx, name, inputs, shapes[name], mode, device)
-            res = _optimise(approx.get_submodule(name), name, X, T, n_total - n_holdout, chunk,
-                            lstsq=lstsq, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                            seed=seed, revert_if_worse=revert_if_worse, progress=progress)
+            res = _optimise(
+                approx.get_submodule(name),
+                name,
+                X,
+                T,
+                n_total - n_holdout,
+                chunk,
+                lstsq=lstsq,
+                steps=steps,
+                lr=lr,
+                optimizer=optimizer,
+                batch_size=batch_size,
+                seed=seed,
+                revert_if_worse=revert_if_worse,
+                progress=progress,
+            )
             del X, T
-            res = {"name": name, "mode": mode, **res, "time_s": time.perf_counter() - t0,
-                   "cached_bytes": int(per_layer[name]), "train_samples": n_total - n_holdout,
-                   "holdout_samples": n_holdout}
-            log.info("%s %s (%s): held-out rel. error %.4g -> %.4g in %d steps, %.1f s%s", STAGE, name, mode,
-                     res["rel_error_before"], res["rel_error_after"], steps, res["time_s"],
-                     " (reverted: the optimisation made it worse)" if res["reverted"] else "")
+            res = {
+                "name": name,
+                "mode": mode,
+                **res,
+                "time_s": time.perf_counter() - t0,
+                "cached_bytes": int(per_layer[name]),
+                "train_samples": n_total - n_holdout,
+                "holdout_samples": n_holdout,
+            }
+            log.info(
+                "%s %s (%s): held-out rel. error %.4g -> %.4g in %d steps, %.1f s%s",
+                STAGE,
+                name,
+                mode,
+                res["rel_error_before"],
+                res["rel_error_after"],
+                steps,
+                res["time_s"],
+                " (reverted: the optimisation made it worse)" if res["reverted"] else "",
+            )
             results.append(res)
     return results
 
@@ -201,13 +243,15 @@ def _check_args(mode, lstsq, steps, lr, optimizer, holdout_batches, batch_size, 
     if not _is_int(holdout_batches) or holdout_batches < 1:
         raise DataReconError(
             f"{STAGE}: holdout_batches={holdout_batches!r} is invalid; valid: an integer >= 1 "
-            "and smaller than the number of batches")
+            "and smaller than the number of batches"
+        )
     if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
         raise DataReconError(f"{STAGE}: batch_size={batch_size!r} is invalid; valid: None or an integer >= 1")
     if optimizer == "lbfgs" and batch_size is not None:
         raise DataReconError(
             f"{STAGE}: optimizer='lbfgs' needs full-batch steps, got batch_size={batch_size!r}; "
-            "valid: batch_size=None with 'lbfgs', or optimizer 'adam' / 'sgd' for mini-batches")
+            "valid: batch_size=None with 'lbfgs', or optimizer 'adam' / 'sgd' for mini-batches"
+        )
     if not _is_int(max_cache_bytes) or max_cache_bytes < 1:
         raise DataReconError(f"{STAGE}: max_cache_bytes={max_cache_bytes!r} is invalid; valid: an integer >= 1")
 
@@ -230,7 +274,7 @@ def _check_layers(original: nn.Module, approx: nn.Module, layer_names) -> list[s
         if name in seen:
             raise DataReconError(f"{STAGE}: layer {name!r} is listed twice in layer_names")
         seen.add(name)
-        for net, mods, what in ((original, orig, "original"), (approx, appr, "approx")):
+        for mods, what in ((orig, "original"), (appr, "approx")):
             if name not in mods:
                 valid = ", ".join(n for n in mods if n)
                 raise DataReconError(f"{STAGE}: no layer {name!r} in the {what} network; valid: {valid}")
@@ -244,11 +288,13 @@ def _check_layers(original: nn.Module, approx: nn.Module, layer_names) -> list[s
         if not any(p.requires_grad for p in params):
             raise DataReconError(
                 f"{STAGE}: approx layer {name!r} ({type(appr[name]).__name__}) has no parameter that "
-                "requires grad: nothing to optimise")
+                "requires grad: nothing to optimise"
+            )
         if any(p.untyped_storage().data_ptr() in orig_storage for p in params):
             raise DataReconError(
                 f"{STAGE}: approx layer {name!r} shares parameters with the original network, which must "
-                "stay unchanged; give it its own parameters (e.g. copy.deepcopy)")
+                "stay unchanged; give it its own parameters (e.g. copy.deepcopy)"
+            )
     order = {n: i for i, n in enumerate(orig)}
     return sorted(layer_names, key=order.__getitem__)
 
@@ -277,33 +323,28 @@ def _materialise(batches, holdout_batches: int, max_cache_bytes: int) -> tuple[l
         x = b[0] if isinstance(b, (tuple, list)) and b else b
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 1:
             raise DataReconError(
-                f"{STAGE}: batch {i} is a {type(b).__name__}; valid: a non-empty tensor or an (x, y) tuple")
+                f"{STAGE}: batch {i} is a {type(b).__name__}; valid: a non-empty tensor or an (x, y) tuple"
+            )
         if inputs and x.shape[1:] != inputs[0].shape[1:]:
             raise DataReconError(
                 f"{STAGE}: batch {i} has per-sample shape {tuple(x.shape[1:])}, batch 0 has "
-                f"{tuple(inputs[0].shape[1:])}; all batches must share it")
+                f"{tuple(inputs[0].shape[1:])}; all batches must share it"
+            )
         nbytes += x.numel() * x.element_size()
         if nbytes > max_cache_bytes:
             raise CacheLimitError(
                 f"{STAGE}: the first {i + 1} input batches alone take {nbytes} bytes > "
-                f"max_cache_bytes={max_cache_bytes}; use fewer or smaller batches or raise max_cache_bytes")
+                f"max_cache_bytes={max_cache_bytes}; use fewer or smaller batches or raise max_cache_bytes"
+            )
         inputs.append(x.detach())
     if holdout_batches >= len(inputs):
         raise DataReconError(
             f"{STAGE}: holdout_batches={holdout_batches} leaves no training batch out of {len(inputs)} "
-            f"batches; valid: 1..{len(inputs) - 1}" if len(inputs) > 1 else
-            f"{STAGE}: got {len(inputs)} batches; need at least 2 (one to train on, one held out)")
+            f"batches; valid: 1..{len(inputs) - 1}"
+            if len(inputs) > 1
+            else f"{STAGE}: got {len(inputs)} batches; need at least 2 (one to train on, one held out)"
+        )
     return inputs, nbytes
-
-
-def _restore_flags(*nets: nn.Module):
-    modes = [(m, m.training) for net in nets for m in net.modules()]
-
-    def restore():
-        for m, training in modes:
-            m.training = training
-
-    return restore
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,15 +353,18 @@ def _restore_flags(*nets: nn.Module):
 
 def _only_input(name: str, args) -> torch.Tensor:
     if len(args) != 1 or not isinstance(args[0], torch.Tensor):
-        raise DataReconError(f"{STAGE}: layer {name!r} is called with {len(args)} positional arguments; "
-                             "only layers called with one tensor input are supported")
+        raise DataReconError(
+            f"{STAGE}: layer {name!r} is called with {len(args)} positional arguments; "
+            "only layers called with one tensor input are supported"
+        )
     return args[0]
 
 
 def _tensor_output(name: str, out) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
-        raise DataReconError(f"{STAGE}: layer {name!r} returns a {type(out).__name__}; only tensor outputs "
-                             "are supported")
+        raise DataReconError(
+            f"{STAGE}: layer {name!r} returns a {type(out).__name__}; only tensor outputs are supported"
+        )
     return out
 
 
@@ -359,10 +403,12 @@ def _probe(original: nn.Module, approx: nn.Module, names: list[str], x1: torch.T
         if (o["in_shape"], o["out_shape"]) != (a["in_shape"], a["out_shape"]):
             raise DataReconError(
                 f"{STAGE}: layer {name!r} maps per-sample shape {o['in_shape']} -> {o['out_shape']} in the original "
-                f"network but {a['in_shape']} -> {a['out_shape']} in approx; they must match")
+                f"network but {a['in_shape']} -> {a['out_shape']} in approx; they must match"
+            )
         shapes[name] = {
             **o,
-            "in_numel": math.prod(o["in_shape"]), "out_numel": math.prod(o["out_shape"]),
+            "in_numel": math.prod(o["in_shape"]),
+            "out_numel": math.prod(o["out_shape"]),
             "in_esize": torch.empty(0, dtype=o["in_dtype"]).element_size(),
             "out_esize": torch.empty(0, dtype=o["out_dtype"]).element_size(),
         }
@@ -410,8 +456,11 @@ def _capture(original, approx, name, inputs, shape, mode, device) -> tuple[torch
         start = end
     for what, t in (("inputs", X), ("targets", T)):
         if not torch.isfinite(t).all():
-            raise NonFiniteError(name, f"the captured {what} contain NaN/Inf (check the input batches and the "
-                                       "weights of the network before this layer)")
+            raise NonFiniteError(
+                name,
+                f"the captured {what} contain NaN/Inf (check the input batches and the "
+                "weights of the network before this layer)",
+            )
     return X, T
 
 
@@ -465,7 +514,7 @@ class _Sampler:
             return slice(0, self.n)
         if self.pos + self.bs > self.n:
             self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
-        idx = self.perm[self.pos:self.pos + self.bs]
+        idx = self.perm[self.pos : self.pos + self.bs]
         self.pos += self.bs
         return idx.to(self.device)
 
@@ -497,24 +546,39 @@ def refit_final(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, c
         g, c = torch.einsum("bpl,bql->pq", z, z), torch.einsum("bnl,bpl->np", t, z)
         gram, cross = (g, c) if gram is None else (gram + g, cross + c)
     ridge = LSTSQ_RIDGE * gram.diagonal().mean().clamp_min(torch.finfo(gram.dtype).tiny)
-    sol = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device),
-                             cross.T).T  # (N, P[+1])
+    sol = torch.linalg.solve(
+        gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device), cross.T
+    ).T  # (N, P[+1])
     if not torch.isfinite(sol).all():
         raise NonFiniteError(name, "the least-squares refit of the last pass is NaN/Inf")
     dtype = next(layer.parameters()).dtype
-    layer.set_final(sol[:, :-1].to(dtype) if has_bias else sol.to(dtype),
-                    sol[:, -1].to(dtype) if has_bias else None)
+    layer.set_final(sol[:, :-1].to(dtype) if has_bias else sol.to(dtype), sol[:, -1].to(dtype) if has_bias else None)
 
 
-def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_train: int, chunk: int, *,
-              lstsq: bool, steps: int, lr: float, optimizer: str, batch_size: int | None, seed: int,
-              revert_if_worse: bool, progress: bool) -> dict:
+def _optimise(
+    layer: nn.Module,
+    name: str,
+    X: torch.Tensor,
+    T: torch.Tensor,
+    n_train: int,
+    chunk: int,
+    *,
+    lstsq: bool,
+    steps: int,
+    lr: float,
+    optimizer: str,
+    batch_size: int | None,
+    seed: int,
+    revert_if_worse: bool,
+    progress: bool,
+) -> dict:
     Xtr, Ttr, Xho, Tho = X[:n_train], T[:n_train], X[n_train:], T[n_train:]
     params = [p for p in layer.parameters() if p.requires_grad]
     before = relative_error(layer, Xho, Tho, chunk)
     if not math.isfinite(before):
-        raise NonFiniteError(name, f"the held-out error before optimisation is {before} (NaN/Inf in the "
-                                   "approximation's parameters?)")
+        raise NonFiniteError(
+            name, f"the held-out error before optimisation is {before} (NaN/Inf in the approximation's parameters?)"
+        )
     initial = copy.deepcopy(layer.state_dict()) if revert_if_worse else None
     after_lstsq = None
     if lstsq and hasattr(layer, "final_features"):
@@ -527,12 +591,11 @@ def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_t
     sampler = _Sampler(n_train, batch_size, seed, X.device)
     loss_value = math.nan
     try:
-        with torch.enable_grad(), tqdm(total=steps, desc=f"{STAGE} {name}", disable=not progress,
-                                       leave=False) as bar:
+        with torch.enable_grad(), tqdm(total=steps, desc=f"{STAGE} {name}", disable=not progress, leave=False) as bar:
             for step in range(1, steps + 1):
                 idx = sampler.next()
 
-                def closure():
+                def closure(idx=idx):
                     opt.zero_grad(set_to_none=True)
                     return _loss_backward(layer, Xtr, Ttr, idx, chunk)
 
@@ -543,8 +606,11 @@ def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_t
                     opt.step()
                 loss_value = float(loss)
                 if not math.isfinite(loss_value):
-                    raise NonFiniteError(name, f"the loss is {loss_value} at step {step}/{steps} (lr={lr} too "
-                                               "large, or NaN/Inf in the approximation's parameters?)")
+                    raise NonFiniteError(
+                        name,
+                        f"the loss is {loss_value} at step {step}/{steps} (lr={lr} too "
+                        "large, or NaN/Inf in the approximation's parameters?)",
+                    )
                 if step % 10 == 0 or step == steps:
                     bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
                 bar.update()
@@ -554,11 +620,25 @@ def _optimise(layer: nn.Module, name: str, X: torch.Tensor, T: torch.Tensor, n_t
     after = relative_error(layer, Xho, Tho, chunk)
     if not all(torch.isfinite(p).all() for p in params) or not math.isfinite(after):
         raise NonFiniteError(name, f"the parameters became NaN/Inf after {steps} steps (lr={lr} too large?)")
-    res = {"rel_error_before": before, "rel_error_lstsq": after_lstsq, "rel_error_after": after, "steps": steps, "optimizer": optimizer,
-           "lr": float(lr), "batch_size": sampler.bs or n_train, "train_loss": loss_value if steps else None, "reverted": False}
+    res = {
+        "rel_error_before": before,
+        "rel_error_lstsq": after_lstsq,
+        "rel_error_after": after,
+        "steps": steps,
+        "optimizer": optimizer,
+        "lr": float(lr),
+        "batch_size": sampler.bs or n_train,
+        "train_loss": loss_value if steps else None,
+        "reverted": False,
+    }
     if revert_if_worse and after > before:
         layer.load_state_dict(initial)
         res.update(rel_error_after=before, rel_error_optimised=after, reverted=True)
-        log.warning("%s of %s made its held-out error worse (%.4g -> %.4g): initial parameters restored",
-                    STAGE, name, before, after)
+        log.warning(
+            "%s of %s made its held-out error worse (%.4g -> %.4g): initial parameters restored",
+            STAGE,
+            name,
+            before,
+            after,
+        )
     return res

@@ -12,24 +12,24 @@ from __future__ import annotations
 import torch
 
 from lrx.latency import layer_inputs, memory_format_of
+from lrx.modes import memory_format as in_format
 
 
 def _choosers(net: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {name: m for name, m in net.named_modules() if hasattr(m, "select_strategy")}
 
 
-def tune(net: torch.nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10,
-         memory_format: str = "contiguous") -> dict[str, dict]:
+def tune(
+    net: torch.nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10, memory_format: str = "contiguous"
+) -> dict[str, dict]:
     """Choose the execution of every such layer of ``net`` on its real input for the network
     input ``x``, with ``net`` and ``x`` in ``memory_format`` as :func:`lrx.latency.compare` times
     them (``net`` is contiguous again after); returns ``{name: {"strategy": ..., "times_ms": {...}}}``."""
     fmt = memory_format_of(memory_format)
     layers = _choosers(net)
-    try:
-        inputs = layer_inputs(net.to(memory_format=fmt), list(layers), x.contiguous(memory_format=fmt))
+    with in_format(fmt, net):
+        inputs = layer_inputs(net, list(layers), x.contiguous(memory_format=fmt))
         return {name: m.select_strategy(inputs[name], warmup, repeats) for name, m in layers.items()}
-    finally:
-        net.to(memory_format=torch.contiguous_format)
 
 
 def reset_strategies(net: torch.nn.Module) -> None:

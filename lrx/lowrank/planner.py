@@ -1,11 +1,9 @@
-"""The planner: per layer, the scheme and number of bases that reach a conv speed-up target with
+"""The planner: per layer, the method and number of bases that reach a conv speed-up target with
 the least total reconstruction error.
 
-For every selected conv it solves filter reconstruction for a grid of candidates of the schemes
-asked for (Scheme 1 at M = 1 .. min(kh*kw - 1, 12); Scheme 2 and Tucker-2 at the ranks giving
-1.25x .. 16x theoretical speed-up (TARGETS), Tucker-2 with R_in / C = R_out / N; CP from 2x,
-see CP_TARGETS) and
-prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
+For every selected conv it solves filter reconstruction for a grid of candidates of the methods
+asked for (each method's ``planner_ranks``: for most, the ranks that give 1.25x .. 16x theoretical
+speed-up) and prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
 layer's real input shape against the dense conv, interleaved). Keeping the dense conv is always
 a candidate (error 0). It then picks one candidate per layer minimising the total error, sum_l e_l^2, with e_l one of
 (see :func:`plan`)
@@ -38,35 +36,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrx.latency import MEMORY_FORMATS, conv_names, eval_mode, layer_inputs, modules_ms
-from lrx.lowrank.base import check_finite
+from lrx.latency import MEMORY_FORMATS, conv_names, layer_inputs, modules_ms
+from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, method_class
 from lrx.lowrank.data_recon import refit_final, relative_error
-from lrx.lowrank.cp import CPConv
-from lrx.lowrank.scheme1 import LowRankExpConvV1
-from lrx.lowrank.scheme2 import LowRankExpConvV2
-from lrx.lowrank.surgery import SCHEMES, DecompositionError, select_convs
-from lrx.lowrank.tucker2 import Tucker2Conv
+from lrx.lowrank.surgery import layer_record, select_convs
+from lrx.modes import eval_mode
+from lrx.modes import memory_format as in_format
 
 log = logging.getLogger(__name__)
 
 METRICS = ("macs", "latency")
 OUTPUT_ERRORS = ("data", "kl")  # measured on calibration images; without them, the filter error
-# Theoretical speed-ups tried: 1.25x to 16x in steps of about 15%, so that each layer's bases can
-# land close to what the target needs instead of a coarse step past it.
-TARGETS = (1.25, 1.4, 1.6, 1.8, 2.0, 2.25, 2.5, 2.8, 3.2, 3.6, 4.0, 4.5, 5.0, 5.7, 6.5, 7.5, 8.5, 10.0, 12.0, 14.0, 16.0)
-MAX_SCHEME1_BASES = 12
-# CP below 2x theoretical means R in the hundreds (alexnet_cifar conv2-conv5: 412-680 at 1.25x),
-# where CP-ALS is slow (with them, planning CP alone on conv2-conv5 was still solving after 7
-# minutes on 2 CPU cores), and CP's depthwise passes make it slow to run (measured 2.0x at 6x
-# theoretical, issue 9): such candidates cost far more to price than they could win. CP keeps a
-# coarser grid for the same reason.
-CP_TARGETS = (2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 11.0, 16.0)
 
 
 @dataclass
 class Candidate:
     name: str
-    scheme: int | str | None  # None: keep the dense conv
+    method: str | None  # None: keep the dense conv
     bases: int | tuple[int, int] | None
     error: float  # e_l, as the plan's error kind defines it
     cost: float
@@ -78,40 +64,9 @@ class Candidate:
         return self.error**2
 
 
-def scheme2_bases(conv: nn.Conv2d, target: float) -> int:
-    """The largest K whose theoretical speed-up N*C*kh*kw / (K*(C*kh + N*kw)) is >= target."""
-    n, c, kh, kw = conv.weight.shape
-    return max(1, int(n * c * kh * kw / (target * (c * kh + n * kw))))
-
-
-def cp_bases(conv: nn.Conv2d, target: float) -> int:
-    """The largest R whose theoretical speed-up N*C*kh*kw / (R*(C + kh + kw + N)) is >= target."""
-    n, c, kh, kw = conv.weight.shape
-    return max(1, int(n * c * kh * kw / (target * (c + kh + kw + n))))
-
-
-def tucker2_bases(conv: nn.Conv2d, target: float) -> tuple[int, int]:
-    """The largest (R_in, R_out) = (t*C, t*N), rounded down, whose theoretical speed-up is >= target:
-    t solves C*N*kh*kw t^2 + (C^2 + N^2) t = N*C*kh*kw / target (the MACs of the three passes)."""
-    n, c, kh, kw = conv.weight.shape
-    a, b = c * n * kh * kw, c * c + n * n
-    t = (math.sqrt(b * b + 4 * a * a / target) - b) / (2 * a)
-    return max(1, int(t * c)), max(1, int(t * n))
-
-
-def _grid(conv: nn.Conv2d, schemes) -> list[tuple[type, int | tuple[int, int]]]:
-    n, c, kh, kw = conv.weight.shape
-    grid = []
-    if 1 in schemes:
-        grid += [(LowRankExpConvV1, m) for m in range(1, min(kh * kw - 1, MAX_SCHEME1_BASES) + 1)]
-    if 2 in schemes:
-        ks = {scheme2_bases(conv, t) for t in TARGETS}
-        grid += [(LowRankExpConvV2, k) for k in sorted(ks) if k < min(c * kh, n * kw)]
-    if "tucker2" in schemes:
-        grid += [(Tucker2Conv, r) for r in sorted({tucker2_bases(conv, t) for t in TARGETS})]
-    if "cp" in schemes:
-        grid += [(CPConv, r) for r in sorted({cp_bases(conv, t) for t in CP_TARGETS})]
-    return grid
+def _grid(conv: nn.Conv2d, methods) -> list[tuple[type, object]]:
+    g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
+    return [(cls, bases) for cls in map(method_class, methods) for bases in cls.planner_ranks(g)]
 
 
 def _pareto(states: list[tuple[float, float, tuple]]) -> list[tuple[float, float, tuple]]:
@@ -133,16 +88,20 @@ def choose(candidates: dict[str, list[Candidate]], fixed_cost: float, budget: fl
     return min(states, key=lambda s: s[1])[2] if states else None
 
 
-def check_request(net: nn.Module, layers, target_speedup, metric: str, schemes, **solver_options):
-    """Check a planner request without solving; returns the selected ``[(name, conv)]``."""
+def check_request(net: nn.Module, layers, target_speedup, metric: str, methods, options: dict | None = None):
+    """Check a planner request without solving; returns the selected ``[(name, conv)]``.
+    ``options``: per method name, its solver options."""
     if metric not in METRICS:
         raise DecompositionError(f"target_metric={metric!r} is unknown; valid: {', '.join(METRICS)}")
     if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or target_speedup <= 1:
         raise DecompositionError(f"target_speedup={target_speedup!r} is invalid; valid: a number > 1")
-    if not schemes or any(s not in SCHEMES for s in schemes):
-        raise DecompositionError(
-            f"planner schemes={list(schemes)!r} is invalid; valid: a non-empty subset of {list(SCHEMES)}")
-    LowRankExpConvV1.check_options(**solver_options)
+    if not methods:
+        raise DecompositionError("planner methods=[] is invalid; valid: a non-empty list of methods")
+    classes = [method_class(m) for m in methods]
+    for name, opts in (options or {}).items():
+        if method_class(name) not in classes:
+            raise DecompositionError(f"planner options for {name!r}, which is not among the methods {list(methods)}")
+        method_class(name).check_options(opts)
     return select_convs(net, layers)
 
 
@@ -150,11 +109,10 @@ def apply(net: nn.Module, chosen: dict[str, Candidate]) -> list[dict]:
     """Install the planned layers in ``net``; one record per replaced layer, as ``decompose`` gives."""
     records = []
     for name, c in chosen.items():
-        if c.scheme is None:
+        if c.method is None:
             continue
-        shape = list(net.get_submodule(name).weight.shape)
+        records.append(layer_record(name, net.get_submodule(name), c.layer))
         net.set_submodule(name, c.layer)
-        records.append({"name": name, "shape": shape, **{k: v for k, v in c.layer.report.items() if k != "history"}})
     return records
 
 
@@ -162,6 +120,7 @@ def busy_cores(seconds: float = 0.5) -> float:
     """How many cores other work keeps busy, sampled now over ``seconds`` (this process sleeps
     meanwhile): from /proc/stat where there is one, else the 1-minute load average (which also
     counts work that ended up to a minute ago, such as the previous job of a sweep)."""
+
     def stat() -> tuple[int, int]:
         with open("/proc/stat") as f:
             ticks = [int(v) for v in f.readline().split()[1:]]  # user nice system idle iowait irq ...
@@ -179,12 +138,15 @@ def busy_cores(seconds: float = 0.5) -> float:
 
 def warn_if_busy() -> None:
     """Latency plans need a quiet machine: other work on the CPU inflates the timings unevenly
-    (measured here: a plan made next to a test run predicted 2.53x and delivered 2.97x)."""
+    (docs/SOLVERS.md)."""
     busy = busy_cores()
     if busy > 0.5:
-        log.warning("planning by measured latency while other work keeps %.1f of %d cores busy: timings are "
-                    "inflated unevenly, so the plan can miss its target; plan on a quiet machine",
-                    busy, os.cpu_count() or 1)
+        log.warning(
+            "planning by measured latency while other work keeps %.1f of %d cores busy: timings are "
+            "inflated unevenly, so the plan can miss its target; plan on a quiet machine",
+            busy,
+            os.cpu_count() or 1,
+        )
 
 
 def _filter_error(_name: str, layer: nn.Module) -> float:
@@ -194,7 +156,7 @@ def _filter_error(_name: str, layer: nn.Module) -> float:
 def _log_probs(net: nn.Module, images: torch.Tensor, chunk: int) -> torch.Tensor:
     """log-softmax of ``net``'s outputs (logits, (B, classes)) for ``images``, ``chunk`` at a time."""
     with eval_mode(net):
-        return torch.cat([net(images[i:i + chunk]).log_softmax(1) for i in range(0, images.shape[0], chunk)])
+        return torch.cat([net(images[i : i + chunk]).log_softmax(1) for i in range(0, images.shape[0], chunk)])
 
 
 @contextmanager
@@ -235,17 +197,11 @@ def _output_error(net: nn.Module, names: list[str], images: torch.Tensor, kind: 
 def _timed_ms(modules: dict[str, nn.Module], x: torch.Tensor, memory_format, warmup: int, repeats: int) -> dict:
     """``modules_ms`` with the modules' weights and ``x`` in ``memory_format`` (weights restored to
     the contiguous format after), as the final timing runs them: the dense conv and some low-rank
-    passes run at very different speeds in the two formats (on this CPU, conv3 of alexnet_cifar
-    takes 13.4 ms contiguous and 6.7 ms channels_last)."""
-    try:
-        for m in modules.values():
-            m.to(memory_format=memory_format)
+    passes run at very different speeds in the two formats (docs/SOLVERS.md)."""
+    with in_format(memory_format, *modules.values()):
         if hasattr(modules.get("lowrank"), "select_strategy"):
             modules["lowrank"].select_strategy(x, warmup, repeats)
         return modules_ms(modules, x, warmup, repeats)
-    finally:
-        for m in modules.values():
-            m.to(memory_format=torch.contiguous_format)
 
 
 def plan(
@@ -255,14 +211,14 @@ def plan(
     metric: str = "macs",
     input_size: int = 32,
     batch_size: int = 32,
-    schemes=(1, 2),
+    methods=("scheme1", "scheme2"),
     warmup: int = 3,
     repeats: int = 10,
     progress: bool = True,
     calibration: torch.Tensor | None = None,
     error: str = "data",
     memory_format: str = "contiguous",
-    **solver_options,
+    options: dict | None = None,
 ) -> tuple[dict[str, Candidate], dict]:
     """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
 
@@ -276,10 +232,11 @@ def plan(
     the plain filter-reconstruction solutions in every case. ``metric="latency"`` times every
     candidate against the dense conv in ``memory_format`` (as ``latency.compare`` will).
 
-    Returns the chosen candidate per selected layer (scheme None keeps the conv) and a report
-    with the predicted conv speed-up and every candidate's (scheme, bases, error, cost).
+    Returns the chosen candidate per selected layer (method None keeps the conv) and a report
+    with the predicted conv speed-up and every candidate's (method, bases, error, cost).
     """
-    selected = check_request(net, layers, target_speedup, metric, schemes, **solver_options)
+    selected = check_request(net, layers, target_speedup, metric, methods, options)
+    options = {method_class(m).method: opts for m, opts in (options or {}).items()}
     if memory_format not in MEMORY_FORMATS:
         raise DecompositionError(f"memory_format={memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}")
     if calibration is not None and error not in OUTPUT_ERRORS:
@@ -309,17 +266,17 @@ def plan(
     candidates: dict[str, list[Candidate]] = {}
     bar = tqdm(selected, desc="planner", disable=not progress)
     for name, conv in bar:
-        options = [Candidate(name, None, None, 0.0, costs[name], conv)]
-        for cls, bases in _grid(conv, schemes):
-            bar.set_postfix_str(f"{name} {cls.__name__} {bases}")
-            layer = cls.from_conv(conv, bases, **solver_options)
+        choices = [Candidate(name, None, None, 0.0, costs[name], conv)]
+        for cls, bases in _grid(conv, methods):
+            bar.set_postfix_str(f"{name} {cls.method} {bases}")
+            layer = cls.from_conv(conv, bases, **options.get(cls.method, {}))
             if metric == "macs":
                 cost = costs[name] / layer.report["macs_speedup"]
             else:
                 t = _timed_ms({"dense": conv, "lowrank": layer.eval()}, inputs[name], fmt, warmup, repeats)
                 cost = costs[name] * t["lowrank"] / t["dense"]
-            options.append(Candidate(name, cls.scheme, bases, error_of(name, layer), cost, layer))
-        candidates[name] = options
+            choices.append(Candidate(name, cls.method, bases, error_of(name, layer), cost, layer))
+        candidates[name] = choices
     total = sum(costs.values())
     fixed = total - sum(costs[name] for name, _ in selected)
     picks = choose(candidates, fixed, total / target_speedup)
@@ -335,9 +292,9 @@ def plan(
         "metric": metric,
         "error": kind,
         "predicted_conv_speedup": total / (fixed + sum(c.cost for c in picks)),
-        "plan": {c.name: {"scheme": c.scheme, "bases": c.bases, "error": c.error} for c in picks},
+        "plan": {c.name: {"method": c.method, "bases": c.bases, "error": c.error} for c in picks},
         "candidates": {
-            name: [{"scheme": o.scheme, "bases": o.bases, "error": o.error, "cost": o.cost} for o in opts]
+            name: [{"method": o.method, "bases": o.bases, "error": o.error, "cost": o.cost} for o in opts]
             for name, opts in candidates.items()
         },
     }

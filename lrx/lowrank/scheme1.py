@@ -34,13 +34,7 @@ N*C; float64 on the weight's device):
   4. rank-1 alternating least squares for ``refine_iters`` rounds: A, then all v (one M x M
      linear system), then all h; then the final A.
 
-Defaults, measured on (192, 64, 5, 5) kernels with M = 4 and 8 (random; filters built from 8 or 12
-shared rank-1 bases plus noise; smoothed random filters): init='svd', ascending lam from 1e-3 to 1
-(10 stages of <= 20 rounds, a stage ends early once the objective's relative decrease is below
-tol), then <= 50 ALS rounds. init='als' and the plain rank-1 ALS from the truncated SVD reached the
-same error in every case but one (12 shared bases, M = 4: 0.525 with this schedule, 0.530 with ALS
-alone or a schedule starting at lam 1e-2); every variant beats the truncated SVD (e.g. 0.013 vs
-0.361 relative error with 8 true bases and M = 8).
+Why these defaults: docs/SOLVERS.md.
 """
 
 import math
@@ -50,35 +44,50 @@ from torch import nn
 from tqdm import tqdm
 
 from lrx.lowrank import scheme1_exec
-from lrx.lowrank.base import (ConvGeometry, DecompositionError, LowRankConv, check_bases, converged, single_thread,
-                              solve_dtype, solve_psd)
+from lrx.lowrank.base import (
+    ConvGeometry,
+    DecompositionError,
+    LowRankConv,
+    check_bases,
+    converged,
+    single_thread,
+    solve_dtype,
+    solve_psd,
+)
 
-DEFAULTS = dict(lam_schedule="ascending", lam_start=1e-3, lam_end=1.0, lam_steps=10, iters=20,
-                init="svd", refine_iters=50, tol=1e-6, progress=False)
+DEFAULTS = dict(
+    lam_schedule="ascending",
+    lam_start=1e-3,
+    lam_end=1.0,
+    lam_steps=10,
+    iters=20,
+    init="svd",
+    refine_iters=50,
+    tol=1e-6,
+    progress=False,
+)
 RIDGE = 1e-9  # on ||A||^2; scale-free because the bases have unit norm
+MAX_PLANNER_BASES = 12  # the planner tries M up to this
 
 
-def check_options(**solver_options) -> dict:
-    """Validate Scheme 1 solver options; return them merged with DEFAULTS."""
-    unknown = sorted(set(solver_options) - set(DEFAULTS))
-    if unknown:
-        raise DecompositionError(f"unknown Scheme 1 solver option(s) {unknown}; valid: {sorted(DEFAULTS)}")
-    o = {**DEFAULTS, **solver_options}
+def check_options(o: dict, name=str) -> None:
+    """Range and type checks of Scheme 1's solver options ``o`` (all of DEFAULTS' keys);
+    ``name(keyword)`` is how an option is called in the messages (its config key)."""
     if o["lam_schedule"] not in ("fixed", "ascending"):
-        raise DecompositionError(f"lam_schedule={o['lam_schedule']!r}; valid: 'fixed' or 'ascending'")
+        raise DecompositionError(f"{name('lam_schedule')}={o['lam_schedule']!r}; valid: 'fixed' or 'ascending'")
     if o["init"] not in ("svd", "als"):
-        raise DecompositionError(f"init={o['init']!r}; valid: 'svd' or 'als'")
+        raise DecompositionError(f"{name('init')}={o['init']!r}; valid: 'svd' or 'als'")
     for key in ("lam_start", "lam_end", "tol"):
         if not isinstance(o[key], (int, float)) or isinstance(o[key], bool) or not o[key] >= 0:
-            raise DecompositionError(f"{key}={o[key]!r}: must be a number >= 0")
+            raise DecompositionError(f"{name(key)}={o[key]!r}: must be a number >= 0")
     for key, low in (("lam_steps", 1), ("iters", 1), ("refine_iters", 0)):
         if not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < low:
-            raise DecompositionError(f"{key}={o[key]!r}: must be an integer >= {low}")
+            raise DecompositionError(f"{name(key)}={o[key]!r}: must be an integer >= {low}")
     if o["lam_schedule"] == "ascending" and not 0 < o["lam_start"] <= o["lam_end"]:
         raise DecompositionError(
-            f"ascending schedule from lam_start={o['lam_start']} to lam_end={o['lam_end']}: "
-            "need 0 < lam_start <= lam_end (use lam_schedule='fixed' for lam_start=0)")
-    return o
+            f"ascending schedule from {name('lam_start')}={o['lam_start']} to {name('lam_end')}={o['lam_end']}: "
+            f"need 0 < lam_start <= lam_end (use {name('lam_schedule')}=fixed for lam_start=0)"
+        )
 
 
 def lambda_schedule(lam_schedule: str, lam_start: float, lam_end: float, lam_steps: int) -> list[float]:
@@ -157,8 +166,8 @@ def solve_scheme1(weight: torch.Tensor, bases: int, **solver_options):
     refine_iters, rank1_energy (M floats) and history (per stage: lam, objective / ||W||^2 per
     round; the ALS refinement has lam None and the fit alone).
     """
-    o = check_options(**solver_options)
-    check_bases(bases, weight.shape[2] * weight.shape[3], 1, "weight")
+    o = LowRankExpConvV1.check_options(solver_options)
+    check_bases(bases, weight.shape[2] * weight.shape[3], "scheme1", "weight")
     with single_thread(weight.device):
         return _solve_scheme1(weight, bases, o)
 
@@ -193,8 +202,14 @@ def _solve_scheme1(weight: torch.Tensor, bases: int, o: dict):
     b = s @ s.T + RIDGE * torch.eye(bases, dtype=s.dtype, device=s.device)
     a = torch.linalg.solve(b, s @ x.T).T  # final A = X S^T B^-1, (N*C, M)
     info = {
-        "lambda": {"schedule": o["lam_schedule"], "start": o["lam_start"], "end": o["lam_end"],
-                   "steps": o["lam_steps"], "values": lams, "scale": float(energy)},
+        "lambda": {
+            "schedule": o["lam_schedule"],
+            "start": o["lam_start"],
+            "end": o["lam_end"],
+            "steps": o["lam_steps"],
+            "values": lams,
+            "scale": float(energy),
+        },
         "init": o["init"],
         "refine_iters": o["refine_iters"],
         "rank1_energy": rank1_energy.tolist(),
@@ -203,7 +218,7 @@ def _solve_scheme1(weight: torch.Tensor, bases: int, o: dict):
     return v, h, a.reshape(n, c, bases), info
 
 
-class LowRankExpConvV1(LowRankConv):
+class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", aliases=(1, "1")):
     """Scheme 1 with parameters v (M, kh), h (M, kw), a (N, C, M) and optional bias (N).
 
     Forward (textbook execution, three standard convs):
@@ -214,11 +229,22 @@ class LowRankExpConvV1(LowRankConv):
     resolution) against N*C*kh*kw dense, so macs_speedup = N*kh*kw / (M*(kh + kw + N)).
     """
 
-    scheme = 1
+    options = DEFAULTS
     default_strategy = scheme1_exec.DEFAULT
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, bases: int, stride=1, padding=0,
-                 dilation=1, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        bases: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
         g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
         super().__init__(g, bases)
         kh, kw = g.kernel_size
@@ -246,14 +272,30 @@ class LowRankExpConvV1(LowRankConv):
         kh, kw = geometry.kernel_size
         return kh * kw
 
-    @staticmethod
-    def theoretical_speedup(geometry: ConvGeometry, bases: int) -> float:
-        n, (kh, kw) = geometry.out_channels, geometry.kernel_size
-        return n * kh * kw / (bases * (kh + kw + n))
+    @classmethod
+    def macs(cls, geometry: ConvGeometry, bases: int) -> float:
+        c, n, (kh, kw) = geometry.in_channels, geometry.out_channels, geometry.kernel_size
+        return c * bases * (kh + kw + n)
 
-    @staticmethod
-    def check_options(**solver_options) -> dict:
-        return check_options(**solver_options)
+    @classmethod
+    def planner_ranks(cls, geometry: ConvGeometry) -> list[int]:
+        """M = 1 .. min(kh*kw - 1, MAX_PLANNER_BASES): every M, the grid being small."""
+        kh, kw = geometry.kernel_size
+        return list(range(1, min(kh * kw - 1, MAX_PLANNER_BASES) + 1))
+
+    @classmethod
+    def _check_options(cls, options: dict, name) -> None:
+        check_options(options, name)
+
+    @classmethod
+    def unused_options(cls, options: dict) -> dict[str, str]:
+        if options["lam_schedule"] != "fixed":
+            return {}
+        return {
+            k: "a fixed lambda schedule uses lam_start only"
+            for k in ("lam_end", "lam_steps")
+            if options[k] != DEFAULTS[k]
+        }
 
     def fit_filters(self, weight: torch.Tensor, **solver_options) -> dict:
         v, h, a, info = solve_scheme1(weight, self.bases, **solver_options)

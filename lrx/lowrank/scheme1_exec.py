@@ -20,7 +20,7 @@ move memory differently, which is what decides speed for the memory-bound depthw
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrx.lowrank import scheme1
-from lrx.lowrank.base import ConvGeometry, LowRankConv, check_bases, solve_dtype
+from lrx.lowrank.base import ConvGeometry, LowRankConv, check_bases, single_thread, solve_dtype
 
 
 def solve_scheme2(weight: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,13 +25,14 @@ def solve_scheme2(weight: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch
     changes the error by far less than float32 weight precision.
     """
     n, c, kh, kw = weight.shape
-    check_bases(bases, min(c * kh, n * kw), 2, "weight")
+    check_bases(bases, min(c * kh, n * kw), "scheme2", "weight")
     wm = weight.to(solve_dtype(weight.device)).permute(1, 2, 0, 3).reshape(c * kh, n * kw)
     transpose = wm.shape[0] > wm.shape[1]
     if transpose:  # work on the side with the smaller Gram matrix
         wm = wm.T
     gram = (wm @ wm.T).to(torch.promote_types(weight.dtype, torch.float32))
-    u = torch.linalg.eigh(gram)[1][:, -bases:].flip(1).to(wm.dtype)  # top-K left singular vectors
+    with single_thread(weight.device):
+        u = torch.linalg.eigh(gram)[1][:, -bases:].flip(1).to(wm.dtype)  # top-K left singular vectors
     b = u.T @ wm  # (K, cols) = diag(s) @ Vh, rows of norm s_k
     root_s = torch.linalg.norm(b, dim=1).sqrt()
     left = u * root_s  # U sqrt(s)
@@ -44,7 +44,7 @@ def solve_scheme2(weight: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch
     return vertical, horizontal
 
 
-class LowRankExpConvV2(LowRankConv):
+class LowRankExpConvV2(LowRankConv, method="scheme2", label="s2", letter="K", aliases=(2, "2")):
     """Scheme 2: ``vertical`` nn.Conv2d C -> K (kh x 1, row stride/padding/dilation, no bias), then
     ``horizontal`` nn.Conv2d K -> N (1 x kw, column stride/padding/dilation, the bias).
 
@@ -52,10 +52,19 @@ class LowRankExpConvV2(LowRankConv):
     N*C*kh*kw dense, so macs_speedup = N*C*kh*kw / (K*(C*kh + N*kw)).
     """
 
-    scheme = 2
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, bases: int, stride=1, padding=0,
-                 dilation=1, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        bases: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
         g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
         super().__init__(g, bases)
         kh, kw = g.kernel_size
@@ -72,20 +81,12 @@ class LowRankExpConvV2(LowRankConv):
         kh, kw = geometry.kernel_size
         return min(geometry.in_channels * kh, geometry.out_channels * kw)
 
-    @staticmethod
-    def theoretical_speedup(geometry: ConvGeometry, bases: int) -> float:
+    @classmethod
+    def macs(cls, geometry: ConvGeometry, bases: int) -> float:
         c, n, (kh, kw) = geometry.in_channels, geometry.out_channels, geometry.kernel_size
-        return n * c * kh * kw / (bases * (c * kh + n * kw))
+        return bases * (c * kh + n * kw)
 
-    @staticmethod
-    def check_options(**solver_options) -> dict:
-        """Scheme 2 is solved exactly and has no options. Scheme 1's (lam_*, iters, ...) are
-        accepted, checked and ignored, so one config can drive both schemes."""
-        scheme1.check_options(**solver_options)
-        return {}
-
-    def fit_filters(self, weight: torch.Tensor, **solver_options) -> dict:
-        self.check_options(**solver_options)
+    def fit_filters(self, weight: torch.Tensor) -> dict:
         vertical, horizontal = solve_scheme2(weight, self.bases)
         with torch.no_grad():
             self.vertical.weight.copy_(vertical.unsqueeze(3))  # (K, C, kh, 1)
@@ -101,8 +102,9 @@ class LowRankExpConvV2(LowRankConv):
         # by a grouped conv with one-hot kernels, so any padding the pass accepts works: (B, K*kw, L)
         hp, kw = self.horizontal, self.geometry.kernel_size[1]
         taps = torch.eye(kw, dtype=x.dtype, device=x.device).repeat(self.bases, 1)[:, None, None, :]
-        z = F.conv2d(self.vertical(x), taps, groups=self.bases, stride=hp.stride, padding=hp.padding,
-                     dilation=hp.dilation)
+        z = F.conv2d(
+            self.vertical(x), taps, groups=self.bases, stride=hp.stride, padding=hp.padding, dilation=hp.dilation
+        )
         return z.flatten(2)
 
     def set_final(self, final: torch.Tensor, bias: torch.Tensor | None) -> None:

@@ -1,8 +1,8 @@
 """Layer surgery: choose convs of a model, check the whole request, replace them in place.
 
-    plan = validate(model, "conv*", scheme=2, bases=32)        # everything checked, nothing solved
-    records = decompose(model, ["conv2", 3], scheme=1, bases={"conv2": 8, "conv3": 4})
-    records = decompose(model, "all", scheme="tucker2", bases=None, rank_selection="vbmf")
+    plan = validate(model, "conv*", "scheme2", bases=32)        # everything checked, nothing solved
+    records = decompose(model, ["conv2", 3], "scheme1", bases={"conv2": 8, "conv3": 4})
+    records = decompose(model, "all", "tucker2", bases="vbmf")
 
 Every error is a DecompositionError (a ValueError) naming the bad value and what would be valid,
 raised before any layer is solved or replaced.
@@ -13,17 +13,7 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
-from lrx.lowrank.base import ConvGeometry, DecompositionError, LowRankConv, check_conv, check_finite, is_decomposable
-from lrx.lowrank.cp import CPConv
-from lrx.lowrank.scheme1 import LowRankExpConvV1
-from lrx.lowrank.scheme2 import LowRankExpConvV2
-from lrx.lowrank.tucker2 import Tucker2Conv
-from lrx.lowrank.vbmf import tucker2_ranks
-
-# The paper's two schemes, and two peer decompositions as baselines.
-SCHEMES: dict[int | str, type[LowRankConv]] = {1: LowRankExpConvV1, 2: LowRankExpConvV2, "tucker2": Tucker2Conv,
-                                               "cp": CPConv}
-RANK_SELECTIONS = (None, "vbmf")
+from lrx.lowrank.base import ConvGeometry, DecompositionError, check_conv, check_finite, is_decomposable, method_class
 
 
 def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -33,6 +23,18 @@ def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 def _valid(model: nn.Module) -> str:
     names = [name for name, conv in _convs(model) if is_decomposable(conv)]
     return f"valid conv layers: {names}" if names else "the model has no decomposable conv layer"
+
+
+def skipped_convs(model: nn.Module) -> dict[str, str]:
+    """Every nn.Conv2d that no method can decompose, with the reason (grouped or depthwise, 1x1,
+    a kernel side of 1, non-zero padding mode)."""
+    skipped = {}
+    for name, conv in _convs(model):
+        try:
+            check_conv(conv, name)
+        except DecompositionError as e:
+            skipped[name] = str(e)
+    return skipped
 
 
 def select_convs(model: nn.Module, layers) -> list[tuple[str, nn.Conv2d]]:
@@ -59,7 +61,8 @@ def select_convs(model: nn.Module, layers) -> list[tuple[str, nn.Conv2d]]:
             if not 1 <= item <= len(convs):
                 raise DecompositionError(
                     f"conv index {item} is out of range: the model has {len(convs)} nn.Conv2d (1-based "
-                    f"indices 1..{len(convs)}); {_valid(model)}")
+                    f"indices 1..{len(convs)}); {_valid(model)}"
+                )
             name, conv = convs[item - 1]
             check_conv(conv, name)
             chosen.add(name)
@@ -76,7 +79,8 @@ def select_convs(model: nn.Module, layers) -> list[tuple[str, nn.Conv2d]]:
             chosen.add(item)
         else:
             raise DecompositionError(
-                f"layer selector {item!r} ({type(item).__name__}): use a name, a glob, a 1-based index or 'all'")
+                f"layer selector {item!r} ({type(item).__name__}): use a name, a glob, a 1-based index or 'all'"
+            )
     return [(name, conv) for name, conv in convs if name in chosen]
 
 
@@ -91,38 +95,26 @@ def resolve_bases(selected_names: list[str], bases) -> list[int]:
         if unknown or missing:
             raise DecompositionError(
                 f"bases mapping must name exactly the selected layers {selected_names}; "
-                f"unknown: {unknown}, missing: {missing}")
+                f"unknown: {unknown}, missing: {missing}"
+            )
         return [bases[name] for name in selected_names]
     if isinstance(bases, (list, tuple)):
         if len(bases) != len(selected_names):
             raise DecompositionError(
                 f"bases list has length {len(bases)} but {len(selected_names)} layers are selected "
-                f"{selected_names}: give one value per layer, a single int, or a mapping")
+                f"{selected_names}: give one value per layer, a single int, or a mapping"
+            )
         return list(bases)
     return [bases] * len(selected_names)
 
 
-def validate(model: nn.Module, layers, scheme: int | str, bases, rank_selection: str | None = None,
-             **solver_options) -> list[tuple[str, nn.Conv2d, int | tuple[int, int] | None]]:
-    """Check a whole decomposition request without solving anything: the layer selection, the
-    scheme, every layer's bases against its full rank (Scheme 1: kh*kw; Scheme 2: min(C*kh, N*kw);
-    Tucker-2: an int or a pair (R_in, R_out) up to (C, N); CP: the smallest product of all kernel
-    sizes but one) and the solver options. Returns the plan [(name, conv, bases)].
-
-    ``rank_selection='vbmf'`` (Tucker-2 only) ignores ``bases``: each layer's ranks are chosen by
-    VBMF from its weight when it is decomposed, so the plan holds None for them."""
-    if scheme not in SCHEMES:
-        raise DecompositionError(f"scheme={scheme!r}; valid: {', '.join(map(repr, SCHEMES))}")
-    if rank_selection not in RANK_SELECTIONS:
-        raise DecompositionError(f"rank_selection={rank_selection!r}; valid: None (use bases) or 'vbmf'")
-    if rank_selection == "vbmf" and scheme != "tucker2":
-        raise DecompositionError(f"rank_selection='vbmf' chooses Tucker-2 ranks; it needs scheme='tucker2', "
-                                 f"not scheme={scheme!r}")
-    cls = SCHEMES[scheme]
-    cls.check_options(**solver_options)
+def validate(model: nn.Module, layers, method, bases, **options) -> list[tuple[str, nn.Conv2d, object]]:
+    """Check a whole decomposition request without solving anything: the method, the layer
+    selection, every layer's bases against its full rank (the method's ``valid_bases``) and the
+    method's options. Returns the plan [(name, conv, bases)]."""
+    cls = method_class(method)
+    cls.check_options(options)
     selected = select_convs(model, layers)
-    if rank_selection == "vbmf":
-        return [(name, conv, None) for name, conv in selected]
     names = [name for name, _ in selected]
     plan = []
     for (name, conv), b in zip(selected, resolve_bases(names, bases)):
@@ -131,30 +123,29 @@ def validate(model: nn.Module, layers, scheme: int | str, bases, rank_selection:
     return plan
 
 
-def decompose(model: nn.Module, layers, scheme: int | str, bases, rank_selection: str | None = None,
-              **solver_options) -> list[dict]:
+def decompose(model: nn.Module, layers, method, bases, **options) -> list[dict]:
     """Validate the request, then replace each selected conv of ``model`` in place by a layer of
-    ``SCHEMES[scheme]`` (Scheme 1 LowRankExpConvV1, Scheme 2 LowRankExpConvV2, 'tucker2'
-    Tucker2Conv, 'cp' CPConv) fitted to its weight, with ranks from VBMF if ``rank_selection``
-    is 'vbmf'.
+    the registered ``method`` (lrx.lowrank.METHODS) fitted to its weight.
 
-    Returns one JSON-serialisable record per replaced layer: name, shape [N, C, kh, kw], scheme,
-    bases, rel_error, macs_speedup, solve_time_s, and the scheme's solver info: lambda (Scheme 1
-    schedule info, None for Scheme 2), for Scheme 1 rank1_energy, init and refine_iters, for
-    Tucker-2 hooi_iters, for CP iters. The per-round objective history stays in the new layer's
-    ``report``. A NaN/Inf in a selected layer's weight or bias is a DecompositionError naming the
-    layer, raised before any layer is replaced.
+    Returns one JSON-serialisable record per replaced layer: name, shape [N, C, kh, kw], method,
+    bases, rel_error, macs_speedup, solve_time_s, and the method's solver info (Scheme 1: lambda,
+    rank1_energy, init, refine_iters; Tucker-2: hooi_iters; CP: iters). The per-round objective
+    history stays in the new layer's ``report``. A NaN/Inf in a selected layer's weight or bias is
+    a DecompositionError naming the layer, raised before any layer is replaced.
     """
-    plan = validate(model, layers, scheme, bases, rank_selection, **solver_options)
+    plan = validate(model, layers, method, bases, **options)
     for name, conv, _ in plan:
         check_finite(conv, name)
+    cls = method_class(method)
     records = []
     for name, conv, b in plan:
-        if rank_selection == "vbmf":
-            b = tucker2_ranks(conv.weight)
-        layer = SCHEMES[scheme].from_conv(conv, b, **solver_options)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer)
-        report = {k: v for k, v in layer.report.items() if k != "history"}
-        records.append({"name": name, "shape": list(conv.weight.shape), **report})
+        layer = cls.from_conv(conv, b, **options)
+        model.set_submodule(name, layer)
+        records.append(layer_record(name, conv, layer))
     return records
+
+
+def layer_record(name: str, conv: nn.Conv2d, layer) -> dict:
+    """What results.json keeps of a replaced layer: its name, the conv's shape and the layer's
+    report without the per-round history."""
+    return {"name": name, "shape": list(conv.weight.shape), **{k: v for k, v in layer.report.items() if k != "history"}}

@@ -15,22 +15,34 @@ of (W x_1 U_in^T)_(0), each the exact maximiser of ||G||^2 given the other, so t
 non-increasing. Ranks (C, N) reproduce W exactly.
 """
 
+import math
+
 import torch
 from torch import nn
 
-from lrx.lowrank import scheme1
-from lrx.lowrank.base import (ConvGeometry, DecompositionError, PointwiseOutConv, converged, is_int, single_thread,
-                              solve_dtype, top_left_singular_vectors)
+from lrx.lowrank.base import (
+    ConvGeometry,
+    DecompositionError,
+    PointwiseOutConv,
+    converged,
+    is_int,
+    single_thread,
+    solve_dtype,
+    top_left_singular_vectors,
+)
+from lrx.lowrank.vbmf import tucker2_ranks
+
+VBMF = "vbmf"  # bases that VBMF chooses per layer from its weight (Kim et al.)
 
 # HOOI rounds at most after the HOSVD, and the stop: a round that lowers ||W - W_hat||^2 by less
-# than TOL (relative). Trained AlexNetCIFAR conv3 (192, 128, 3, 3) at ranks (64, 64): relative
-# error 0.4352 after the HOSVD, 0.4260 after 2 rounds, 0.4256 after 10 and after 30.
+# than TOL (relative); how they were chosen: docs/SOLVERS.md.
 HOOI_ITERS = 10
 TOL = 1e-4
 
 
-def solve_tucker2(weight: torch.Tensor, ranks: tuple[int, int], iters: int = HOOI_ITERS,
-                  tol: float = TOL) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+def solve_tucker2(
+    weight: torch.Tensor, ranks: tuple[int, int], iters: int = HOOI_ITERS, tol: float = TOL
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """HOSVD + HOOI of ``weight`` (N, C, kh, kw) at ranks (R_in, R_out).
 
     Returns U_in (C, R_in), G (R_out, R_in, kh, kw), U_out (N, R_out) (float64 on weight's device)
@@ -62,7 +74,7 @@ def _solve_tucker2(weight: torch.Tensor, r_in: int, r_out: int, iters: int, tol:
     return u_in, core, u_out, {"hooi_iters": len(history) - 1, "history": history}
 
 
-class Tucker2Conv(PointwiseOutConv):
+class Tucker2Conv(PointwiseOutConv, method="tucker2"):
     """Tucker-2 with ``bases`` = (R_in, R_out) (one int: both): ``pointwise_in`` nn.Conv2d C -> R_in
     (1x1, no bias), ``core`` nn.Conv2d R_in -> R_out (kh x kw, the original stride/padding/dilation,
     no bias), ``pointwise_out`` nn.Conv2d R_out -> N (1x1, the bias).
@@ -71,17 +83,31 @@ class Tucker2Conv(PointwiseOutConv):
     resolution) against N*C*kh*kw dense.
     """
 
-    scheme = "tucker2"
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, bases, stride=1, padding=0,
-                 dilation=1, bias: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        bases,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        if bases == VBMF:
+            raise DecompositionError(
+                "bases='vbmf' is chosen from a weight by VBMF: use Tucker2Conv.from_conv(conv, 'vbmf')"
+            )
         g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
         super().__init__(g, bases)
         r_in, r_out = self.bases
         factory = dict(device=device, dtype=dtype)
         self.pointwise_in = nn.Conv2d(in_channels, r_in, 1, bias=False, **factory)
-        self.core = nn.Conv2d(r_in, r_out, g.kernel_size, stride=g.stride, padding=g.padding, dilation=g.dilation,
-                              bias=False, **factory)
+        self.core = nn.Conv2d(
+            r_in, r_out, g.kernel_size, stride=g.stride, padding=g.padding, dilation=g.dilation, bias=False, **factory
+        )
         self.pointwise_out = nn.Conv2d(r_out, out_channels, 1, bias=bias, **factory)
 
     @staticmethod
@@ -89,31 +115,40 @@ class Tucker2Conv(PointwiseOutConv):
         return geometry.in_channels, geometry.out_channels
 
     @classmethod
-    def valid_bases(cls, geometry: ConvGeometry, bases, name: str = "conv") -> tuple[int, int]:
-        """One int for both ranks, or a pair (R_in, R_out); returns the pair."""
+    def valid_bases(cls, geometry: ConvGeometry, bases, name: str = "conv") -> tuple[int, int] | str:
+        """One int for both ranks, a pair (R_in, R_out), or 'vbmf' (chosen from the weight by
+        VBMF when the layer is fitted); returns the pair, or 'vbmf'."""
+        if bases == VBMF:
+            return bases
         c, n = cls.full_rank(geometry)
         pair = (bases, bases) if is_int(bases) else tuple(bases) if isinstance(bases, (list, tuple)) else ()
         if len(pair) != 2 or not all(is_int(r) for r in pair) or not (1 <= pair[0] <= c and 1 <= pair[1] <= n):
             raise DecompositionError(
-                f"{name!r}: bases={bases!r} is invalid for scheme 'tucker2'; valid: an integer in [1, {min(c, n)}] "
-                f"(both ranks) or a pair (R_in, R_out) with R_in in [1, {c}] and R_out in [1, {n}]")
+                f"{name!r}: bases={bases!r} is invalid for method 'tucker2'; valid: an integer in [1, {min(c, n)}] "
+                f"(both ranks), a pair (R_in, R_out) with R_in in [1, {c}] and R_out in [1, {n}], or {VBMF!r}"
+            )
         return pair
 
-    @staticmethod
-    def theoretical_speedup(geometry: ConvGeometry, bases: tuple[int, int]) -> float:
+    @classmethod
+    def bases_for_weight(cls, weight: torch.Tensor, bases) -> tuple[int, int]:
+        return tucker2_ranks(weight) if bases == VBMF else bases
+
+    @classmethod
+    def macs(cls, geometry: ConvGeometry, bases: tuple[int, int]) -> float:
         c, n, (kh, kw) = geometry.in_channels, geometry.out_channels, geometry.kernel_size
         r_in, r_out = bases
-        return n * c * kh * kw / (c * r_in + r_in * r_out * kh * kw + r_out * n)
+        return c * r_in + r_in * r_out * kh * kw + r_out * n
 
-    @staticmethod
-    def check_options(**solver_options) -> dict:
-        """Tucker-2 has no options. Scheme 1's are accepted, checked and ignored, so one config can
-        drive every scheme."""
-        scheme1.check_options(**solver_options)
-        return {}
+    @classmethod
+    def bases_for_speedup(cls, geometry: ConvGeometry, target: float) -> tuple[int, int]:
+        """The largest (R_in, R_out) = (t*C, t*N), rounded down, whose theoretical speed-up is >=
+        target: t solves C*N*kh*kw t^2 + (C^2 + N^2) t = N*C*kh*kw / target."""
+        c, n, (kh, kw) = geometry.in_channels, geometry.out_channels, geometry.kernel_size
+        a, b = c * n * kh * kw, c * c + n * n
+        t = (math.sqrt(b * b + 4 * a * a / target) - b) / (2 * a)
+        return max(1, int(t * c)), max(1, int(t * n))
 
-    def fit_filters(self, weight: torch.Tensor, **solver_options) -> dict:
-        self.check_options(**solver_options)
+    def fit_filters(self, weight: torch.Tensor) -> dict:
         u_in, core, u_out, info = solve_tucker2(weight, self.bases)
         with torch.no_grad():
             self.pointwise_in.weight.copy_(u_in.T[:, :, None, None])  # (R_in, C, 1, 1)
@@ -123,8 +158,12 @@ class Tucker2Conv(PointwiseOutConv):
 
     def dense_weight(self) -> torch.Tensor:
         # W[n, c, y, x] = sum_{r, s} U_out[n, r] G[r, s, y, x] U_in[c, s]
-        return torch.einsum("nr,rsyx,sc->ncyx", self.pointwise_out.weight[:, :, 0, 0], self.core.weight,
-                            self.pointwise_in.weight[:, :, 0, 0])
+        return torch.einsum(
+            "nr,rsyx,sc->ncyx",
+            self.pointwise_out.weight[:, :, 0, 0],
+            self.core.weight,
+            self.pointwise_in.weight[:, :, 0, 0],
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.core(self.pointwise_in(x))

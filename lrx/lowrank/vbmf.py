@@ -31,8 +31,12 @@ def _free_energy(sigma2: float, s2: torch.Tensor, m: int, alpha: float, x_bar: f
     x = s2 / (m * sigma2)
     small, big = x[x <= x_bar], x[x > x_bar]
     tau = 0.5 * (big - (1 + alpha) + ((big - (1 + alpha)) ** 2 - 4 * alpha).sqrt())
-    return float((small - small.log()).sum() + (big - tau).sum() + ((tau + 1) / big).log().sum()
-                 + alpha * (tau / alpha + 1).log().sum())
+    return float(
+        (small - small.log()).sum()
+        + (big - tau).sum()
+        + ((tau + 1) / big).log().sum()
+        + alpha * (tau / alpha + 1).log().sum()
+    )
 
 
 def _argmin(f, low: float, high: float) -> float:
@@ -62,14 +66,14 @@ def evbmf_rank(mat: torch.Tensor) -> int:
 def _evbmf_rank(y: torch.Tensor) -> int:
     if y.shape[0] > y.shape[1]:
         y = y.T
-    l, m = y.shape
+    rows, m = y.shape
     s2 = torch.linalg.svdvals(y) ** 2
-    alpha = l / m
+    alpha = rows / m
     tau_bar = 2.5129 * math.sqrt(alpha)
     x_bar = (1 + tau_bar) * (1 + alpha / tau_bar)
     # the search bounds of the reference implementation
-    tail = min(math.ceil(l / (1 + alpha)) - 1, l)  # first index of the presumed noise tail
-    upper = float(s2.sum()) / (l * m)
+    tail = min(math.ceil(rows / (1 + alpha)) - 1, rows)  # first index of the presumed noise tail
+    upper = float(s2.sum()) / (rows * m)
     lower = max(float(s2[tail]) / (m * x_bar), float(s2[tail:].mean()) / m)
     sigma2 = _argmin(lambda v: _free_energy(v, s2, m, alpha, x_bar), lower, upper)
     return max(1, int((s2 > m * sigma2 * x_bar).sum()))

@@ -1,0 +1,272 @@
+"""The config's schema, checked before any work: every group's keys, types, ranges and allowed
+values, and the combinations.
+
+:func:`check` runs first in every run (nothing is read, trained, solved or written before it).
+A bad value is a :class:`ConfigError` that names the full key, the value and what would be
+valid. A key that has no effect in the chosen combination is an error too; in a sweep, where one
+config drives several methods, it is instead one warning that lists the ignored keys (the run
+keeps them in ``results.json`` as ``ignored_keys``).
+
+Groups that are off are absent (``decomp=none`` has no ``decomp.bases``, ``data_recon`` and
+``finetune`` are absent unless selected, ``planner`` comes only with ``decomp=plan``), so Hydra
+itself refuses a key set for them; the checks here catch what gets in through ``+key=value``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lrx.latency import MEMORY_FORMATS
+from lrx.lowrank import METHODS, method_class
+from lrx.lowrank.base import DecompositionError, is_int
+from lrx.lowrank.data_recon import MODES, OPTIMIZERS
+from lrx.module import LOSSES
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
+DECOMP_KEYS = {"method", "layers", "bases"}  # every other key of a method's decomp node is its option
+PLAN_ERRORS = ("data", "kl", "filter")
+PLAN_METRICS = ("macs", "latency")
+PLANNER_KEYS = {"target_speedup", "metric", "error", "samples", "methods", "options"}
+DATA_RECON_KEYS = {"mode", "batches", "holdout_batches", "lstsq", "batch_size", "steps", "lr", "optimizer"}
+FINETUNE_KEYS = {"epochs", "loss", "optimizer", "scheduler"}
+KD_KEYS = {"temperature", "kd_alpha"}
+LATENCY_KEYS = {"batch_sizes", "memory_format", "warmup", "repeats", "guard"}
+
+
+class ConfigError(ValueError):
+    """A config value that is invalid, or has no effect in this combination."""
+
+
+def _bad(key: str, value, valid: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is invalid; valid: {valid}")
+
+
+def _int(node: Mapping, group: str, key: str, low: int) -> None:
+    value = node[key]
+    if not is_int(value) or value < low:
+        raise _bad(f"{group}.{key}", value, f"an integer >= {low}")
+
+
+def _number(node: Mapping, group: str, key: str, low: float, strict: bool = False) -> None:
+    value = node[key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value > low if strict else value >= low)
+    if not ok:
+        raise _bad(f"{group}.{key}", value, f"a number {'>' if strict else '>='} {low:g}")
+
+
+def _choice(node: Mapping, group: str, key: str, valid) -> None:
+    if node[key] not in valid:
+        raise _bad(f"{group}.{key}", node[key], ", ".join(map(str, valid)))
+
+
+def _bool(node: Mapping, group: str, key: str) -> None:
+    if not isinstance(node[key], bool):
+        raise _bad(f"{group}.{key}", node[key], "true or false")
+
+
+def _keys(node: Mapping, group: str, allowed: set, why: str = "") -> None:
+    """Every key present and none unknown: an unknown one would be silently ignored."""
+    unknown = sorted(set(node) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{group}.{unknown[0]} is not a setting of {group}{why}; valid keys: {', '.join(sorted(allowed))}"
+        )
+    missing = sorted(allowed - set(node))
+    if missing:
+        raise ConfigError(
+            f"{group}.{missing[0]} is missing (select the group, e.g. {group}=default, "
+            f"instead of setting single keys with +)"
+        )
+
+
+def flat_options(node: Mapping, prefix: str) -> tuple[dict, dict]:
+    """A method's config options as solver keywords (``lam.schedule`` -> ``lam_schedule``), and
+    each keyword's full config key for error messages."""
+    options, names = {}, {}
+
+    def walk(sub: Mapping, path: list[str]) -> None:
+        for k, v in sub.items():
+            if isinstance(v, Mapping):
+                walk(v, [*path, k])
+            else:
+                keyword = "_".join([*path, k])
+                options[keyword], names[keyword] = v, ".".join([prefix, *path, k])
+
+    walk(node, [])
+    return options, names
+
+
+def method_options(node: Mapping, prefix: str = "decomp") -> dict:
+    """The solver options of the method ``node`` configures (its keys but method, layers, bases),
+    checked by the method itself; errors name the config keys."""
+    cls = method_class(node["method"])
+    options, names = flat_options({k: v for k, v in node.items() if k not in DECOMP_KEYS}, prefix)
+    try:
+        cls.check_options(options, names)
+    except DecompositionError as e:
+        raise ConfigError(str(e)) from None
+    return options
+
+
+def _defaults(group: str, option: str) -> dict:
+    """The values of ``conf/<group>/<option>.yaml`` (what a key is when nobody set it)."""
+    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
+
+
+def _changed(node: Mapping, defaults: Mapping, key: str) -> bool:
+    return key in node and key in defaults and node[key] != defaults[key]
+
+
+def _check_decomp(c: dict, ignored: list[str]) -> None:
+    d = c["decomp"]
+    method = d.get("method")
+    valid = f"{', '.join(METHODS)}, {PLAN} or {KEEP}"
+    if method == KEEP:
+        _keys(d, "decomp", {"method"}, " with decomp=none (the baseline is kept, nothing is replaced)")
+        return
+    if method == PLAN:
+        _keys(d, "decomp", {"method", "layers"}, " with decomp=plan (the planner chooses methods and bases)")
+        if "planner" not in c:
+            raise ConfigError("decomp=plan needs the planner group (select decomp=plan, which adds it)")
+        return
+    try:
+        cls = method_class(method)
+    except DecompositionError:
+        raise _bad("decomp.method", method, valid) from None
+    for key in ("layers", "bases"):
+        if key not in d:
+            raise ConfigError(f"decomp.{key} is missing for decomp.method={method}")
+    options = method_options(d)
+    _, names = flat_options({k: v for k, v in d.items() if k not in DECOMP_KEYS}, "decomp")
+    ignored += [f"{names[k]} ({why})" for k, why in cls.unused_options(cls.check_options(options)).items()]
+
+
+def _check_planner(c: dict, ignored: list[str]) -> None:
+    p = c.get("planner")
+    if p is None:
+        return
+    if c["decomp"].get("method") != PLAN:
+        raise ConfigError(
+            f"planner.* is set but decomp={c['decomp'].get('method')}: the planner runs with decomp=plan only"
+        )
+    _keys(p, "planner", PLANNER_KEYS)
+    t = p["target_speedup"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 1:
+        raise _bad("planner.target_speedup", t, "a number > 1")
+    _choice(p, "planner", "metric", PLAN_METRICS)
+    _choice(p, "planner", "error", PLAN_ERRORS)
+    _int(p, "planner", "samples", 1)
+    methods = p["methods"]
+    if not isinstance(methods, list) or not methods:
+        raise _bad("planner.methods", methods, f"a non-empty list of {', '.join(METHODS)}")
+    for m in methods:
+        try:
+            method_class(m)
+        except DecompositionError:
+            raise _bad("planner.methods", methods, f"a non-empty list of {', '.join(METHODS)}") from None
+    chosen = {method_class(m).method for m in methods}
+    if not isinstance(p["options"], Mapping):
+        raise _bad("planner.options", p["options"], "a mapping {method: {option: value}}")
+    for name, opts in p["options"].items():
+        try:
+            cls = method_class(name)
+        except DecompositionError:
+            raise _bad("planner.options", name, f"options keyed by method: {', '.join(METHODS)}") from None
+        options = method_options({"method": name, **opts}, f"planner.options.{name}")
+        _, names = flat_options(opts, f"planner.options.{name}")
+        ignored += [f"{names[k]} ({why})" for k, why in cls.unused_options(cls.check_options(options)).items()]
+        if cls.method not in chosen:
+            ignored.append(f"planner.options.{name} ({name} is not among planner.methods={methods})")
+    if p["error"] == "filter" and _changed(p, _defaults("planner", "default"), "samples"):
+        ignored.append("planner.samples (planner.error=filter uses no images)")
+
+
+def _check_data_recon(c: dict, ignored: list[str]) -> None:
+    r = c.get("data_recon")
+    if r is None:
+        return
+    _keys(r, "data_recon", DATA_RECON_KEYS)
+    _choice(r, "data_recon", "mode", MODES)
+    _choice(r, "data_recon", "optimizer", OPTIMIZERS)
+    _int(r, "data_recon", "batches", 1)
+    _int(r, "data_recon", "holdout_batches", 0)
+    if r["holdout_batches"] >= r["batches"]:
+        raise ConfigError(
+            f"data_recon.holdout_batches={r['holdout_batches']} leaves no fitting batch of "
+            f"data_recon.batches={r['batches']}; valid: holdout_batches < batches"
+        )
+    _int(r, "data_recon", "batch_size", 1)
+    _int(r, "data_recon", "steps", 0)
+    _number(r, "data_recon", "lr", 0, strict=True)
+    _bool(r, "data_recon", "lstsq")
+    if not r["lstsq"] and r["steps"] == 0:
+        raise ConfigError(
+            "data_recon.lstsq=false with data_recon.steps=0 does nothing; valid: lstsq=true or steps >= 1"
+        )
+    if r["steps"] == 0:
+        defaults = _defaults("data_recon", "default")
+        ignored += [
+            f"data_recon.{k} (data_recon.steps=0: no gradient steps)"
+            for k in ("lr", "optimizer")
+            if _changed(r, defaults, k)
+        ]
+
+
+def _check_finetune(c: dict) -> None:
+    f = c.get("finetune")
+    if f is None:
+        return
+    _choice(f, "finetune", "loss", LOSSES)
+    _keys(
+        f,
+        "finetune",
+        FINETUNE_KEYS | (KD_KEYS if f["loss"] == "kd" else set()),
+        " with finetune.loss=ce" if f["loss"] == "ce" else "",
+    )
+    _int(f, "finetune", "epochs", 1)
+    if f["loss"] == "kd":
+        _number(f, "finetune", "temperature", 0, strict=True)
+        a = f["kd_alpha"]
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
+            raise _bad("finetune.kd_alpha", a, "a number in [0, 1]")
+    for key in ("optimizer", "scheduler"):
+        if f[key] is not None and (not isinstance(f[key], Mapping) or "_target_" not in f[key]):
+            raise _bad(f"finetune.{key}", f[key], "a Hydra partial with _target_ (or null for the scheduler)")
+
+
+def _check_latency(c: dict) -> None:
+    lat = c["latency"]
+    _keys(lat, "latency", LATENCY_KEYS)
+    sizes = lat["batch_sizes"]
+    if not isinstance(sizes, list) or not sizes or not all(is_int(b) and b >= 1 for b in sizes):
+        raise _bad("latency.batch_sizes", sizes, "a non-empty list of integers >= 1, e.g. [1, 32]")
+    _choice(lat, "latency", "memory_format", tuple(MEMORY_FORMATS))
+    _int(lat, "latency", "warmup", 0)
+    _int(lat, "latency", "repeats", 1)
+    _bool(lat, "latency", "guard")
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The job's config as plain values, interpolations resolved (Hydra's own node left out)."""
+    return {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k != "hydra"
+    }
+
+
+def check(cfg: DictConfig) -> list[str]:
+    """Check the whole config; returns the keys that have no effect in this combination (the
+    caller decides: an error in a single run, a warning in a sweep)."""
+    c = resolved(cfg)
+    ignored: list[str] = []
+    _check_decomp(c, ignored)
+    _check_planner(c, ignored)
+    _check_data_recon(c, ignored)
+    _check_finetune(c)
+    _check_latency(c)
+    return ignored

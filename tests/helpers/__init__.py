@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules (plain functions and fixtures, imported by name)."""

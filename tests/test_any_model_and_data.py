@@ -1,0 +1,88 @@
+"""The pipeline end to end on networks and data it was not written for: a torchvision ResNet-18 on
+FakeData, and an ImageFolder tree of PNGs the test makes."""
+
+import numpy as np
+import pytest
+from omegaconf import open_dict
+from PIL import Image
+
+from lrx.pipeline import prepare, run
+from tests.conftest import compose_cfg
+
+FEW = [
+    "model.epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "latency.batch_sizes=[4]",
+    "latency.warmup=1",
+    "latency.repeats=2",
+    "logger=none",
+    "callbacks.cost=null",
+]
+
+
+def _run(tmp_path, overrides: list[str]) -> dict:
+    cfg = compose_cfg([*overrides, *FEW, f"baseline.cache_dir={tmp_path / 'cache'}"], run_dir=tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as lrx.train receives it
+    return run(prepare(cfg), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_torchvision_resnet18_on_fake_data(tmp_path):
+    results = _run(
+        tmp_path,
+        [
+            "model=torchvision",
+            "model.arch=resnet18",
+            "data=fake",
+            "decomp=scheme2",
+            "decomp.bases=16",
+            "latency.guard=false",
+        ],
+    )
+    assert results["status"] == "complete" and results["model"] == "resnet18" and results["dataset"] == "fake"
+    assert len(results["layers"]) == 17 and all(r["method"] == "scheme2" for r in results["layers"])
+    assert set(results["skipped"]) == {f"layer{i}.0.downsample.0" for i in (2, 3, 4)}
+    assert all("1x1 kernel" in why for why in results["skipped"].values())
+    assert results["speedup"]["conv"]["cpu"] > 0 and results["speedup"]["macs"] > 1
+
+
+def _image_folder(root, classes=("cat", "dog", "owl"), per_class=12):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_an_image_folder_of_pngs_end_to_end(tmp_path):
+    root = _image_folder(tmp_path / "images")
+    results = _run(
+        tmp_path,
+        [
+            f"data.root={root}",
+            "data=imagefolder",
+            "data.num_classes=3",
+            "data.input_size=32",
+            "data.resize_size=36",
+            "data.val_size=6",
+            "data.batch_size=8",
+            "data.eval_batch_size=8",
+            "data.num_workers=0",
+            "decomp=scheme2",
+            "decomp.bases=16",
+            "latency.guard=false",
+            "data_recon=lstsq",
+            "data_recon.batches=2",
+            "data_recon.batch_size=8",
+        ],
+    )
+    assert results["dataset"] == "imagefolder" and results["config"]["model"]["net"]["num_classes"] == 3
+    (layer,) = results["layers"]
+    assert layer["name"] == "conv2" and "data_recon" in layer
+    assert list(results["stages"]) == ["filter", "data"]
