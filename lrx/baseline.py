@@ -4,6 +4,10 @@ A baseline is trained once per recipe (model, data split and augmentation, train
 seed) and cached under ``baseline.cache_dir/<model>-<hash>/baseline.pt``; every later run and
 every job of a sweep with the same recipe loads it instead of retraining. A file lock keeps
 parallel sweep jobs from training the same baseline twice.
+
+Every checkpoint is read by :func:`load_state_dict`, which answers any file that is not a
+state_dict with one :class:`CheckpointMismatchError`; :func:`check_finite_network` refuses a
+network with NaN/Inf (a diverged training is never cached).
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import time
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lrx.io import save_torch
+from lrx.modes import eval_mode
 from lrx.module import Classifier
 
 log = logging.getLogger(__name__)
@@ -60,36 +64,97 @@ def recipe_key(cfg: DictConfig) -> str:
     return f"{cfg.model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def load_state_dict(net: nn.Module, path: str | Path) -> dict:
+EXPECTED = "a torch state_dict (tensors by name), or a checkpoint holding one under 'state_dict'"
+
+
+def _read(path: Path, label: str):
+    """What ``torch.load`` finds in the file (tensors and plain values only); one clear error for
+    a missing path, a folder or any file that is not a torch file, whatever the unpickler raises."""
+    if not path.is_file():
+        raise CheckpointMismatchError(
+            f"{label} {'is a directory' if path.is_dir() else 'does not exist'}; expected {EXPECTED}"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # text, YAML, an empty or cut file, a pickle of other objects: each fails its own way
+        raise CheckpointMismatchError(
+            f"{label} cannot be read: truncated or not a torch checkpoint ({type(e).__name__}); expected {EXPECTED}"
+        ) from e
+
+
+def _state_of(obj, label: str) -> dict:
+    """The state_dict in a loaded file (raw, or under ``"state_dict"``), every entry a tensor by name."""
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    where = " under 'state_dict'" if state is not obj else ""
+    if not isinstance(state, dict) or not state:
+        found = "an empty dict" if isinstance(state, dict) else f"a value of type {type(state).__name__}"
+        raise CheckpointMismatchError(f"{label} holds {found}{where}; expected {EXPECTED}")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointMismatchError(
+                f"{label} holds a dict{where} whose entry {k!r} is of type {type(v).__name__}; expected {EXPECTED}"
+            )
+    return state
+
+
+def load_state_dict(net: nn.Module, path: str | Path, key: str | None = None) -> dict:
     """Load a state_dict (raw, or under ``"state_dict"``) into ``net``; returns the file's dict.
 
-    Raises CheckpointMismatchError for a truncated or corrupt file, or naming the first missing,
-    unexpected or mis-shaped key.
+    Raises CheckpointMismatchError naming the path (and the config ``key`` it came from, if
+    given) for anything that is not such a file, or naming the first missing, unexpected or
+    mis-shaped key.
     """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise CheckpointMismatchError(
-            f"checkpoint {str(path)!r} cannot be read: truncated or not a torch checkpoint ({type(e).__name__})"
-        ) from e
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointMismatchError(f"checkpoint {str(path)!r} holds no state_dict")
-    state = {k.removeprefix("net."): v for k, v in state.items()}  # Lightning checkpoints
+    path = Path(path)
+    label = f"{key}={str(path)!r}" if key else f"checkpoint {str(path)!r}"
+    obj = _read(path, label)
+    state = {k.removeprefix("net."): v for k, v in _state_of(obj, label).items()}  # Lightning checkpoints
     own = net.state_dict()
     for k, v in own.items():
         if k not in state:
-            raise CheckpointMismatchError(f"checkpoint {str(path)!r} does not match the model: missing key {k!r}")
+            raise CheckpointMismatchError(f"{label} does not match the model: missing key {k!r}")
         if state[k].shape != v.shape:
             raise CheckpointMismatchError(
-                f"checkpoint {str(path)!r} does not match the model: key {k!r} has shape "
+                f"{label} does not match the model: key {k!r} has shape "
                 f"{tuple(state[k].shape)}, the model expects {tuple(v.shape)}"
             )
     for k in state:
         if k not in own:
-            raise CheckpointMismatchError(f"checkpoint {str(path)!r} does not match the model: unexpected key {k!r}")
+            raise CheckpointMismatchError(f"{label} does not match the model: unexpected key {k!r}")
     net.load_state_dict(state)
     return obj
+
+
+class NonFiniteError(FloatingPointError):
+    """A network whose weights, buffers or logits hold NaN/Inf: broken, so nothing it computes is
+    evaluated, reported or saved."""
+
+
+def non_finite(net: nn.Module) -> list[tuple[str, int]]:
+    """``(name, count)`` of every parameter and buffer of ``net`` (BatchNorm's running statistics
+    included) that holds NaN/Inf values."""
+    tensors = [*net.named_parameters(), *net.named_buffers()]
+    counts = [(name, int((~t.detach().isfinite()).sum())) for name, t in tensors if t.is_floating_point()]
+    return [(name, n) for name, n in counts if n]
+
+
+def check_finite_network(net: nn.Module, what: str, images: torch.Tensor | None = None) -> None:
+    """NonFiniteError naming ``what`` and its first tensor that holds NaN/Inf, or, with
+    ``images``, its logits on them (in eval mode) when those do."""
+    bad = non_finite(net)
+    if bad:
+        (name, n), rest = bad[0], [b for b, _ in bad[1:]]
+        more = f" (and {len(rest)} more tensor(s): {', '.join(rest[:5])}{', ...' if rest[5:] else ''})" if rest else ""
+        raise NonFiniteError(f"{what}: {name} holds {n} NaN/Inf value(s){more}; the network is broken")
+    if images is None:
+        return
+    with eval_mode(net), torch.inference_mode():
+        logits = net(images.to(next(net.parameters()).device))
+    n = int((~logits.isfinite()).sum())
+    if n:
+        raise NonFiniteError(
+            f"{what}: its logits on {len(images)} validation images hold {n} NaN/Inf value(s), although every "
+            "weight and buffer is finite; the network is broken"
+        )
 
 
 def _load_cached(net: nn.Module, path: Path, key: str) -> dict | None:
@@ -142,7 +207,7 @@ def train(cfg: DictConfig, net: nn.Module, datamodule, logger, callbacks, checkp
 def get_baseline(cfg: DictConfig, net: nn.Module, datamodule, logger=None, callbacks=()) -> dict:
     """Fill ``net`` with baseline weights; returns where they came from and how they were made."""
     if cfg.baseline.ckpt:
-        load_state_dict(net, cfg.baseline.ckpt)
+        load_state_dict(net, cfg.baseline.ckpt, "baseline.ckpt")
         return {"source": "checkpoint", "path": str(cfg.baseline.ckpt)}
     key = recipe_key(cfg)
     folder = Path(cfg.baseline.cache_dir) / key
@@ -156,5 +221,6 @@ def get_baseline(cfg: DictConfig, net: nn.Module, datamodule, logger=None, callb
         log.info("training baseline %s (cached at %s)", key, path)
         torch.manual_seed(cfg.seed)
         meta = train(cfg, net, datamodule, logger, list(callbacks), folder)
+        check_finite_network(net, f"baseline {key}, just trained (not cached)")  # a diverged training is not kept
         save_torch(path, {"key": key, "recipe": recipe(cfg), "meta": meta, "state_dict": net.state_dict()})
     return {"source": "trained", "path": str(path), **meta}

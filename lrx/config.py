@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from lrx.export import missing_packages
 from lrx.latency import MEMORY_FORMATS
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
@@ -27,7 +29,7 @@ from lrx.module import LOSSES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
-DECOMP_KEYS = {"method", "layers", "bases"}  # every other key of a method's decomp node is its option
+DECOMP_KEYS = {"method", "layers", "bases", "rank_multiple"}  # any other key of a method's node: its option
 PLAN_ERRORS = ("data", "kl", "filter")
 PLAN_METRICS = ("macs", "latency")
 PLANNER_KEYS = {"target_speedup", "metric", "error", "samples", "methods", "options"}
@@ -35,6 +37,12 @@ DATA_RECON_KEYS = {"mode", "batches", "holdout_batches", "lstsq", "batch_size", 
 FINETUNE_KEYS = {"epochs", "loss", "optimizer", "scheduler"}
 KD_KEYS = {"temperature", "kd_alpha"}
 LATENCY_KEYS = {"batch_sizes", "memory_format", "warmup", "repeats", "guard"}
+DEPLOY_KEYS = {"onnx", "opset", "check_images"}
+MIN_OPSET = 18  # the dynamo exporter's lowest
+BASELINE_KEYS = {"ckpt", "cache_dir"}
+MODEL_COST = "lrx.callbacks.ModelCost"  # the callback that times the network, as latency.* does
+MODEL_COST_KEYS = {"_target_", "input_size", "batch_size", "memory_format", "warmup", "repeats"}
+TRAINER_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
 
 class ConfigError(ValueError):
@@ -129,7 +137,13 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
         _keys(d, "decomp", {"method"}, " with decomp=none (the baseline is kept, nothing is replaced)")
         return
     if method == PLAN:
-        _keys(d, "decomp", {"method", "layers"}, " with decomp=plan (the planner chooses methods and bases)")
+        _keys(
+            d,
+            "decomp",
+            {"method", "layers", "rank_multiple"},
+            " with decomp=plan (the planner chooses methods and bases)",
+        )
+        _int(d, "decomp", "rank_multiple", 1)
         if "planner" not in c:
             raise ConfigError("decomp=plan needs the planner group (select decomp=plan, which adds it)")
         return
@@ -137,9 +151,10 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
         cls = method_class(method)
     except DecompositionError:
         raise _bad("decomp.method", method, valid) from None
-    for key in ("layers", "bases"):
+    for key in ("layers", "bases", "rank_multiple"):
         if key not in d:
             raise ConfigError(f"decomp.{key} is missing for decomp.method={method}")
+    _int(d, "decomp", "rank_multiple", 1)
     options = method_options(d)
     _, names = flat_options({k: v for k, v in d.items() if k not in DECOMP_KEYS}, "decomp")
     ignored += [f"{names[k]} ({why})" for k, why in cls.unused_options(cls.check_options(options)).items()]
@@ -234,7 +249,8 @@ def _check_finetune(c: dict) -> None:
         if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
             raise _bad("finetune.kd_alpha", a, "a number in [0, 1]")
     for key in ("optimizer", "scheduler"):
-        if f[key] is not None and (not isinstance(f[key], Mapping) or "_target_" not in f[key]):
+        optional = key == "scheduler" and f[key] is None
+        if not optional and (not isinstance(f[key], Mapping) or "_target_" not in f[key]):
             raise _bad(f"finetune.{key}", f[key], "a Hydra partial with _target_ (or null for the scheduler)")
 
 
@@ -250,13 +266,89 @@ def _check_latency(c: dict) -> None:
     _bool(lat, "latency", "guard")
 
 
+def _check_callbacks(c: dict) -> None:
+    """Every callback is off (null) or a Hydra node; the ModelCost callback times the network like
+    latency.*, so its settings follow the same rules (they interpolate latency.* by default)."""
+    for name, node in (c.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            raise _bad(f"callbacks.{name}", node, "null, or a node with _target_")
+        if node["_target_"] == MODEL_COST:
+            group = f"callbacks.{name}"
+            _keys(node, group, MODEL_COST_KEYS)
+            _int(node, group, "input_size", 1)
+            _int(node, group, "batch_size", 1)
+            _choice(node, group, "memory_format", tuple(MEMORY_FORMATS))
+            _int(node, group, "warmup", 0)
+            _int(node, group, "repeats", 1)
+
+
+def _check_model(c: dict) -> None:
+    """What the pipeline reads of the model group; the network's own arguments are checked by its
+    constructor, the first thing :func:`lrx.pipeline.prepare` does after the data module."""
+    m = c["model"]
+    _int(m, "model", "input_size", 1)
+    _int(m, "model", "epochs", 1)
+
+
+def _check_trainer(c: dict) -> None:
+    """The baseline's epochs, and the batch limits the pipeline's evaluation reads too: null (all),
+    a number of batches, or a fraction of them."""
+    t = c["trainer"]
+    _int(t, "trainer", "max_epochs", 1)
+    for key in TRAINER_LIMITS:
+        v = t.get(key)
+        fraction = isinstance(v, float) and 0 < v <= 1
+        if not (v is None or fraction or (is_int(v) and v >= 1)):
+            raise _bad(f"trainer.{key}", v, "null (all batches), an integer >= 1 or a fraction in (0, 1]")
+
+
+def _check_run(c: dict) -> None:
+    """The seed and the baseline group (a checkpoint to use, or where trained baselines are cached)."""
+    if not is_int(c["seed"]) or c["seed"] < 0:
+        raise _bad("seed", c["seed"], "an integer >= 0")
+    b = c["baseline"]
+    _keys(b, "baseline", BASELINE_KEYS)
+    if b["ckpt"] is not None and (not isinstance(b["ckpt"], str) or not b["ckpt"]):
+        raise _bad("baseline.ckpt", b["ckpt"], "null (train or reuse the cached one) or the path of a state_dict")
+    if not isinstance(b["cache_dir"], str) or not b["cache_dir"]:
+        raise _bad("baseline.cache_dir", b["cache_dir"], "a folder path")
+
+
+def _check_deploy(c: dict, ignored: list[str]) -> None:
+    dep = c.get("deploy")
+    if dep is None:
+        return
+    _keys(dep, "deploy", DEPLOY_KEYS)
+    _bool(dep, "deploy", "onnx")
+    _int(dep, "deploy", "opset", MIN_OPSET)
+    _int(dep, "deploy", "check_images", 1)
+    if dep["onnx"]:
+        missing = missing_packages()
+        if missing:
+            raise ConfigError(f'deploy.onnx=true needs {", ".join(missing)}: pip install -e ".[onnx]"')
+    else:
+        defaults = _defaults("deploy", "default")
+        ignored += [
+            f"deploy.{k} (deploy.onnx=false: nothing is exported)"
+            for k in ("opset", "check_images")
+            if _changed(dep, defaults, k)
+        ]
+
+
 def resolved(cfg: DictConfig) -> dict:
-    """The job's config as plain values, interpolations resolved (Hydra's own node left out)."""
-    return {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-        for k in cfg
-        if k != "hydra"
-    }
+    """The job's config as plain values, interpolations resolved (Hydra's own node left out); an
+    interpolation that cannot be resolved is a ConfigError naming its key."""
+    try:
+        return {
+            k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in cfg
+            if k != "hydra"
+        }
+    except OmegaConfBaseException as e:
+        reason = str(getattr(e, "msg", None) or e).splitlines()[0]
+        raise ConfigError(f"{getattr(e, 'full_key', None) or 'the config'} cannot be resolved: {reason}") from None
 
 
 def check(cfg: DictConfig) -> list[str]:
@@ -264,9 +356,14 @@ def check(cfg: DictConfig) -> list[str]:
     caller decides: an error in a single run, a warning in a sweep)."""
     c = resolved(cfg)
     ignored: list[str] = []
+    _check_run(c)
+    _check_model(c)
+    _check_trainer(c)
     _check_decomp(c, ignored)
     _check_planner(c, ignored)
     _check_data_recon(c, ignored)
     _check_finetune(c)
     _check_latency(c)
+    _check_deploy(c, ignored)
+    _check_callbacks(c)
     return ignored

@@ -2,9 +2,11 @@
 -> measurement -> results.
 
 :func:`prepare` checks the whole config (:mod:`lrx.config`), then builds the data module and the
-network and checks what needs them (data root, checkpoint, layers, bases), before any training,
-solving or writing; :func:`run` then does the expensive work, stage by stage, and writes
-``model.pt`` and ``results.json`` atomically at the very end.
+network and checks what needs them (data root, checkpoint and its NaN/Inf, layers, bases, the reach
+of a MAC target), before any training, solving or writing; :func:`run` then does the expensive
+work, stage by stage, and writes ``model.pt`` and ``results.json`` atomically at the very end. A
+baseline or final network with NaN/Inf in its weights, buffers or logits stops the run before
+anything is written.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lrx import config
-from lrx.baseline import get_baseline, load_state_dict
+from lrx import config, export
+from lrx.baseline import check_finite_network, get_baseline, load_state_dict
 from lrx.complexity import complexity
 from lrx.evaluate import accuracy
 from lrx.io import save_torch, write_json
 from lrx.latency import compare, devices
-from lrx.lowrank import method_class, planner
+from lrx.lowrank import DecompositionError, method_class, planner
 from lrx.lowrank.data_recon import reconstruct
 from lrx.lowrank.execution import reset_strategies, tune
 from lrx.lowrank.guard import put_back_slower
@@ -60,6 +62,10 @@ class Job:
     @property
     def plans(self) -> bool:
         return self.method == config.PLAN
+
+    @property
+    def rank_multiple(self) -> int:
+        return self.cfg.decomp.get("rank_multiple", 1)
 
     def layers_and_bases(self):
         d = OmegaConf.to_container(self.cfg.decomp, resolve=True)
@@ -108,15 +114,36 @@ def prepare(cfg: DictConfig, sweep: bool = False) -> Job:
     torch.manual_seed(cfg.seed)  # the initial weights of a baseline trained by this run
     net = _instantiate(cfg.model.net)
     if cfg.baseline.ckpt:
-        load_state_dict(copy.deepcopy(net), cfg.baseline.ckpt)
+        loaded = copy.deepcopy(net)
+        load_state_dict(loaded, cfg.baseline.ckpt, "baseline.ckpt")
+        check_finite_network(loaded, f"baseline (baseline.ckpt={cfg.baseline.ckpt})")
     job = Job(cfg, datamodule, net, ignored)
-    layers, bases = job.layers_and_bases()
-    if job.plans:
-        p = cfg.planner
-        planner.check_request(net, layers, p.target_speedup, p.metric, list(p.methods), job.planner_options())
-    elif job.decomposes:
-        validate(net, layers, job.method, bases, **job.options())
+    if job.decomposes:
+        _check_request(job)
     return job
+
+
+def _check_request(job: Job) -> None:
+    """The layers and bases (or the planner's target) against the network, before any solving;
+    an error names the decomp keys."""
+    layers, bases = job.layers_and_bases()
+    keys = f"decomp.layers={layers!r}" + ("" if job.plans else f", decomp.bases={bases!r}")
+    try:
+        if job.plans:
+            p, options = job.cfg.planner, job.planner_options()
+            size = job.cfg.model.input_size
+            planner.check_request(
+                job.net, layers, p.target_speedup, p.metric, list(p.methods), options, size, job.rank_multiple
+            )
+        else:
+            validate(job.net, layers, job.method, bases, job.rank_multiple, **job.options())
+    except DecompositionError as e:
+        raise DecompositionError(f"{keys}: {e}") from None
+
+
+def _first_val_images(job: Job) -> torch.Tensor:
+    """The first validation batch's images: the logits a broken network gives are checked on them."""
+    return next(iter(job.datamodule.val_dataloader()))[0]
 
 
 @dataclass
@@ -131,6 +158,7 @@ class State:
     stages: dict[str, dict] = field(default_factory=dict)
     plan: dict | None = None
     finetune_reverted: bool = False
+    deployed: dict | None = None  # deploy.onnx: the exported graphs and their ONNX Runtime timings
 
     @property
     def kept(self) -> list[str]:
@@ -150,8 +178,9 @@ def _accuracies(job: Job, net: torch.nn.Module, tag: str) -> dict:
 
 
 def _baseline(s: State, logger, callbacks) -> None:
-    """Train, load or reuse the baseline; evaluate it."""
+    """Train, load or reuse the baseline; stop if it is broken (NaN/Inf); evaluate it."""
     origin = get_baseline(s.job.cfg, s.net, s.job.datamodule, logger, callbacks)
+    check_finite_network(s.net, f"baseline ({origin['source']} {origin['path']})", _first_val_images(s.job))
     s.net.eval()
     s.baseline = {
         **_accuracies(s.job, s.net, "baseline"),
@@ -166,7 +195,7 @@ def _filter_reconstruction(s: State) -> None:
     s.approx = copy.deepcopy(s.net)
     layers, bases = job.layers_and_bases()
     if not job.plans:
-        s.records = decompose(s.approx, layers, job.method, bases, **job.options())
+        s.records = decompose(s.approx, layers, job.method, bases, job.rank_multiple, **job.options())
     else:
         p = job.cfg.planner
         calibration = None
@@ -186,6 +215,7 @@ def _filter_reconstruction(s: State) -> None:
             error=p.error if calibration is not None else "data",
             memory_format=lat.memory_format,
             options=job.planner_options(),
+            rank_multiple=job.rank_multiple,
         )
         log.info(
             "plan (%s, predicted conv speed-up %.2fx): %s", p.metric, s.plan["predicted_conv_speedup"], s.plan["plan"]
@@ -305,10 +335,55 @@ def slower_than_baseline(timings: dict) -> list[str]:
     ]
 
 
+def _deploy(s: State, run_dir: Path) -> None:
+    """deploy.onnx: both networks exported, checked on validation images and timed in ONNX Runtime."""
+    dep, lat = s.job.cfg.deploy, s.job.cfg.latency
+    if not dep.onnx:
+        return
+    images = next(iter(s.job.datamodule.val_dataloader()))[0][: dep.check_images]
+    s.deployed = export.deploy(
+        s.net,
+        s.approx,
+        run_dir,
+        images,
+        s.job.cfg.model.input_size,
+        lat.batch_sizes,
+        lat.warmup,
+        lat.repeats,
+        dep.opset,
+    )
+    for record in s.deployed["onnx"].values():
+        log.info(
+            "%s: %s exporter, opset %d, max relative error %.1e against torch",
+            record["file"],
+            record["exporter"],
+            record["opset"],
+            record["max_rel_error"],
+        )
+
+
+def _runtime_figures(s: State, main_bs: int) -> dict:
+    """ONNX Runtime's latencies and model speed-ups, under their own device key, where deployed."""
+    if not s.deployed:
+        return {}
+    t = s.deployed[export.RUNTIME]["batches"]
+    return {
+        "baseline_ms": t[main_bs]["model_ms"]["baseline"],
+        "approx_ms": t[main_bs]["model_ms"]["approx"],
+        "speedup": t[main_bs]["model_speedup"],
+        "slower": [
+            f"{export.RUNTIME}, batch {bs}: model {v['model_speedup']:.2f}x"
+            for bs, v in t.items()
+            if v["model_speedup"] < 1
+        ],
+    }
+
+
 def results_of(s: State, timings: dict) -> dict:
     """The one place results.json is built."""
     cfg, main_bs = s.job.cfg, max(s.job.cfg.latency.batch_sizes)
-    slower = slower_than_baseline(timings) if s.records else []
+    runtime = _runtime_figures(s, main_bs)
+    slower = [*slower_than_baseline(timings), *runtime.get("slower", [])] if s.records else []
     if slower:
         log.warning("the final model is slower than the baseline at %s", "; ".join(slower))
     for rec in s.records:
@@ -316,12 +391,18 @@ def results_of(s: State, timings: dict) -> dict:
     kept_stages = [v for k, v in s.stages.items() if not (k == "finetune" and s.finetune_reverted)]
     last = kept_stages[-1] if kept_stages else s.baseline  # the final model is the last kept stage's
     baseline = {**s.baseline, "latency_ms": {dev: t[main_bs]["model_ms"]["baseline"] for dev, t in timings.items()}}
+    model_speedup = {dev: t[main_bs]["model_speedup"] for dev, t in timings.items()}
+    if runtime:
+        baseline["latency_ms"][export.RUNTIME] = runtime["baseline_ms"]
+        model_speedup[export.RUNTIME] = runtime["speedup"]
     final = {
         "acc1": last["acc1"],
         "acc1_test": last["acc1_test"],
         **complexity(s.approx, cfg.model.input_size),
         "latency_ms": {dev: t[main_bs]["model_ms"]["approx"] for dev, t in timings.items()},
     }
+    if runtime:
+        final["latency_ms"][export.RUNTIME] = runtime["approx_ms"]
     return {
         "status": "complete",
         "model": cfg.model.name,
@@ -335,9 +416,10 @@ def results_of(s: State, timings: dict) -> dict:
         "speedup": {
             "macs": baseline["macs"] / final["macs"],
             "conv": {dev: t[main_bs]["conv_speedup"] for dev, t in timings.items()},
-            "model": {dev: t[main_bs]["model_speedup"] for dev, t in timings.items()},
+            "model": model_speedup,
         },
         "latency": timings,
+        "deploy": s.deployed,
         "layers": s.records,
         "skipped": skipped_convs(s.net),
         "plan": s.plan,
@@ -358,7 +440,10 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
         _guard(s)
         _data_reconstruction(s)
         _finetune(s, logger, callbacks)
-    results = results_of(s, _timings(job, s.net, s.approx))
+    check_finite_network(s.approx, "final network", _first_val_images(job))  # never timed, reported or saved if broken
+    timings = _timings(job, s.net, s.approx)
+    _deploy(s, run_dir)
+    results = results_of(s, timings)
     save_torch(run_dir / MODEL, s.approx.eval())  # before results.json: a results.json that exists has its model
     write_json(run_dir / RESULTS, results)
     log.info(

@@ -23,6 +23,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lrx.export import RUNTIME
 from lrx.io import write_bytes, write_text
 from lrx.lowrank import METHODS, method_class
 
@@ -46,6 +47,8 @@ COLUMNS = {  # markdown header -> row key
     "theoretical speed-up (MAC ratio)": "macs_speedup",
     "measured conv speed-up (CPU)": "conv_speedup_cpu",
     "model speed-up (CPU)": "model_speedup_cpu",
+    "ONNX Runtime time(ms)": "ort_ms",
+    "model speed-up (ONNX Runtime)": "model_speedup_ort",
     "conv speed-up re-timed (CPU, median [range])": "retimed",
     "solve time(s)": "solve_s",
 }
@@ -66,6 +69,8 @@ CSV_COLUMNS = {  # CSV header -> row key
     "macs_speedup": "macs_speedup",
     "measured_speedup_cpu": "conv_speedup_cpu",
     "model_speedup_cpu": "model_speedup_cpu",
+    "ort_ms": "ort_ms",
+    "model_speedup_ort": "model_speedup_ort",
 }
 DIGITS = {"params_m": 3}  # decimals in the table; 2 for every other number
 
@@ -163,6 +168,7 @@ def _measures(part: dict) -> dict:
         "params_m": part["params"] / 1e6,
         "cpu_ms": lat["cpu"],
         "cuda_ms": lat.get("cuda"),
+        "ort_ms": lat.get(RUNTIME),
         "acc1": part["acc1"],
         "acc1_test": part["acc1_test"],
     }
@@ -176,6 +182,7 @@ def _batch_size(res: dict) -> int:
 def _baseline_row(bases: list[dict], key: tuple) -> dict:
     """The baseline ``key`` from its :func:`_measures` in each run; latency: the median over them."""
     cuda = [b["cuda_ms"] for b in bases if b["cuda_ms"] is not None]
+    ort = [b["ort_ms"] for b in bases if b["ort_ms"] is not None]
     return {
         "kind": "baseline",
         "group": key,
@@ -189,10 +196,12 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         **bases[0],
         "cpu_ms": statistics.median(b["cpu_ms"] for b in bases),
         "cuda_ms": statistics.median(cuda) if cuda else None,
+        "ort_ms": statistics.median(ort) if ort else None,
         "baseline_acc1": bases[0]["acc1"],
         "macs_speedup": 1.0,
         "conv_speedup_cpu": 1.0,
         "model_speedup_cpu": 1.0,
+        "model_speedup_ort": 1.0 if ort else None,
         "stages": {},
         "stages_text": None,
         "retimed": None,
@@ -239,6 +248,7 @@ def _job_row(res: dict, key: tuple) -> dict:
         "macs_speedup": speedup["macs"],
         "conv_speedup_cpu": speedup["conv"]["cpu"],
         "model_speedup_cpu": speedup["model"]["cpu"],
+        "model_speedup_ort": speedup["model"].get(RUNTIME),
         "stages": {name: s["acc1"] for name, s in res["stages"].items()},
         "batch_size": _batch_size(res),
         "stages_text": " → ".join(f"{name} {s['acc1']:.2f}" for name, s in res["stages"].items())
@@ -403,7 +413,8 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         'latency guard (where it put layers back), data reconstruction and fine-tuning; "reverted: '
         'lower" marks a fine-tuning that lowered it, whose weights were not kept (the final model is '
         "the one before it). "
-        f"CPU/CUDA time: one forward pass of the whole model on a batch of {sizes}; "
+        f"CPU/CUDA/ONNX Runtime time: one forward pass of the whole model on a batch of {sizes} (ONNX Runtime: "
+        "the exported graph, where the run had deploy.onnx=true); "
         "a baseline's is the median over the runs that measured it. "
         "Theoretical speed-up: baseline MACs / final MACs (whole model). "
         "Measured conv speed-up: summed latency of all convs, baseline / final. "

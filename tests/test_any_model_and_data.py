@@ -86,3 +86,56 @@ def test_an_image_folder_of_pngs_end_to_end(tmp_path):
     (layer,) = results["layers"]
     assert layer["name"] == "conv2" and "data_recon" in layer
     assert list(results["stages"]) == ["filter", "data"]
+
+
+def test_the_readmes_own_network_example(tmp_path, tiny_root):
+    results = _run(
+        tmp_path,
+        [
+            f"data.root={tiny_root}",
+            "data.val_size=10",
+            "model=custom",
+            "model.net._target_=tests.helpers.tiny.TinyNet",
+            "model.name=tiny",
+            "decomp=scheme2",
+            "decomp.layers=all",
+            "decomp.bases=8",
+            "latency.guard=false",
+        ],
+    )
+    assert results["model"] == "tiny" and [r["name"] for r in results["layers"]] == ["0", "2"]
+    assert all(r["method"] == "scheme2" and r["bases"] == 8 for r in results["layers"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["model=resnet20_cifar"],
+        ["model=torchvision", "model.arch=densenet121"],
+        ["model=torchvision", "model.arch=vgg11_bn"],
+    ],
+)
+def test_residual_and_dense_networks_through_every_stage(model, tmp_path):
+    """The planner, data reconstruction (through residual adds and dense concatenations) and
+    fine-tuning, on a few batches of FakeData."""
+    results = _run(
+        tmp_path,
+        [
+            *model,
+            "data=fake",
+            "decomp=plan",
+            "planner.methods=[scheme2,channel_svd]",
+            "planner.target_speedup=1.5",
+            "planner.error=filter",
+            "latency.guard=false",
+            "data_recon=lstsq",
+            "data_recon.batches=2",
+            "data_recon.batch_size=16",
+            "finetune=kd",
+            "finetune.epochs=1",
+        ],
+    )
+    assert list(results["stages"]) == ["filter", "data", "finetune"]
+    assert len(results["layers"]) >= 1 and all("data_recon" in r for r in results["layers"])
+    assert results["plan"]["predicted_conv_speedup"] >= 1.5 and results["speedup"]["macs"] > 1

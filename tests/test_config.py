@@ -214,7 +214,7 @@ def test_comparison_sweeps_run_all_three_stages_at_their_targets(tmp_path, exper
     params = cfg.hydra.sweeper.params
     assert params.get("planner.methods") == methods and params["planner.target_speedup"] == targets
     c = config.resolved(cfg)
-    assert c["decomp"] == {"method": "plan", "layers": ["conv2", "conv3", "conv4", "conv5"]}
+    assert c["decomp"] == {"method": "plan", "layers": ["conv2", "conv3", "conv4", "conv5"], "rank_multiple": 1}
     assert c["planner"]["metric"] == metric and c["data_recon"]["steps"] == 0 and c["finetune"]["epochs"] >= 1
     # comparing methods keeps every method's layers; the planner's product keeps the guard
     assert c["latency"]["guard"] == (metric == "latency")

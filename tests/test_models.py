@@ -24,3 +24,20 @@ def test_models_have_five_readable_convs_and_ten_logits(net_cls, size):
 def test_alexnet_cifar_uses_5x5_then_3x3_filters():
     net = AlexNetCIFAR()
     assert [net.get_submodule(f"conv{i}").kernel_size for i in range(1, 6)] == [(5, 5)] * 2 + [(3, 3)] * 3
+
+
+@pytest.mark.slow
+def test_the_shipped_resnet20_loads_and_reaches_its_bar_on_the_validation_split(data_root):
+    """checkpoints/resnet20_cifar.pt through model=resnet20_cifar baseline.ckpt=...: >= 90.5% acc@1."""
+    from hydra.utils import instantiate
+
+    from lrx.baseline import load_state_dict
+    from lrx.evaluate import accuracy
+    from tests.conftest import REPO, compose_cfg
+
+    cfg = compose_cfg(["model=resnet20_cifar", f"baseline.ckpt={REPO / 'checkpoints' / 'resnet20_cifar.pt'}"])
+    net = instantiate(cfg.model.net)
+    load_state_dict(net, cfg.baseline.ckpt)
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    assert accuracy(net, dm.val_dataloader()) >= 90.5

@@ -160,10 +160,10 @@ def test_the_users_command_replaces_conv2_by_scheme1_with_8_bases(tmp_path, data
         [
             "model=alexnet",
             "decomp.bases=8",
-            "-m",
             f"baseline.ckpt={tmp_path / 'alexnet.pt'}",
             *few,
             f"hydra.sweep.dir={sweep}",
+            "-m",  # last, as the user writes it: argparse takes the overrides before it
         ],
         cwd=tmp_path,
     )

@@ -188,6 +188,19 @@ def method_class(name) -> type["LowRankConv"]:
     return METHODS[key]
 
 
+def round_rank(rank: int, multiple: int, full: int, name: str = "conv") -> int:
+    """``rank`` rounded to the nearest multiple of ``multiple`` in [multiple, full rounded down];
+    DecompositionError when no multiple fits the full rank."""
+    if multiple == 1:
+        return rank
+    if full < multiple:
+        raise DecompositionError(
+            f"{name!r}: its full rank {full} holds no multiple of rank_multiple={multiple}; "
+            f"valid: rank_multiple <= {full}"
+        )
+    return min(max(multiple, round(rank / multiple) * multiple), full // multiple * multiple)
+
+
 def dense_macs(geometry: ConvGeometry) -> int:
     """N*C*kh*kw: the dense conv's MACs per output pixel."""
     return geometry.out_channels * geometry.in_channels * geometry.kernel_size[0] * geometry.kernel_size[1]
@@ -253,6 +266,12 @@ class LowRankConv(nn.Module):
         """``bases`` in normal form; DecompositionError (naming ``name``) if not in [1, full_rank]."""
         check_bases(bases, cls.full_rank(geometry), cls.method, name)
         return bases
+
+    @classmethod
+    def round_bases(cls, geometry: ConvGeometry, bases, multiple: int, name: str = "conv"):
+        """Valid ``bases`` rounded to the nearest multiple of ``multiple`` (hardware-friendly
+        channel counts), within [multiple, the full rank rounded down]."""
+        return round_rank(bases, multiple, cls.full_rank(geometry), name)
 
     @classmethod
     def bases_for_speedup(cls, geometry: ConvGeometry, target: float):

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrx.latency import MEMORY_FORMATS, conv_names, layer_inputs, modules_ms
-from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, method_class
+from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, is_int, method_class
 from lrx.lowrank.data_recon import refit_final, relative_error
 from lrx.lowrank.surgery import layer_record, select_convs
 from lrx.modes import eval_mode
@@ -64,9 +64,18 @@ class Candidate:
         return self.error**2
 
 
-def _grid(conv: nn.Conv2d, methods) -> list[tuple[type, object]]:
+def _grid(conv: nn.Conv2d, methods, rank_multiple: int = 1) -> list[tuple[type, object]]:
+    """Every method's candidate ranks for ``conv``, rounded to multiples of ``rank_multiple`` (a
+    method whose full rank holds no multiple has none)."""
     g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
-    return [(cls, bases) for cls in map(method_class, methods) for bases in cls.planner_ranks(g)]
+    grid = []
+    for cls in map(method_class, methods):
+        try:
+            ranks = {cls.round_bases(g, b, rank_multiple) for b in cls.planner_ranks(g)}
+        except DecompositionError:
+            continue
+        grid += [(cls, b) for b in sorted(ranks)]
+    return grid
 
 
 def _pareto(states: list[tuple[float, float, tuple]]) -> list[tuple[float, float, tuple]]:
@@ -88,21 +97,86 @@ def choose(candidates: dict[str, list[Candidate]], fixed_cost: float, budget: fl
     return min(states, key=lambda s: s[1])[2] if states else None
 
 
-def check_request(net: nn.Module, layers, target_speedup, metric: str, methods, options: dict | None = None):
+def check_request(
+    net: nn.Module,
+    layers,
+    target_speedup,
+    metric: str,
+    methods,
+    options: dict | None = None,
+    input_size: int = 32,
+    rank_multiple: int = 1,
+):
     """Check a planner request without solving; returns the selected ``[(name, conv)]``.
-    ``options``: per method name, its solver options."""
+    ``options``: per method name, its solver options. A MAC target is also checked for reach on
+    ``input_size`` images (:func:`check_macs_reachable`); a latency target needs timings."""
     if metric not in METRICS:
         raise DecompositionError(f"target_metric={metric!r} is unknown; valid: {', '.join(METRICS)}")
     if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or target_speedup <= 1:
         raise DecompositionError(f"target_speedup={target_speedup!r} is invalid; valid: a number > 1")
     if not methods:
         raise DecompositionError("planner methods=[] is invalid; valid: a non-empty list of methods")
+    if not is_int(rank_multiple) or rank_multiple < 1:
+        raise DecompositionError(f"rank_multiple={rank_multiple!r} is invalid; valid: an integer >= 1")
     classes = [method_class(m) for m in methods]
     for name, opts in (options or {}).items():
         if method_class(name) not in classes:
             raise DecompositionError(f"planner options for {name!r}, which is not among the methods {list(methods)}")
         method_class(name).check_options(opts)
-    return select_convs(net, layers)
+    selected = select_convs(net, layers)
+    if metric == "macs":
+        check_macs_reachable(net, selected, target_speedup, methods, input_size, rank_multiple)
+    return selected
+
+
+@torch.no_grad()
+def _output_pixels(net: nn.Module, names: list[str], input_size: int) -> dict[str, int]:
+    """Output pixels (H * W) of each named conv for one ``input_size`` image: one forward pass of
+    zeros with hooks (a conv that does not run, such as an auxiliary head's in eval mode, has none)."""
+    pixels: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_module, _args, out) -> None:  # returns None: the output is left as it is
+            pixels.setdefault(name, out[0, 0].numel())
+
+        return record
+
+    hooks = [net.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        with eval_mode(net):
+            net(torch.zeros(1, 3, input_size, input_size, device=next(net.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: pixels.get(n, 0) for n in names}
+
+
+def check_macs_reachable(
+    net: nn.Module, selected, target_speedup: float, methods, input_size: int, rank_multiple: int = 1
+) -> None:
+    """DecompositionError naming ``planner.target_speedup``, the reachable maximum and the layers
+    that limit it, if even the cheapest candidate of ``methods`` on every selected conv (untouched
+    convs at their dense cost) gives fewer than ``target_speedup`` times fewer conv MACs. Costs are
+    the plan's, from the layer shapes alone: nothing is solved."""
+    names = conv_names(net)
+    pixels = _output_pixels(net, names, input_size)
+    chosen = dict(selected)
+    dense = {n: net.get_submodule(n).weight.numel() * pixels[n] for n in names}
+    cheapest = dict(dense)
+    for name, conv in selected:
+        g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
+        costs = [dense[name] / cls.theoretical_speedup(g, b) for cls, b in _grid(conv, methods, rank_multiple)]
+        cheapest[name] = min([dense[name], *costs])  # keeping the dense conv is always a candidate
+    floor = sum(cheapest.values())
+    if not floor or sum(dense.values()) / floor >= target_speedup:
+        return
+    limiting = sorted(names, key=cheapest.get, reverse=True)[:3]
+    shares = ", ".join(f"{n} {cheapest[n] / floor:.0%}" + ("" if n in chosen else " (not selected)") for n in limiting)
+    raise DecompositionError(
+        f"planner.target_speedup={target_speedup} is out of reach: the cheapest candidates of planner.methods="
+        f"{list(methods)} give at most {sum(dense.values()) / floor:.2f}x fewer conv MACs; what is left is mostly "
+        f"{shares}; select more layers, add methods or lower the target"
+    )
 
 
 def apply(net: nn.Module, chosen: dict[str, Candidate]) -> list[dict]:
@@ -219,6 +293,7 @@ def plan(
     error: str = "data",
     memory_format: str = "contiguous",
     options: dict | None = None,
+    rank_multiple: int = 1,
 ) -> tuple[dict[str, Candidate], dict]:
     """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
 
@@ -235,12 +310,12 @@ def plan(
     Returns the chosen candidate per selected layer (method None keeps the conv) and a report
     with the predicted conv speed-up and every candidate's (method, bases, error, cost).
     """
-    selected = check_request(net, layers, target_speedup, metric, methods, options)
-    options = {method_class(m).method: opts for m, opts in (options or {}).items()}
     if memory_format not in MEMORY_FORMATS:
         raise DecompositionError(f"memory_format={memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}")
     if calibration is not None and error not in OUTPUT_ERRORS:
         raise DecompositionError(f"planner error={error!r} is unknown; valid: {', '.join(OUTPUT_ERRORS)}")
+    selected = check_request(net, layers, target_speedup, metric, methods, options, input_size, rank_multiple)
+    options = {method_class(m).method: opts for m, opts in (options or {}).items()}
     for name, conv in selected:
         check_finite(conv, name)
     device = next(net.parameters()).device
@@ -267,7 +342,7 @@ def plan(
     bar = tqdm(selected, desc="planner", disable=not progress)
     for name, conv in bar:
         choices = [Candidate(name, None, None, 0.0, costs[name], conv)]
-        for cls, bases in _grid(conv, methods):
+        for cls, bases in _grid(conv, methods, rank_multiple):
             bar.set_postfix_str(f"{name} {cls.method} {bases}")
             layer = cls.from_conv(conv, bases, **options.get(cls.method, {}))
             if metric == "macs":

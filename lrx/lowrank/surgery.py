@@ -108,10 +108,13 @@ def resolve_bases(selected_names: list[str], bases) -> list[int]:
     return [bases] * len(selected_names)
 
 
-def validate(model: nn.Module, layers, method, bases, **options) -> list[tuple[str, nn.Conv2d, object]]:
+def validate(
+    model: nn.Module, layers, method, bases, rank_multiple: int = 1, **options
+) -> list[tuple[str, nn.Conv2d, object]]:
     """Check a whole decomposition request without solving anything: the method, the layer
     selection, every layer's bases against its full rank (the method's ``valid_bases``) and the
-    method's options. Returns the plan [(name, conv, bases)]."""
+    method's options; the bases are rounded to multiples of ``rank_multiple``. Returns the plan
+    [(name, conv, bases)]."""
     cls = method_class(method)
     cls.check_options(options)
     selected = select_convs(model, layers)
@@ -119,11 +122,11 @@ def validate(model: nn.Module, layers, method, bases, **options) -> list[tuple[s
     plan = []
     for (name, conv), b in zip(selected, resolve_bases(names, bases)):
         g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
-        plan.append((name, conv, cls.valid_bases(g, b, name)))
+        plan.append((name, conv, cls.round_bases(g, cls.valid_bases(g, b, name), rank_multiple, name)))
     return plan
 
 
-def decompose(model: nn.Module, layers, method, bases, **options) -> list[dict]:
+def decompose(model: nn.Module, layers, method, bases, rank_multiple: int = 1, **options) -> list[dict]:
     """Validate the request, then replace each selected conv of ``model`` in place by a layer of
     the registered ``method`` (lrx.lowrank.METHODS) fitted to its weight.
 
@@ -133,7 +136,7 @@ def decompose(model: nn.Module, layers, method, bases, **options) -> list[dict]:
     history stays in the new layer's ``report``. A NaN/Inf in a selected layer's weight or bias is
     a DecompositionError naming the layer, raised before any layer is replaced.
     """
-    plan = validate(model, layers, method, bases, **options)
+    plan = validate(model, layers, method, bases, rank_multiple, **options)
     for name, conv, _ in plan:
         check_finite(conv, name)
     cls = method_class(method)

@@ -26,6 +26,7 @@ from lrx.lowrank.base import (
     PointwiseOutConv,
     converged,
     is_int,
+    round_rank,
     single_thread,
     solve_dtype,
     top_left_singular_vectors,
@@ -128,6 +129,13 @@ class Tucker2Conv(PointwiseOutConv, method="tucker2"):
                 f"(both ranks), a pair (R_in, R_out) with R_in in [1, {c}] and R_out in [1, {n}], or {VBMF!r}"
             )
         return pair
+
+    @classmethod
+    def round_bases(cls, geometry: ConvGeometry, bases, multiple: int, name: str = "conv"):
+        """Each rank of the pair rounded on its own ('vbmf' ranks are VBMF's, not rounded)."""
+        if bases == VBMF:
+            return bases
+        return tuple(round_rank(r, multiple, full, name) for r, full in zip(bases, cls.full_rank(geometry)))
 
     @classmethod
     def bases_for_weight(cls, weight: torch.Tensor, bases) -> tuple[int, int]:
