@@ -108,16 +108,22 @@ def flat_options(node: Mapping, prefix: str) -> tuple[dict, dict]:
     return options, names
 
 
-def method_options(node: Mapping, prefix: str = "decomp") -> dict:
-    """The solver options of the method ``node`` configures (its keys but method, layers, bases),
-    checked by the method itself; errors name the config keys."""
+def _checked_options(node: Mapping, prefix: str) -> tuple[dict, list[str]]:
+    """The solver options of the method ``node`` configures (its keys but method, layers, bases,
+    rank_multiple), checked by the method itself (errors name the config keys), and those of them
+    that have no effect given the others (each with the reason)."""
     cls = method_class(node["method"])
     options, names = flat_options({k: v for k, v in node.items() if k not in DECOMP_KEYS}, prefix)
     try:
-        cls.check_options(options, names)
+        merged = cls.check_options(options, names)
     except DecompositionError as e:
         raise ConfigError(str(e)) from None
-    return options
+    return options, [f"{names[k]} ({why})" for k, why in cls.unused_options(merged).items()]
+
+
+def method_options(node: Mapping, prefix: str = "decomp") -> dict:
+    """The checked solver options of the method ``node`` configures (see :func:`_checked_options`)."""
+    return _checked_options(node, prefix)[0]
 
 
 def _defaults(group: str, option: str) -> dict:
@@ -125,8 +131,11 @@ def _defaults(group: str, option: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
 
 
-def _changed(node: Mapping, defaults: Mapping, key: str) -> bool:
-    return key in node and key in defaults and node[key] != defaults[key]
+def _changed_from_defaults(node: Mapping, group: str, option: str, keys, why: str) -> list[str]:
+    """``group.key (why)`` for each of ``keys`` whose value differs from ``conf/<group>/<option>.yaml``'s:
+    a key somebody set, in a combination where it has no effect."""
+    defaults = _defaults(group, option)
+    return [f"{group}.{k} ({why})" for k in keys if k in node and k in defaults and node[k] != defaults[k]]
 
 
 def _check_decomp(c: dict, ignored: list[str]) -> None:
@@ -148,16 +157,14 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
             raise ConfigError("decomp=plan needs the planner group (select decomp=plan, which adds it)")
         return
     try:
-        cls = method_class(method)
+        method_class(method)
     except DecompositionError:
         raise _bad("decomp.method", method, valid) from None
     for key in ("layers", "bases", "rank_multiple"):
         if key not in d:
             raise ConfigError(f"decomp.{key} is missing for decomp.method={method}")
     _int(d, "decomp", "rank_multiple", 1)
-    options = method_options(d)
-    _, names = flat_options({k: v for k, v in d.items() if k not in DECOMP_KEYS}, "decomp")
-    ignored += [f"{names[k]} ({why})" for k, why in cls.unused_options(cls.check_options(options)).items()]
+    ignored += _checked_options(d, "decomp")[1]
 
 
 def _check_planner(c: dict, ignored: list[str]) -> None:
@@ -191,13 +198,11 @@ def _check_planner(c: dict, ignored: list[str]) -> None:
             cls = method_class(name)
         except DecompositionError:
             raise _bad("planner.options", name, f"options keyed by method: {', '.join(METHODS)}") from None
-        options = method_options({"method": name, **opts}, f"planner.options.{name}")
-        _, names = flat_options(opts, f"planner.options.{name}")
-        ignored += [f"{names[k]} ({why})" for k, why in cls.unused_options(cls.check_options(options)).items()]
+        ignored += _checked_options({"method": name, **opts}, f"planner.options.{name}")[1]
         if cls.method not in chosen:
             ignored.append(f"planner.options.{name} ({name} is not among planner.methods={methods})")
-    if p["error"] == "filter" and _changed(p, _defaults("planner", "default"), "samples"):
-        ignored.append("planner.samples (planner.error=filter uses no images)")
+    if p["error"] == "filter":
+        ignored += _changed_from_defaults(p, "planner", "default", ["samples"], "planner.error=filter uses no images")
 
 
 def _check_data_recon(c: dict, ignored: list[str]) -> None:
@@ -223,12 +228,9 @@ def _check_data_recon(c: dict, ignored: list[str]) -> None:
             "data_recon.lstsq=false with data_recon.steps=0 does nothing; valid: lstsq=true or steps >= 1"
         )
     if r["steps"] == 0:
-        defaults = _defaults("data_recon", "default")
-        ignored += [
-            f"data_recon.{k} (data_recon.steps=0: no gradient steps)"
-            for k in ("lr", "optimizer")
-            if _changed(r, defaults, k)
-        ]
+        ignored += _changed_from_defaults(
+            r, "data_recon", "default", ["lr", "optimizer"], "data_recon.steps=0: no gradient steps"
+        )
 
 
 def _check_finetune(c: dict) -> None:
@@ -329,12 +331,9 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
         if missing:
             raise ConfigError(f'deploy.onnx=true needs {", ".join(missing)}: pip install -e ".[onnx]"')
     else:
-        defaults = _defaults("deploy", "default")
-        ignored += [
-            f"deploy.{k} (deploy.onnx=false: nothing is exported)"
-            for k in ("opset", "check_images")
-            if _changed(dep, defaults, k)
-        ]
+        ignored += _changed_from_defaults(
+            dep, "deploy", "default", ["opset", "check_images"], "deploy.onnx=false: nothing is exported"
+        )
 
 
 def resolved(cfg: DictConfig) -> dict:

@@ -24,7 +24,7 @@ from lrx.lowrank import (
     method_class,
     validate,
 )
-from lrx.lowrank.base import ALIASES, ConvGeometry, dense_macs
+from lrx.lowrank.base import ALIASES, dense_macs
 from lrx.lowrank.data_recon import reconstruct
 
 BUILT_IN = {
@@ -57,32 +57,8 @@ def define_toy(name: str = "toy_dense", aliases: tuple = ("toy",)) -> type[LowRa
     class ToyDense(LowRankConv, method=name, label="toy", letter="T", aliases=aliases):
         options = {"scale": 1.0}
 
-        def __init__(
-            self,
-            in_channels,
-            out_channels,
-            kernel_size,
-            bases,
-            stride=1,
-            padding=0,
-            dilation=1,
-            bias=True,
-            device=None,
-            dtype=None,
-        ):
-            g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
-            super().__init__(g, bases)
-            self.conv = nn.Conv2d(
-                in_channels,
-                out_channels,
-                g.kernel_size,
-                g.stride,
-                g.padding,
-                g.dilation,
-                bias=bias,
-                device=device,
-                dtype=dtype,
-            )
+        def build(self, g, bases, bias, factory):
+            self.conv = nn.Conv2d(g.in_channels, g.out_channels, g.kernel_size, bias=bias, **g.spatial(), **factory)
 
         @property
         def bias(self):

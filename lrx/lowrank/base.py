@@ -96,6 +96,10 @@ class ConvGeometry:
             _pair(dilation),
         )
 
+    def spatial(self) -> dict:
+        """Conv kwargs of a pass with the whole kh x kw kernel: the stride / padding / dilation."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+
     def vertical(self) -> dict:
         """Conv kwargs of the (kh x 1) pass: the row stride / padding / dilation."""
         pad = self.padding if isinstance(self.padding, str) else (self.padding[0], 0)
@@ -210,11 +214,12 @@ class LowRankConv(nn.Module):
     """Base of the low-rank layers, and the registry of methods.
 
     A method is a subclass declared as ``class X(LowRankConv, method="name", label="s1", letter="M",
-    aliases=(1,))``. It defines ``full_rank``, ``macs`` (its cost per output pixel for a rank),
-    ``fit_filters`` and ``dense_weight`` (``final_features``/``set_final`` for data
-    reconstruction), and where they differ from the defaults: ``options`` (its solver options
-    and their defaults) with ``_check_options``, ``valid_bases`` (when its bases are not one
-    integer), ``bases_for_speedup`` and ``planner_ranks``.
+    aliases=(1,))``. It defines ``build`` (its passes; the nn.Conv2d-like constructor is shared),
+    ``full_rank``, ``macs`` (its cost per output pixel for a rank), ``fit_filters`` and
+    ``dense_weight`` (``final_features``/``set_final`` for data reconstruction), and where they
+    differ from the defaults: ``options`` (its solver options and their defaults) with
+    ``_check_options``, ``valid_bases`` (when its bases are not one integer), ``bases_for_speedup``
+    and ``planner_ranks``.
 
     ``report`` (dict, filled by ``from_conv``): method, bases, rel_error (||W - W_hat||_F / ||W||_F),
     macs_speedup (theoretical, per output pixel), solve_time_s, plus the method's own solver info.
@@ -239,11 +244,30 @@ class LowRankConv(nn.Module):
         METHODS[method] = cls
         ALIASES.update({alias: method for alias in aliases})
 
-    def __init__(self, geometry: ConvGeometry, bases):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        bases,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        """nn.Conv2d's arguments plus the bases; the method's passes come from :meth:`build`."""
         super().__init__()
-        self.geometry = geometry
-        self.bases = self.valid_bases(geometry, bases, type(self).__name__)
+        self.geometry = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
+        self.bases = self.valid_bases(self.geometry, bases, type(self).__name__)
         self.report: dict = {}
+        self.build(self.geometry, self.bases, bias, {"device": device, "dtype": dtype})
+
+    def build(self, g: ConvGeometry, bases, bias: bool, factory: dict) -> None:
+        """Create the layer's passes (and parameters) for geometry ``g`` and the checked ``bases``;
+        ``factory`` holds the device and dtype, ``bias`` whether the last pass has one."""
+        raise NotImplementedError
 
     @staticmethod
     def full_rank(geometry: ConvGeometry) -> int:

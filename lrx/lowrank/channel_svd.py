@@ -40,33 +40,9 @@ class ChannelSVDConv(PointwiseOutConv, method="channel_svd", label="csvd", lette
     MACs per output pixel: K*(C*kh*kw + N) against N*C*kh*kw dense.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        bases: int,
-        stride=1,
-        padding=0,
-        dilation=1,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ):
-        g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        super().__init__(g, bases)
-        factory = dict(device=device, dtype=dtype)
-        self.conv = nn.Conv2d(
-            in_channels,
-            bases,
-            g.kernel_size,
-            stride=g.stride,
-            padding=g.padding,
-            dilation=g.dilation,
-            bias=False,
-            **factory,
-        )
-        self.pointwise_out = nn.Conv2d(bases, out_channels, 1, bias=bias, **factory)
+    def build(self, g: ConvGeometry, bases: int, bias: bool, factory: dict) -> None:
+        self.conv = nn.Conv2d(g.in_channels, bases, g.kernel_size, bias=False, **g.spatial(), **factory)
+        self.pointwise_out = nn.Conv2d(bases, g.out_channels, 1, bias=bias, **factory)
 
     @staticmethod
     def full_rank(geometry: ConvGeometry) -> int:

@@ -154,27 +154,12 @@ class CPConv(PointwiseOutConv, method="cp"):
     planner_targets = CP_PLANNER_TARGETS
     default_strategy = "separable"
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        bases: int,
-        stride=1,
-        padding=0,
-        dilation=1,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ):
-        g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        super().__init__(g, bases)
+    def build(self, g: ConvGeometry, bases: int, bias: bool, factory: dict) -> None:
         kh, kw = g.kernel_size
-        factory = dict(device=device, dtype=dtype)
-        self.pointwise_in = nn.Conv2d(in_channels, bases, 1, bias=False, **factory)
+        self.pointwise_in = nn.Conv2d(g.in_channels, bases, 1, bias=False, **factory)
         self.vertical = nn.Conv2d(bases, bases, (kh, 1), groups=bases, bias=False, **g.vertical(), **factory)
         self.horizontal = nn.Conv2d(bases, bases, (1, kw), groups=bases, bias=False, **g.horizontal(), **factory)
-        self.pointwise_out = nn.Conv2d(bases, out_channels, 1, bias=bias, **factory)
+        self.pointwise_out = nn.Conv2d(bases, g.out_channels, 1, bias=bias, **factory)
         self.strategy = self.default_strategy
 
     @staticmethod

@@ -232,27 +232,12 @@ class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", al
     options = DEFAULTS
     default_strategy = scheme1_exec.DEFAULT
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        bases: int,
-        stride=1,
-        padding=0,
-        dilation=1,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ):
-        g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        super().__init__(g, bases)
+    def build(self, g: ConvGeometry, bases: int, bias: bool, factory: dict) -> None:
         kh, kw = g.kernel_size
-        factory = dict(device=device, dtype=dtype)
         self.v = nn.Parameter(torch.empty(bases, kh, **factory))
         self.h = nn.Parameter(torch.empty(bases, kw, **factory))
-        self.a = nn.Parameter(torch.empty(out_channels, in_channels, bases, **factory))
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.a = nn.Parameter(torch.empty(g.out_channels, g.in_channels, bases, **factory))
+        self.bias = nn.Parameter(torch.empty(g.out_channels, **factory)) if bias else None
         self.strategy = self.default_strategy  # execution strategy; see select_strategy
         self.reset_parameters()
 

@@ -52,25 +52,10 @@ class LowRankExpConvV2(LowRankConv, method="scheme2", label="s2", letter="K", al
     N*C*kh*kw dense, so macs_speedup = N*C*kh*kw / (K*(C*kh + N*kw)).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        bases: int,
-        stride=1,
-        padding=0,
-        dilation=1,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ):
-        g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        super().__init__(g, bases)
+    def build(self, g: ConvGeometry, bases: int, bias: bool, factory: dict) -> None:
         kh, kw = g.kernel_size
-        factory = dict(device=device, dtype=dtype)
-        self.vertical = nn.Conv2d(in_channels, bases, (kh, 1), bias=False, **g.vertical(), **factory)
-        self.horizontal = nn.Conv2d(bases, out_channels, (1, kw), bias=bias, **g.horizontal(), **factory)
+        self.vertical = nn.Conv2d(g.in_channels, bases, (kh, 1), bias=False, **g.vertical(), **factory)
+        self.horizontal = nn.Conv2d(bases, g.out_channels, (1, kw), bias=bias, **g.horizontal(), **factory)
 
     @property
     def bias(self) -> torch.Tensor | None:

@@ -84,32 +84,15 @@ class Tucker2Conv(PointwiseOutConv, method="tucker2"):
     resolution) against N*C*kh*kw dense.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        bases,
-        stride=1,
-        padding=0,
-        dilation=1,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ):
+    def build(self, g: ConvGeometry, bases, bias: bool, factory: dict) -> None:
         if bases == VBMF:
             raise DecompositionError(
                 "bases='vbmf' is chosen from a weight by VBMF: use Tucker2Conv.from_conv(conv, 'vbmf')"
             )
-        g = ConvGeometry.of(in_channels, out_channels, kernel_size, stride, padding, dilation)
-        super().__init__(g, bases)
-        r_in, r_out = self.bases
-        factory = dict(device=device, dtype=dtype)
-        self.pointwise_in = nn.Conv2d(in_channels, r_in, 1, bias=False, **factory)
-        self.core = nn.Conv2d(
-            r_in, r_out, g.kernel_size, stride=g.stride, padding=g.padding, dilation=g.dilation, bias=False, **factory
-        )
-        self.pointwise_out = nn.Conv2d(r_out, out_channels, 1, bias=bias, **factory)
+        r_in, r_out = bases
+        self.pointwise_in = nn.Conv2d(g.in_channels, r_in, 1, bias=False, **factory)
+        self.core = nn.Conv2d(r_in, r_out, g.kernel_size, bias=False, **g.spatial(), **factory)
+        self.pointwise_out = nn.Conv2d(r_out, g.out_channels, 1, bias=bias, **factory)
 
     @staticmethod
     def full_rank(geometry: ConvGeometry) -> tuple[int, int]:
