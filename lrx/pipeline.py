@@ -335,12 +335,12 @@ def slower_than_baseline(timings: dict) -> list[str]:
     ]
 
 
-def _deploy(s: State, run_dir: Path) -> None:
+def _deploy(s: State, run_dir: Path, images: torch.Tensor) -> None:
     """deploy.onnx: both networks exported, checked on validation images and timed in ONNX Runtime."""
     dep, lat = s.job.cfg.deploy, s.job.cfg.latency
     if not dep.onnx:
         return
-    images = next(iter(s.job.datamodule.val_dataloader()))[0][: dep.check_images]
+    images = images[: dep.check_images]
     s.deployed = export.deploy(
         s.net,
         s.approx,
@@ -440,9 +440,10 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
         _guard(s)
         _data_reconstruction(s)
         _finetune(s, logger, callbacks)
-    check_finite_network(s.approx, "final network", _first_val_images(job))  # never timed, reported or saved if broken
+    images = _first_val_images(job)
+    check_finite_network(s.approx, "final network", images)  # never timed, reported or saved if broken
     timings = _timings(job, s.net, s.approx)
-    _deploy(s, run_dir)
+    _deploy(s, run_dir, images)
     results = results_of(s, timings)
     save_torch(run_dir / MODEL, s.approx.eval())  # before results.json: a results.json that exists has its model
     write_json(run_dir / RESULTS, results)
