@@ -201,23 +201,29 @@ def test_every_seed_table_row_composes(tmp_path):
     assert methods == {"baseline": "none", "s1_filter": "scheme1", "s1_tuned": "scheme1"}
 
 
+ALEXNET_CONVS = ["conv2", "conv3", "conv4", "conv5"]
+
+
 @pytest.mark.parametrize(
-    "experiment, methods, targets, metric",
+    "experiment, methods, targets, metric, layers, guard",
     [
-        ("scheme_sweep", "[scheme1],[scheme2]", "1.5,2,3,4", "macs"),
-        ("peer_table", "[scheme1],[scheme2],[tucker2],[cp],[channel_svd]", "3,6", "macs"),
-        ("planner_sweep", None, "2,3,4", "latency"),
+        ("scheme_sweep", "[scheme1],[scheme2]", "1.5,2,3,4", "macs", ALEXNET_CONVS, False),
+        ("peer_table", "[scheme1],[scheme2],[tucker2],[cp],[channel_svd]", "3,6", "macs", ALEXNET_CONVS, False),
+        ("planner_sweep", None, "2,3,4", "latency", ALEXNET_CONVS, True),
+        # ResNet-20's small convs: the table reports what the guard puts back
+        ("resnet20_table", "[scheme1],[scheme2],[tucker2],[cp],[channel_svd]", "2,3", "macs", "all", True),
     ],
 )
-def test_comparison_sweeps_run_all_three_stages_at_their_targets(tmp_path, experiment, methods, targets, metric):
+def test_comparison_sweeps_run_all_three_stages_at_their_targets(
+    tmp_path, experiment, methods, targets, metric, layers, guard
+):
     cfg = compose_cfg([f"experiment={experiment}"], tmp_path)
     params = cfg.hydra.sweeper.params
     assert params.get("planner.methods") == methods and params["planner.target_speedup"] == targets
     c = config.resolved(cfg)
-    assert c["decomp"] == {"method": "plan", "layers": ["conv2", "conv3", "conv4", "conv5"], "rank_multiple": 1}
+    assert c["decomp"] == {"method": "plan", "layers": layers, "rank_multiple": 1}
     assert c["planner"]["metric"] == metric and c["data_recon"]["steps"] == 0 and c["finetune"]["epochs"] >= 1
-    # comparing methods keeps every method's layers; the planner's product keeps the guard
-    assert c["latency"]["guard"] == (metric == "latency")
+    assert c["latency"]["guard"] == guard
     for job in (methods or "[scheme1]").split(","):  # every job of the sweep passes the schema
         for target in targets.split(","):
             job_cfg = compose_cfg(
