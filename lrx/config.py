@@ -20,12 +20,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lrx.export import missing_packages
-from lrx.latency import MEMORY_FORMATS
+from lrx.latency import MEMORY_FORMATS, RUNTIMES
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.lowrank.data_recon import MODES, OPTIMIZERS
 from lrx.module import LOSSES
+from lrx.onnx_graphs import missing_packages
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
@@ -36,7 +36,7 @@ PLANNER_KEYS = {"target_speedup", "metric", "error", "samples", "methods", "opti
 DATA_RECON_KEYS = {"mode", "batches", "holdout_batches", "lstsq", "batch_size", "steps", "lr", "optimizer"}
 FINETUNE_KEYS = {"epochs", "loss", "optimizer", "scheduler"}
 KD_KEYS = {"temperature", "kd_alpha"}
-LATENCY_KEYS = {"batch_sizes", "memory_format", "warmup", "repeats", "guard"}
+LATENCY_KEYS = {"batch_sizes", "memory_format", "warmup", "repeats", "guard", "runtime"}
 DEPLOY_KEYS = {"onnx", "opset", "check_images"}
 MIN_OPSET = 18  # the dynamo exporter's lowest
 BASELINE_KEYS = {"ckpt", "cache_dir"}
@@ -256,7 +256,7 @@ def _check_finetune(c: dict) -> None:
             raise _bad(f"finetune.{key}", f[key], "a Hydra partial with _target_ (or null for the scheduler)")
 
 
-def _check_latency(c: dict) -> None:
+def _check_latency(c: dict, ignored: list[str]) -> None:
     lat = c["latency"]
     _keys(lat, "latency", LATENCY_KEYS)
     sizes = lat["batch_sizes"]
@@ -266,6 +266,21 @@ def _check_latency(c: dict) -> None:
     _int(lat, "latency", "warmup", 0)
     _int(lat, "latency", "repeats", 1)
     _bool(lat, "latency", "guard")
+    _choice(lat, "latency", "runtime", RUNTIMES)
+    planner = c.get("planner")
+    decides = c["decomp"].get("method") != KEEP and (lat["guard"] or (planner or {}).get("metric") == "latency")
+    if not decides:
+        ignored += _changed_from_defaults(
+            lat, "latency", "default", ["runtime"], "neither the guard nor a latency plan times candidates"
+        )
+    elif lat["runtime"] == "onnxruntime":
+        _require_onnx("latency.runtime=onnxruntime")
+
+
+def _require_onnx(key: str) -> None:
+    missing = missing_packages()
+    if missing:
+        raise ConfigError(f'{key} needs {", ".join(missing)}: pip install -e ".[onnx]"')
 
 
 def _check_callbacks(c: dict) -> None:
@@ -327,9 +342,7 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
     _int(dep, "deploy", "opset", MIN_OPSET)
     _int(dep, "deploy", "check_images", 1)
     if dep["onnx"]:
-        missing = missing_packages()
-        if missing:
-            raise ConfigError(f'deploy.onnx=true needs {", ".join(missing)}: pip install -e ".[onnx]"')
+        _require_onnx("deploy.onnx=true")
     else:
         ignored += _changed_from_defaults(
             dep, "deploy", "default", ["opset", "check_images"], "deploy.onnx=false: nothing is exported"
@@ -362,7 +375,7 @@ def check(cfg: DictConfig) -> list[str]:
     _check_planner(c, ignored)
     _check_data_recon(c, ignored)
     _check_finetune(c)
-    _check_latency(c)
+    _check_latency(c, ignored)
     _check_deploy(c, ignored)
     _check_callbacks(c)
     return ignored

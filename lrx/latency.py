@@ -5,6 +5,9 @@ repeated runs; CUDA is synchronised around each run. Modules compared with each 
 interleaved (round-robin, one call each per round), so drifts of clock and load hit all sides
 alike.
 
+``runtime="onnxruntime"`` times each module instead as its own ONNX graph in ONNX Runtime (CPU,
+every graph optimisation, torch's thread count; :mod:`lrx.onnx_graphs`), on the same input.
+
 Two speed-ups are named the same everywhere (DESIGN.md, section 4):
 - conv speed-up: summed latency of ALL conv layers of the baseline / the same sum for the
   approximated model, each layer timed on its real input shape (a replaced layer as its whole
@@ -14,6 +17,8 @@ Two speed-ups are named the same everywhere (DESIGN.md, section 4):
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +32,7 @@ from lrx.modes import eval_mode
 from lrx.modes import memory_format as in_format
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+RUNTIMES = ("torch", "onnxruntime")  # where modules are timed: PyTorch eager, or ONNX Runtime (the onnx extra)
 
 
 def memory_format_of(name: str) -> torch.memory_format:
@@ -46,13 +52,20 @@ class Setup:
     dtype: str = "float32"
     memory_format: str = "contiguous"
     cudnn_benchmark: bool | None = None
+    runtime: str = "torch"
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def setup_for(device: torch.device, batch_size: int, memory_format: str = "contiguous") -> Setup:
+def setup_for(
+    device: torch.device, batch_size: int, memory_format: str = "contiguous", runtime: str = "torch"
+) -> Setup:
     cuda = device.type == "cuda"
+    if runtime == "onnxruntime":
+        from lrx.onnx_graphs import runtime_name
+
+        return Setup("cpu", torch.get_num_threads(), batch_size, runtime=runtime_name())
     return Setup(
         device=torch.cuda.get_device_name(device) if cuda else "cpu",
         threads=torch.get_num_threads(),
@@ -60,6 +73,29 @@ def setup_for(device: torch.device, batch_size: int, memory_format: str = "conti
         memory_format=memory_format,
         cudnn_benchmark=torch.backends.cudnn.benchmark if cuda else None,
     )
+
+
+def machine() -> str:
+    """The CPU's model name and core count, e.g. "Intel(R) Xeon(R) ..., 2 cores" (what a figure was measured on)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def spread(values: list[float]) -> dict:
+    """The median, min and max of repeated measurements, and the measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
+
+
+def check_runtime(runtime: str, device: torch.device) -> None:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime={runtime!r} is unknown; valid: {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime" and device.type != "cpu":
+        raise ValueError(f"runtime=onnxruntime times on the CPU only, not on {device.type}")
 
 
 def devices() -> list[torch.device]:
@@ -93,16 +129,23 @@ def interleaved_ms(
 
 
 def modules_ms(
-    modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10
+    modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10, runtime: str = "torch"
 ) -> dict[str, float]:
-    """Median milliseconds of ``m(x)`` for each module (eval mode), interleaved on the same input."""
+    """Median milliseconds of ``m(x)`` for each module (eval mode), interleaved on the same input,
+    in ``runtime`` (one of RUNTIMES)."""
+    check_runtime(runtime, x.device)
+    if runtime == "onnxruntime":
+        from lrx.onnx_graphs import graph_call
+
+        calls = {k: graph_call(m, x, torch.get_num_threads()) for k, m in modules.items()}
+        return interleaved_ms(calls, x.device, warmup, repeats)
     with eval_mode(*modules.values()):
         return interleaved_ms({k: partial(m, x) for k, m in modules.items()}, x.device, warmup, repeats)
 
 
-def median_ms(net: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> float:
+def median_ms(net: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10, runtime: str = "torch") -> float:
     """Median milliseconds of ``net(x)``."""
-    return modules_ms({"net": net}, x, warmup, repeats)["net"]
+    return modules_ms({"net": net}, x, warmup, repeats, runtime)["net"]
 
 
 @torch.inference_mode()
@@ -126,6 +169,36 @@ def conv_names(net: nn.Module) -> list[str]:
     return [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+def layer_timings(
+    baseline: nn.Module,
+    approx: nn.Module,
+    x: torch.Tensor,
+    warmup: int = 3,
+    repeats: int = 10,
+    runtime: str = "torch",
+) -> dict[str, dict]:
+    """Every conv of ``baseline`` timed on its real input for the network input ``x``: a replaced
+    one against its low-rank module in ``approx`` (interleaved), an untouched one once, counting
+    on both sides. ``{name: {"baseline_ms", "approx_ms", "speedup", "replaced"}}``."""
+    names = conv_names(baseline)
+    inputs = layer_inputs(baseline, names, x)
+    layers = {}
+    for name in names:
+        base_m, approx_m = baseline.get_submodule(name), approx.get_submodule(name)
+        if type(approx_m) is type(base_m):  # untouched (or put back by the guard)
+            ms = median_ms(base_m, inputs[name], warmup, repeats, runtime)
+            layers[name] = {"baseline_ms": ms, "approx_ms": ms, "speedup": 1.0, "replaced": False}
+            continue
+        t = modules_ms({"baseline": base_m, "approx": approx_m}, inputs[name], warmup, repeats, runtime)
+        layers[name] = {
+            "baseline_ms": t["baseline"],
+            "approx_ms": t["approx"],
+            "speedup": t["baseline"] / t["approx"],
+            "replaced": True,
+        }
+    return layers
+
+
 def compare(
     baseline: nn.Module,
     approx: nn.Module,
@@ -135,38 +208,28 @@ def compare(
     warmup: int = 3,
     repeats: int = 10,
     memory_format: str = "contiguous",
+    runtime: str = "torch",
 ) -> dict:
     """Time ``baseline`` against ``approx`` (the same network with some convs replaced).
 
     Returns the setup, per-conv latencies (``baseline_ms``, ``approx_ms``, ``speedup``), the
     conv speed-up and the model speed-up, all measured side by side in this process.
     ``approx`` must keep the baseline's module names for the replaced layers. With
-    ``memory_format="channels_last"`` both networks and the input run channels_last.
+    ``memory_format="channels_last"`` both networks and the input run channels_last (in torch;
+    ONNX Runtime is fed NCHW and chooses its own layouts).
     """
-    device, fmt = torch.device(device), memory_format_of(memory_format)
+    device = torch.device(device)
+    check_runtime(runtime, device)
+    memory_format = memory_format if runtime == "torch" else "contiguous"
+    fmt = memory_format_of(memory_format)
     with in_format(fmt, baseline, approx, device=device):
         x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
-        names = conv_names(baseline)
-        inputs = layer_inputs(baseline, names, x)
-        layers = {}
-        for name in names:
-            base_m, approx_m = baseline.get_submodule(name), approx.get_submodule(name)
-            if type(approx_m) is type(base_m):  # untouched (or put back by the guard)
-                ms = median_ms(base_m, inputs[name], warmup, repeats)
-                layers[name] = {"baseline_ms": ms, "approx_ms": ms, "speedup": 1.0, "replaced": False}
-                continue
-            t = modules_ms({"baseline": base_m, "approx": approx_m}, inputs[name], warmup, repeats)
-            layers[name] = {
-                "baseline_ms": t["baseline"],
-                "approx_ms": t["approx"],
-                "speedup": t["baseline"] / t["approx"],
-                "replaced": True,
-            }
-        whole = modules_ms({"baseline": baseline, "approx": approx}, x, warmup, repeats)
+        layers = layer_timings(baseline, approx, x, warmup, repeats, runtime)
+        whole = modules_ms({"baseline": baseline, "approx": approx}, x, warmup, repeats, runtime)
     conv_base = sum(v["baseline_ms"] for v in layers.values())
     conv_approx = sum(v["approx_ms"] for v in layers.values())
     return {
-        "setup": setup_for(device, batch_size, memory_format).as_dict(),
+        "setup": setup_for(device, batch_size, memory_format, runtime).as_dict(),
         "layers": layers,
         "conv_ms": {"baseline": conv_base, "approx": conv_approx},
         "conv_speedup": conv_base / conv_approx,

@@ -158,7 +158,7 @@ class State:
     stages: dict[str, dict] = field(default_factory=dict)
     plan: dict | None = None
     finetune_reverted: bool = False
-    deployed: dict | None = None  # deploy.onnx: the exported graphs and their ONNX Runtime timings
+    deployed: dict | None = None  # deploy.onnx: the exported graphs (their timings join the others)
 
     @property
     def kept(self) -> list[str]:
@@ -216,6 +216,7 @@ def _filter_reconstruction(s: State) -> None:
             memory_format=lat.memory_format,
             options=job.planner_options(),
             rank_multiple=job.rank_multiple,
+            runtime=lat.runtime,
         )
         log.info(
             "plan (%s, predicted conv speed-up %.2fx): %s", p.metric, s.plan["predicted_conv_speedup"], s.plan["plan"]
@@ -224,9 +225,11 @@ def _filter_reconstruction(s: State) -> None:
     s.stages["filter"] = _accuracies(job, s.approx, "filter")
 
 
-def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, on=None, batch_sizes=None) -> dict:
+def _timings(
+    job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, on=None, batch_sizes=None, runtime: str = "torch"
+) -> dict:
     """``{device: {batch size: compare(...)}}`` for the devices ``on`` (default: every device) and
-    the ``batch_sizes`` (default: every configured one)."""
+    the ``batch_sizes`` (default: every configured one), in ``runtime``."""
     lat, size = job.cfg.latency, job.cfg.model.input_size
     batch_sizes = batch_sizes or lat.batch_sizes
     out = {}
@@ -234,7 +237,8 @@ def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, on=No
         x = torch.randn(max(lat.batch_sizes), 3, size, size, device=d)
         tune(approx.to(d), x, lat.warmup, lat.repeats, lat.memory_format)  # Scheme 1's and CP's execution, this device
         out[d.type] = {
-            bs: compare(baseline, approx, size, bs, d, lat.warmup, lat.repeats, lat.memory_format) for bs in batch_sizes
+            bs: compare(baseline, approx, size, bs, d, lat.warmup, lat.repeats, lat.memory_format, runtime=runtime)
+            for bs in batch_sizes
         }
     approx.to("cpu", memory_format=torch.contiguous_format)
     return out
@@ -243,15 +247,20 @@ def _timings(job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, on=No
 def _guard(s: State) -> None:
     """The latency guard, right after filter reconstruction (a layer's speed depends on its shape,
     not its weights), so that the fitting stages fit the layers that stay: every replaced layer
-    that is not faster where the model would run (CUDA when present) gets its original conv back."""
-    if not s.job.cfg.latency.guard:
+    that is not faster where the model would run gets its original conv back. That is
+    ``latency.runtime``: torch (on CUDA when present, else the CPU) or ONNX Runtime on the CPU,
+    each layer as its own graph; at the largest of ``latency.batch_sizes``."""
+    lat = s.job.cfg.latency
+    if not lat.guard:
         return
-    device, batch_size = devices()[-1], max(s.job.cfg.latency.batch_sizes)
-    timings = _timings(s.job, s.net, s.approx, on=[device], batch_sizes=[batch_size])[device.type][batch_size]
-    put_back = put_back_slower(s.approx, s.net, s.records, timings["layers"])
+    device = devices()[-1] if lat.runtime == "torch" else torch.device("cpu")
+    batch_size = max(lat.batch_sizes)
+    timings = _timings(s.job, s.net, s.approx, [device], [batch_size], lat.runtime)[device.type][batch_size]
+    where = f"{device.type if lat.runtime == 'torch' else export.RUNTIME}, batch {batch_size}"
+    put_back = put_back_slower(s.approx, s.net, s.records, timings["layers"], where)
     reset_strategies(s.approx)  # timing chose the executions; fitting computes the same numbers in every run
     if put_back:
-        log.warning("put back the original conv of %s: not faster on this device", put_back)
+        log.warning("put back the original conv of %s: not faster at %s", put_back, where)
         s.stages["guard"] = _accuracies(s.job, s.approx, "guard")
     if not s.kept:
         log.warning(
@@ -335,13 +344,14 @@ def slower_than_baseline(timings: dict) -> list[str]:
     ]
 
 
-def _deploy(s: State, run_dir: Path, images: torch.Tensor) -> None:
-    """deploy.onnx: both networks exported, checked on validation images and timed in ONNX Runtime."""
+def _deploy(s: State, run_dir: Path, images: torch.Tensor, timings: dict) -> None:
+    """deploy.onnx: both networks exported and checked on validation images, then timed in ONNX
+    Runtime, under its own key of ``timings``."""
     dep, lat = s.job.cfg.deploy, s.job.cfg.latency
     if not dep.onnx:
         return
     images = images[: dep.check_images]
-    s.deployed = export.deploy(
+    exported, timings[export.RUNTIME] = export.deploy(
         s.net,
         s.approx,
         run_dir,
@@ -352,7 +362,8 @@ def _deploy(s: State, run_dir: Path, images: torch.Tensor) -> None:
         lat.repeats,
         dep.opset,
     )
-    for record in s.deployed["onnx"].values():
+    s.deployed = {"onnx": exported}
+    for record in exported.values():
         log.info(
             "%s: %s exporter, opset %d, max relative error %.1e against torch",
             record["file"],
@@ -362,28 +373,10 @@ def _deploy(s: State, run_dir: Path, images: torch.Tensor) -> None:
         )
 
 
-def _runtime_figures(s: State, main_bs: int) -> dict:
-    """ONNX Runtime's latencies and model speed-ups, under their own device key, where deployed."""
-    if not s.deployed:
-        return {}
-    t = s.deployed[export.RUNTIME]["batches"]
-    return {
-        "baseline_ms": t[main_bs]["model_ms"]["baseline"],
-        "approx_ms": t[main_bs]["model_ms"]["approx"],
-        "speedup": t[main_bs]["model_speedup"],
-        "slower": [
-            f"{export.RUNTIME}, batch {bs}: model {v['model_speedup']:.2f}x"
-            for bs, v in t.items()
-            if v["model_speedup"] < 1
-        ],
-    }
-
-
 def results_of(s: State, timings: dict) -> dict:
     """The one place results.json is built."""
     cfg, main_bs = s.job.cfg, max(s.job.cfg.latency.batch_sizes)
-    runtime = _runtime_figures(s, main_bs)
-    slower = [*slower_than_baseline(timings), *runtime.get("slower", [])] if s.records else []
+    slower = slower_than_baseline(timings) if s.records else []
     if slower:
         log.warning("the final model is slower than the baseline at %s", "; ".join(slower))
     for rec in s.records:
@@ -391,18 +384,12 @@ def results_of(s: State, timings: dict) -> dict:
     kept_stages = [v for k, v in s.stages.items() if not (k == "finetune" and s.finetune_reverted)]
     last = kept_stages[-1] if kept_stages else s.baseline  # the final model is the last kept stage's
     baseline = {**s.baseline, "latency_ms": {dev: t[main_bs]["model_ms"]["baseline"] for dev, t in timings.items()}}
-    model_speedup = {dev: t[main_bs]["model_speedup"] for dev, t in timings.items()}
-    if runtime:
-        baseline["latency_ms"][export.RUNTIME] = runtime["baseline_ms"]
-        model_speedup[export.RUNTIME] = runtime["speedup"]
     final = {
         "acc1": last["acc1"],
         "acc1_test": last["acc1_test"],
         **complexity(s.approx, cfg.model.input_size),
         "latency_ms": {dev: t[main_bs]["model_ms"]["approx"] for dev, t in timings.items()},
     }
-    if runtime:
-        final["latency_ms"][export.RUNTIME] = runtime["approx_ms"]
     return {
         "status": "complete",
         "model": cfg.model.name,
@@ -416,7 +403,7 @@ def results_of(s: State, timings: dict) -> dict:
         "speedup": {
             "macs": baseline["macs"] / final["macs"],
             "conv": {dev: t[main_bs]["conv_speedup"] for dev, t in timings.items()},
-            "model": model_speedup,
+            "model": {dev: t[main_bs]["model_speedup"] for dev, t in timings.items()},
         },
         "latency": timings,
         "deploy": s.deployed,
@@ -443,7 +430,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     images = _first_val_images(job)
     check_finite_network(s.approx, "final network", images)  # never timed, reported or saved if broken
     timings = _timings(job, s.net, s.approx)
-    _deploy(s, run_dir, images)
+    _deploy(s, run_dir, images, timings)
     results = results_of(s, timings)
     save_torch(run_dir / MODEL, s.approx.eval())  # before results.json: a results.json that exists has its model
     write_json(run_dir / RESULTS, results)

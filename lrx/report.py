@@ -23,9 +23,9 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lrx.export import RUNTIME
 from lrx.io import write_bytes, write_text
 from lrx.lowrank import METHODS, method_class
+from lrx.onnx_graphs import RUNTIME
 
 RESULTS = "results.json"  # what lrx.pipeline writes (this module must not import the training stack)
 RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
@@ -48,6 +48,7 @@ COLUMNS = {  # markdown header -> row key
     "measured conv speed-up (CPU)": "conv_speedup_cpu",
     "model speed-up (CPU)": "model_speedup_cpu",
     "ONNX Runtime time(ms)": "ort_ms",
+    "conv speed-up (ONNX Runtime)": "conv_speedup_ort",
     "model speed-up (ONNX Runtime)": "model_speedup_ort",
     "conv speed-up re-timed (CPU, median [range])": "retimed",
     "solve time(s)": "solve_s",
@@ -70,6 +71,7 @@ CSV_COLUMNS = {  # CSV header -> row key
     "measured_speedup_cpu": "conv_speedup_cpu",
     "model_speedup_cpu": "model_speedup_cpu",
     "ort_ms": "ort_ms",
+    "conv_speedup_ort": "conv_speedup_ort",
     "model_speedup_ort": "model_speedup_ort",
 }
 DIGITS = {"params_m": 3}  # decimals in the table; 2 for every other number
@@ -201,6 +203,7 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "macs_speedup": 1.0,
         "conv_speedup_cpu": 1.0,
         "model_speedup_cpu": 1.0,
+        "conv_speedup_ort": 1.0 if ort else None,
         "model_speedup_ort": 1.0 if ort else None,
         "stages": {},
         "stages_text": None,
@@ -248,6 +251,7 @@ def _job_row(res: dict, key: tuple) -> dict:
         "macs_speedup": speedup["macs"],
         "conv_speedup_cpu": speedup["conv"]["cpu"],
         "model_speedup_cpu": speedup["model"]["cpu"],
+        "conv_speedup_ort": speedup["conv"].get(RUNTIME),
         "model_speedup_ort": speedup["model"].get(RUNTIME),
         "stages": {name: s["acc1"] for name, s in res["stages"].items()},
         "batch_size": _batch_size(res),
@@ -414,7 +418,7 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         'lower" marks a fine-tuning that lowered it, whose weights were not kept (the final model is '
         "the one before it). "
         f"CPU/CUDA/ONNX Runtime time: one forward pass of the whole model on a batch of {sizes} (ONNX Runtime: "
-        "the exported graph, where the run had deploy.onnx=true); "
+        "the exported graph, where the run had deploy.onnx=true; its conv speed-up times each conv as its own graph); "
         "a baseline's is the median over the runs that measured it. "
         "Theoretical speed-up: baseline MACs / final MACs (whole model). "
         "Measured conv speed-up: summed latency of all convs, baseline / final. "

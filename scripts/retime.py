@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,14 +29,10 @@ import torch
 from tqdm import tqdm
 
 from lrx.io import write_json
-from lrx.latency import compare
+from lrx.latency import compare, spread
 from lrx.lowrank.execution import tune
 from lrx.pipeline import load_models
 from lrx.report import RETIMED
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
 
 
 def retime(run_dir: Path, rounds: int, batch_size: int | None = None) -> dict:

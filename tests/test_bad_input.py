@@ -107,6 +107,7 @@ CASES = [
     p("latency.memory_format=weird", "latency.memory_format='weird'", "channels_last"),
     p("latency.memory_format=weird callbacks.cost=null", "latency.memory_format='weird'", "channels_last"),
     p("latency.guard=maybe", "latency.guard='maybe'", "true or false"),
+    p("latency.runtime=tvm", "latency.runtime='tvm'", "torch, onnxruntime"),
     p("callbacks.cost.batch_size=0", "callbacks.cost.batch_size=0", ">= 1"),
     p("callbacks.cost.repeats=0", "callbacks.cost.repeats=0", ">= 1"),
     p("+callbacks.extra=3", "callbacks.extra=3", "_target_"),

@@ -145,6 +145,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
             "planner.options.scheme1",
         ),
         (["data_recon=lstsq", "data_recon.lr=0.1"], "data_recon.lr"),  # no gradient steps
+        (["latency.guard=false", "latency.runtime=onnxruntime"], "latency.runtime"),  # nothing times candidates
     ],
 )
 def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(overrides, ignored, tmp_path, tiny_root):
@@ -155,6 +156,13 @@ def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(over
     with pytest.raises(config.ConfigError, match=ignored.replace(".", r"\.") + ".*no effect"):
         prepare(cfg)
     assert any(k.startswith(ignored) for k in prepare(cfg, sweep=True).ignored_keys)
+
+
+def test_a_runtime_without_its_extra_is_refused_naming_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "missing_packages", lambda: ["onnxruntime"])
+    cfg = compose_cfg(["latency.runtime=onnxruntime"], tmp_path)
+    with pytest.raises(config.ConfigError, match=r"latency.runtime=onnxruntime needs onnxruntime.*\.\[onnx\]"):
+        config.check(cfg)
 
 
 @pytest.mark.slow
@@ -230,6 +238,21 @@ def test_comparison_sweeps_run_all_three_stages_at_their_targets(
                 [f"experiment={experiment}", f"planner.methods={job}", f"planner.target_speedup={target}"], tmp_path
             )
             assert config.check(job_cfg) == []
+
+
+@pytest.mark.parametrize(
+    "method_args", [[], ["decomp=scheme2", "decomp.bases={conv2: 43, conv3: 82, conv4: 80, conv5: 102}"]]
+)
+def test_the_rank_multiple_sweep_rounds_fixed_ranks_and_deploys(tmp_path, method_args):
+    cfg = compose_cfg(["experiment=rank_multiple", *method_args], tmp_path)
+    assert cfg.hydra.sweeper.params["decomp.rank_multiple"] == "1,8,16"
+    for multiple in (1, 8, 16):  # every job of the sweep passes the schema
+        c = config.resolved(
+            compose_cfg(["experiment=rank_multiple", *method_args, f"decomp.rank_multiple={multiple}"], tmp_path)
+        )
+        assert c["decomp"]["layers"] == ALEXNET_CONVS and c["decomp"]["rank_multiple"] == multiple
+        assert c["deploy"]["onnx"] is True and c["latency"]["guard"] is False and "finetune" not in c
+    assert config.check(compose_cfg(["experiment=rank_multiple", *method_args], tmp_path)) == []
 
 
 @pytest.mark.parametrize(

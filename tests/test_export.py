@@ -1,12 +1,14 @@
 """ONNX export of decomposed networks: checked graphs, a dynamic batch axis, agreement with torch
-in ONNX Runtime, the fallback exporter, and a mismatch that keeps no file."""
+in ONNX Runtime, the fallback exporter, a mismatch that keeps no file, and timing in ONNX Runtime
+(every layer as its own graph) for the deploy record, the guard and the planner."""
 
 import pytest
 import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
 
-from lrx import export  # noqa: E402
+from lrx import export, onnx_graphs  # noqa: E402
+from lrx.latency import compare, conv_names, layer_inputs  # noqa: E402
 from lrx.lowrank import METHODS, decompose  # noqa: E402
 from lrx.models import AlexNetCIFAR  # noqa: E402
 
@@ -25,19 +27,19 @@ def mixed_net():
 def test_every_method_exports_and_agrees_with_torch_at_any_batch_size(mixed_net, tmp_path):
     images = torch.randn(6, 3, 32, 32)
     record = export.export_checked(mixed_net, tmp_path / "model.onnx", images)
-    assert record["exporter"] == "dynamo" and record["opset"] == export.OPSET
+    assert record["exporter"] == "dynamo" and record["opset"] == onnx_graphs.OPSET
     assert record["max_rel_error"] <= export.RTOL
-    sess = export.session(tmp_path / "model.onnx", threads=1)
+    sess = onnx_graphs.session(tmp_path / "model.onnx", threads=1)
     for batch in (1, 3):  # the batch axis is dynamic
         x = torch.randn(batch, 3, 32, 32)
         with torch.no_grad():
             ref = mixed_net(x)
-        torch.testing.assert_close(export._run(sess, x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+        torch.testing.assert_close(onnx_graphs.run(sess, x), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
 def test_a_graph_that_disagrees_is_refused_and_not_kept(mixed_net, tmp_path, monkeypatch):
-    real = export._run
-    monkeypatch.setattr(export, "_run", lambda sess, x: real(sess, x) + 1.0)
+    real = export.run
+    monkeypatch.setattr(export, "run", lambda sess, x: real(sess, x) + 1.0)
     with pytest.raises(export.ExportError, match=r"model.onnx: ONNX Runtime disagrees.*max relative error"):
         export.export_checked(mixed_net, tmp_path / "model.onnx", torch.randn(4, 3, 32, 32))
     assert list(tmp_path.iterdir()) == []
@@ -58,23 +60,62 @@ def test_the_torchscript_exporter_is_the_fallback(tmp_path, monkeypatch, caplog)
     assert "dynamo ONNX exporter failed (RuntimeError: unsupported op)" in caplog.text
 
 
-def test_onnx_runtime_times_both_graphs_at_every_batch_size(mixed_net, tmp_path):
+def test_each_layer_runs_as_its_own_graph_and_computes_what_torch_does(mixed_net):
+    x = torch.randn(3, 3, 32, 32)
+    inputs = layer_inputs(mixed_net, conv_names(AlexNetCIFAR()), x)
+    for name, layer_input in inputs.items():  # one layer of every method
+        module = mixed_net.get_submodule(name)
+        with torch.no_grad():
+            ref = module(layer_input)
+        (out,) = onnx_graphs.graph_call(module, layer_input, threads=1)()
+        torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_onnx_runtime_times_every_conv_and_both_networks():
     base = AlexNetCIFAR(widths=(16, 24, 32, 32, 24)).eval()
-    images = torch.randn(2, 3, 32, 32)
-    export.export_checked(base, tmp_path / "baseline.onnx", images)
-    export.export_checked(mixed_net, tmp_path / "model.onnx", images)
-    t = export.ort_latency(
-        tmp_path / "baseline.onnx", tmp_path / "model.onnx", 32, [1, 4], threads=1, warmup=1, repeats=2
-    )
-    assert set(t["batches"]) == {1, 4} and t["setup"]["runtime"].startswith("onnxruntime ")
-    for v in t["batches"].values():
-        assert v["model_speedup"] == pytest.approx(v["model_ms"]["baseline"] / v["model_ms"]["approx"])
+    approx = __import__("copy").deepcopy(base)
+    decompose(approx, ["conv2"], "scheme2", 8)
+    t = compare(base, approx, 32, 2, warmup=1, repeats=2, memory_format="channels_last", runtime="onnxruntime")
+    assert t["setup"]["runtime"].startswith("onnxruntime ") and t["setup"]["memory_format"] == "contiguous"
+    assert [n for n, v in t["layers"].items() if v["replaced"]] == ["conv2"]
+    assert t["conv_speedup"] == pytest.approx(t["conv_ms"]["baseline"] / t["conv_ms"]["approx"])
+    assert t["model_speedup"] == pytest.approx(t["model_ms"]["baseline"] / t["model_ms"]["approx"])
+
+
+def test_onnx_runtime_needs_the_cpu():
+    with pytest.raises(ValueError, match="runtime=onnxruntime times on the CPU only"):
+        compare(AlexNetCIFAR(), AlexNetCIFAR(), 32, 1, "meta", runtime="onnxruntime")
+
+
+def test_the_planner_times_its_candidates_in_onnx_runtime(monkeypatch):
+    """Every candidate really runs in ONNX Runtime; the times it reports are then fixed (low-rank
+    twice as fast: 1.11x over the five convs), so that the plan does not depend on this machine's timing."""
+    from lrx.lowrank import planner
+
+    timed = []
+
+    def modules_ms(modules, x, warmup, repeats, runtime="torch"):
+        real = planner.modules_ms.__wrapped__(modules, x, warmup, repeats, runtime)
+        timed.append((runtime, set(real)))
+        return {k: 0.5 if k == "lowrank" else 1.0 for k in modules}
+
+    modules_ms.__wrapped__ = planner.modules_ms
+    monkeypatch.setattr(planner, "modules_ms", modules_ms)
+    torch.manual_seed(0)
+    net = AlexNetCIFAR(widths=(8, 16, 16, 16, 8)).eval()
+    chosen, report = planner.plan(
+        net, ["conv3"], 1.1, "latency", batch_size=2, methods=["channel_svd"], warmup=1, repeats=1,
+        progress=False, runtime="onnxruntime", rank_multiple=8,
+    )  # fmt: skip
+    assert report["runtime"] == "onnxruntime" and chosen["conv3"].method == "channel_svd"
+    assert timed and all(runtime == "onnxruntime" for runtime, _ in timed)
+    assert {"dense", "lowrank"} in [keys for _, keys in timed]
 
 
 def test_without_the_extra_the_error_names_it(monkeypatch):
-    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(onnx_graphs.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"deploy.onnx=true needs onnx, onnxscript, onnxruntime.*\.\[onnx\]"):
-        export.require_onnx()
+        onnx_graphs.require_onnx()
 
 
 @pytest.mark.slow
@@ -103,13 +144,18 @@ def test_a_smoke_run_with_deploy_onnx_writes_checked_graphs_and_ort_timings(tmp_
     assert json.loads((tmp_path / "results.json").read_text())["deploy"] == json.loads(json.dumps(results["deploy"]))
     for side in ("baseline", "final"):
         assert results["deploy"]["onnx"][side]["max_rel_error"] <= 1e-4
-    assert results["deploy"][export.RUNTIME]["setup"]["runtime"].startswith("onnxruntime ")
-    assert results["speedup"]["model"][export.RUNTIME] > 0 and results["final"]["latency_ms"][export.RUNTIME] > 0
+    ort = onnx_graphs.RUNTIME
+    for bs, t in results["latency"][ort].items():  # timed like torch: every conv, and both networks
+        assert t["setup"]["runtime"].startswith("onnxruntime ") and set(t["layers"]) == set(
+            results["latency"]["cpu"][bs]["layers"]
+        )
+    assert results["speedup"]["model"][ort] > 0 and results["speedup"]["conv"][ort] > 0
+    assert results["final"]["latency_ms"][ort] > 0 and ort in results["layers"][0]["measured_speedup"]
     final = torch.load(tmp_path / "model.pt", weights_only=False).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref = final(x)
-    out = export._run(export.session(tmp_path / "model.onnx", 1), x)
+    out = onnx_graphs.run(onnx_graphs.session(tmp_path / "model.onnx", 1), x)
     assert float((out - ref).abs().max()) <= 1e-4 * float(ref.abs().max())
 
 
@@ -128,4 +174,5 @@ def test_a_committed_run_is_exported_after_the_fact(tmp_path, monkeypatch, data_
     deployed = __import__("json").loads((run_dir / "deploy.json").read_text())
     assert {r["file"] for r in deployed["onnx"].values()} == {"baseline.onnx", "model.onnx"}
     assert all(r["max_rel_error"] <= export.RTOL for r in deployed["onnx"].values())
-    assert set(deployed[export.RUNTIME]["batches"]) == {"1", "32"}
+    assert set(deployed[onnx_graphs.RUNTIME]) == {"1", "32"}
+    assert all(t["conv_speedup"] > 0 for t in deployed[onnx_graphs.RUNTIME].values())

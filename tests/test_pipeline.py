@@ -65,6 +65,22 @@ def test_guard_decides_before_data_reconstruction_and_finetuning(tmp_path, monke
         assert results["final"]["macs"] < results["baseline"]["macs"]
 
 
+def test_the_guard_decides_in_the_configured_runtime(tmp_path, monkeypatch, tiny_root):
+    pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
+    fake, runtimes = _fake_compare(0.5), []
+
+    def compare(*args, runtime="torch", **kwargs):
+        runtimes.append(runtime)
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(lrx.pipeline, "compare", compare)
+    results = _run(tmp_path, tiny_root, "latency.runtime=onnxruntime", "latency.batch_sizes=[1,4]")
+    (layer,) = results["layers"]
+    assert layer["guard"] == {"speedup": 0.5, "at": "onnxruntime-cpu, batch 4"} and layer["kept"] is False
+    assert "onnxruntime-cpu, batch 4" in layer["put_back_reason"]
+    assert runtimes == ["onnxruntime", "torch", "torch"]  # the guard, then the final timing at each batch size
+
+
 def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypatch, tiny_root):
     monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(2.0))
     acc1 = {"baseline": 90.0, "filter": 70.0, "data": 85.0, "finetune": 40.0}  # fine-tuning diverged

@@ -7,17 +7,21 @@ import copy
 from torch import nn
 
 
-def put_back_slower(approx: nn.Module, baseline: nn.Module, records: list[dict], layer_timings: dict) -> list[str]:
+def put_back_slower(
+    approx: nn.Module, baseline: nn.Module, records: list[dict], layer_timings: dict, where: str = "this device"
+) -> list[str]:
     """Restore, in ``approx``, the original conv (from ``baseline``, exact weights, a copy) of every
     replaced layer whose measured speed-up in ``layer_timings`` (name -> {"speedup": ...}, as
-    returned by :func:`lrx.latency.compare`) is below 1. Marks each record with ``kept`` and,
-    where put back, ``put_back_reason``; returns the names put back."""
+    returned by :func:`lrx.latency.compare`, measured at ``where``) is below 1. Marks each record
+    with ``kept``, ``guard`` (the speed-up it decided on, and where) and, where put back,
+    ``put_back_reason``; returns the names put back."""
     put_back = []
     for rec in records:
         speedup = layer_timings[rec["name"]]["speedup"]
         rec["kept"] = speedup >= 1.0
+        rec["guard"] = {"speedup": speedup, "at": where}
         if not rec["kept"]:
             approx.set_submodule(rec["name"], copy.deepcopy(baseline.get_submodule(rec["name"])))
-            rec["put_back_reason"] = f"measured speed-up {speedup:.2f}x < 1 on this device"
+            rec["put_back_reason"] = f"measured speed-up {speedup:.2f}x < 1 at {where}"
             put_back.append(rec["name"])
     return put_back

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrx.latency import MEMORY_FORMATS, conv_names, layer_inputs, modules_ms
+from lrx.latency import MEMORY_FORMATS, RUNTIMES, conv_names, layer_inputs, modules_ms
 from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, is_int, method_class
 from lrx.lowrank.data_recon import refit_final, relative_error
 from lrx.lowrank.surgery import layer_record, select_convs
@@ -268,13 +268,20 @@ def _output_error(net: nn.Module, names: list[str], images: torch.Tensor, kind: 
     return error
 
 
-def _timed_ms(modules: dict[str, nn.Module], x: torch.Tensor, memory_format, warmup: int, repeats: int) -> dict:
-    """``modules_ms`` with the modules' weights and ``x`` in ``memory_format`` (weights restored to
-    the contiguous format after), as the final timing runs them: the dense conv and some low-rank
-    passes run at very different speeds in the two formats (docs/SOLVERS.md)."""
+def _timed_ms(
+    modules: dict[str, nn.Module], x: torch.Tensor, memory_format, warmup: int, repeats: int, runtime: str
+) -> dict:
+    """``modules_ms`` in ``runtime``. In torch, with the modules' weights and ``x`` in
+    ``memory_format`` (weights restored to the contiguous format after), as the final timing runs
+    them: the dense conv and some low-rank passes run at very different speeds in the two formats
+    (docs/SOLVERS.md). In ONNX Runtime, each module as its own graph. A layer with a choice of
+    executions (Scheme 1, CP) runs the one torch times fastest, in both runtimes."""
     with in_format(memory_format, *modules.values()):
         if hasattr(modules.get("lowrank"), "select_strategy"):
             modules["lowrank"].select_strategy(x, warmup, repeats)
+    if runtime != "torch":
+        return modules_ms(modules, x.contiguous(), warmup, repeats, runtime)
+    with in_format(memory_format, *modules.values()):
         return modules_ms(modules, x, warmup, repeats)
 
 
@@ -294,6 +301,7 @@ def plan(
     memory_format: str = "contiguous",
     options: dict | None = None,
     rank_multiple: int = 1,
+    runtime: str = "torch",
 ) -> tuple[dict[str, Candidate], dict]:
     """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
 
@@ -305,13 +313,16 @@ def plan(
     probabilities and q the same with only this conv replaced by layer'. Without calibration
     images, the error is the filter reconstruction error ‖W − Ŵ‖ / ‖W‖. The installed layers are
     the plain filter-reconstruction solutions in every case. ``metric="latency"`` times every
-    candidate against the dense conv in ``memory_format`` (as ``latency.compare`` will).
+    candidate against the dense conv in ``memory_format`` (as ``latency.compare`` will), in
+    ``runtime`` (``"onnxruntime"``: each as its own ONNX graph; see :mod:`lrx.latency`).
 
     Returns the chosen candidate per selected layer (method None keeps the conv) and a report
     with the predicted conv speed-up and every candidate's (method, bases, error, cost).
     """
     if memory_format not in MEMORY_FORMATS:
         raise DecompositionError(f"memory_format={memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}")
+    if runtime not in RUNTIMES:
+        raise DecompositionError(f"runtime={runtime!r} is unknown; valid: {', '.join(RUNTIMES)}")
     if calibration is not None and error not in OUTPUT_ERRORS:
         raise DecompositionError(f"planner error={error!r} is unknown; valid: {', '.join(OUTPUT_ERRORS)}")
     selected = check_request(net, layers, target_speedup, metric, methods, options, input_size, rank_multiple)
@@ -331,7 +342,7 @@ def plan(
         conv = net.get_submodule(name)
         if metric == "macs":
             return conv.weight.numel() * outputs[name][0, 0].numel()  # N*C*kh*kw per output pixel
-        return _timed_ms({"dense": conv}, inputs[name], fmt, warmup, repeats)["dense"]
+        return _timed_ms({"dense": conv}, inputs[name], fmt, warmup, repeats, runtime)["dense"]
 
     if metric == "latency":
         warn_if_busy()
@@ -348,7 +359,7 @@ def plan(
             if metric == "macs":
                 cost = costs[name] / layer.report["macs_speedup"]
             else:
-                t = _timed_ms({"dense": conv, "lowrank": layer.eval()}, inputs[name], fmt, warmup, repeats)
+                t = _timed_ms({"dense": conv, "lowrank": layer.eval()}, inputs[name], fmt, warmup, repeats, runtime)
                 cost = costs[name] * t["lowrank"] / t["dense"]
             choices.append(Candidate(name, cls.method, bases, error_of(name, layer), cost, layer))
         candidates[name] = choices
@@ -365,6 +376,7 @@ def plan(
     report = {
         "target_speedup": target_speedup,
         "metric": metric,
+        "runtime": runtime if metric == "latency" else None,
         "error": kind,
         "predicted_conv_speedup": total / (fixed + sum(c.cost for c in picks)),
         "plan": {c.name: {"method": c.method, "bases": c.bases, "error": c.error} for c in picks},

@@ -1,0 +1,110 @@
+"""ONNX graphs of torch modules, and the ONNX Runtime sessions that run them.
+
+A module is exported with ``torch.onnx.export(..., dynamo=True)`` (the current exporter, on
+onnxscript) with a dynamic batch axis, falling back to the TorchScript exporter only where the
+new one fails (said in the log). A session runs on ONNX Runtime's CPU execution provider with
+every graph optimisation. onnx, onnxscript and onnxruntime are the ``onnx`` extra:
+``pip install -e ".[onnx]"``; nothing here is imported without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lrx.modes import eval_mode
+
+log = logging.getLogger(__name__)
+
+EXTRA = "onnx"  # pip install -e ".[onnx]"
+PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+OPSET = 18
+RUNTIME = "onnxruntime-cpu"  # the device key of ONNX Runtime timings in results.json
+PROVIDER = "CPUExecutionProvider"
+OPTIMIZATION = "ORT_ENABLE_ALL"
+
+
+def missing_packages() -> list[str]:
+    return [p for p in PACKAGES if importlib.util.find_spec(p) is None]
+
+
+def require_onnx(key: str = "deploy.onnx=true") -> None:
+    """A clear error, before any work, when the onnx extra is not installed."""
+    missing = missing_packages()
+    if missing:
+        raise ImportError(f'{key} needs {", ".join(missing)}: install the extra with pip install -e ".[{EXTRA}]"')
+
+
+def write_graph(net: nn.Module, x: torch.Tensor, path: Path, opset: int = OPSET) -> str:
+    """Write ``net`` (CPU, eval mode) as an ONNX graph for inputs shaped like ``x`` (any batch size)
+    to ``path``; returns the exporter that worked ("dynamo" or "torchscript")."""
+    x = x.expand(max(2, x.shape[0]), *x.shape[1:]).contiguous()  # a batch of 1 would fix the batch axis
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(
+            net,
+            (x,),
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+        program.save(str(path))
+        return "dynamo"
+    except Exception as e:  # noqa: BLE001 - any failure of the new exporter falls back, and is reported
+        log.warning(
+            "the dynamo ONNX exporter failed (%s: %s); falling back to the TorchScript exporter",
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+        )
+    torch.onnx.export(
+        net,
+        (x,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return "torchscript"
+
+
+def session(path: Path, threads: int):
+    """An ONNX Runtime CPU session with every graph optimisation and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION)
+    return ort.InferenceSession(str(path), options, providers=[PROVIDER])
+
+
+def run(sess, x: torch.Tensor) -> torch.Tensor:
+    """``sess`` on ``x`` (any memory format); its first output as a tensor."""
+    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.contiguous().numpy()})[0])
+
+
+def runtime_name() -> str:
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} ({PROVIDER}, {OPTIMIZATION})"
+
+
+def graph_call(module: nn.Module, x: torch.Tensor, threads: int, opset: int = OPSET) -> Callable[[], object]:
+    """A zero-argument call that runs ``module`` (exported, CPU) in ONNX Runtime on ``x``."""
+    with tempfile.TemporaryDirectory(prefix="lrx-graph-") as folder:
+        path = Path(folder) / "graph.onnx"
+        with eval_mode(module), torch.no_grad():
+            write_graph(module, x.detach().cpu(), path, opset)
+        sess = session(path, threads)  # the session holds the graph in memory
+    return partial(sess.run, None, {sess.get_inputs()[0].name: x.detach().cpu().contiguous().numpy()})
