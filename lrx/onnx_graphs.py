@@ -22,6 +22,8 @@ from torch import nn
 from lrx.modes import eval_mode
 
 log = logging.getLogger(__name__)
+for _name in ("onnxscript", "onnx_ir"):  # their INFO lines, hundreds per export, would drown a run's log
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 EXTRA = "onnx"  # pip install -e ".[onnx]"
 PACKAGES = ("onnx", "onnxscript", "onnxruntime")
