@@ -333,15 +333,18 @@ def _finetune(s: State, logger, callbacks) -> None:
 
 
 def slower_than_baseline(timings: dict) -> list[str]:
-    """Every timed setting (device, batch size) at which the final model's conv or model speed-up
-    is below 1, e.g. ``"cpu, batch 1: conv 0.84x, model 1.00x"``: the guard decides at one setting
-    only, so a model faster at batch 32 can be slower at batch 1, and the user must be told."""
-    return [
-        f"{dev}, batch {bs}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x"
-        for dev, by_bs in timings.items()
-        for bs, t in by_bs.items()
-        if min(t["conv_speedup"], t["model_speedup"]) < 1
-    ]
+    """Every timed point (device or runtime, batch size) at which the final model's conv or model
+    speed-up, or any replaced layer's, is below 1, e.g. ``"cpu, batch 1: conv 0.84x, model
+    1.00x; layers slower: conv3 0.90x"``: the guard decides at one point only, so a model faster
+    at batch 32 can be slower at batch 1, and the user must be told."""
+    out = []
+    for dev, by_bs in timings.items():
+        for bs, t in by_bs.items():
+            layers = [f"{n} {v['speedup']:.2f}x" for n, v in t["layers"].items() if v["replaced"] and v["speedup"] < 1]
+            if min(t["conv_speedup"], t["model_speedup"]) < 1 or layers:
+                text = f"{dev}, batch {bs}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x"
+                out.append(text + (f"; layers slower: {', '.join(layers)}" if layers else ""))
+    return out
 
 
 def _deploy(s: State, run_dir: Path, images: torch.Tensor, timings: dict) -> None:

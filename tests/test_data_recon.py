@@ -360,6 +360,7 @@ def test_progress_bar_names_the_layer(net, batches, capsys):
     assert "data reconstruction conv1" in capsys.readouterr().err
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda(net, batches):
     net = net.cuda()

@@ -47,6 +47,17 @@ def test_compare_reports_layers_and_both_speedups(memory_format):
     assert net.conv1.weight.is_contiguous()  # memory format restored
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compare_times_both_networks_on_cuda():
+    net = AlexNetCIFAR().eval()
+    approx = copy.deepcopy(net)
+    approx.conv3 = LowRankExpConvV2.from_conv(net.conv3, 8)
+    out = compare(net, approx, 32, batch_size=2, device="cuda", warmup=1, repeats=3)
+    assert out["setup"]["device"] == torch.cuda.get_device_name() and out["conv_speedup"] > 0
+    assert next(net.parameters()).device.type == "cpu"  # compare hands the networks back on their own device
+
+
 def test_compare_rejects_unknown_memory_format():
     net = AlexNetCIFAR()
     with pytest.raises(ValueError, match="channels_first.*contiguous"):
@@ -83,3 +94,13 @@ def test_memory_format_hands_the_modules_back_contiguous():
         assert net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
         assert not net.conv2.weight.is_contiguous()
     assert all(p.is_contiguous() for p in net.parameters())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the check runs in full (minutes)")
+def test_the_cuda_check_exits_at_once_without_cuda_saying_so():
+    import subprocess
+
+    from tests.conftest import REPO
+
+    res = subprocess.run(["bash", str(REPO / "scripts" / "cuda_check.sh")], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "no CUDA device here" in res.stdout

@@ -140,6 +140,7 @@ def test_scheme1_progress_bar(capsys):
     assert "scheme 1" in capsys.readouterr().err
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_solvers_run_on_the_weight_device():
     w = torch.randn(16, 8, 3, 3, device="cuda")

@@ -145,5 +145,6 @@ def test_every_setting_where_the_final_model_is_slower_is_named(tmp_path, monkey
     monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(conv2_speedup))
     results = _run(tmp_path, tiny_root, "latency.guard=false")  # conv2 stays, even when slower
     conv = 5 / (4 + 1 / conv2_speedup)  # five convs of 1 ms, conv2 replaced
-    expected = [f"cpu, batch {bs}: conv {conv:.2f}x, model 1.00x" for bs in (1, 32)] if conv < 1 else []
+    slower = f"cpu, batch {{}}: conv {conv:.2f}x, model 1.00x; layers slower: conv2 {conv2_speedup:.2f}x"
+    expected = [slower.format(bs) for bs in (1, 32)] if conv2_speedup < 1 else []
     assert results["slower_than_baseline"] == expected
