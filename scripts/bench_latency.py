@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 
 import torch
 from torch import nn
 
 from lrx.io import write_text
-from lrx.latency import MEMORY_FORMATS, conv_names, layer_inputs, modules_ms, setup_for
+from lrx.latency import MEMORY_FORMATS, conv_names, layer_inputs, machine, modules_ms, setup_for
 from lrx.lowrank import METHODS, ConvGeometry, method_class
 from lrx.models import AlexNet, AlexNetCIFAR, ResNet20CIFAR
 
@@ -70,7 +69,7 @@ def main() -> None:
     lines = [
         "# Measured layer speed-ups against nn.Conv2d",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"Machine: {machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, device {setup_for(device, 0).device}; {datetime.date.today()}.",
         f"Command: `python scripts/bench_latency.py {' '.join(sys.argv[1:])}`. Each figure is dense ms / "
         f"low-rank ms, medians of {args.repeats} "
