@@ -191,6 +191,7 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "model": key[0],
         "dataset": key[1],
         "method": "baseline",
+        "family": "baseline",
         "label": "baseline",
         "lambda": None,
         "layers": None,
@@ -242,6 +243,7 @@ def _job_row(res: dict, key: tuple) -> dict:
         "model": res["model"],
         "dataset": dataset_of(res),
         "method": method,
+        "family": "+".join(map(method_label, methods)) or "all put back",  # the plot's colour
         "label": label,
         "lambda": lambda_text(next((r["lambda"] for r in kept if r.get("lambda")), None)),
         "layers": _layers_text([r["name"] for r in kept]),
@@ -362,10 +364,14 @@ def pareto(rows: list[dict]) -> list[dict]:
     return front[::-1]
 
 
-def plot(rows: list[dict], path, title: str = "lrx report") -> Path:
-    """acc@1 against measured CPU conv speed-up, one colour per baseline (those without runs left
-    out when others have some), each with its Pareto front as a step line (best acc@1 at this
-    speed-up or more); written as a PNG atomically."""
+MARKERS = "osD^vP*X"  # one per baseline (model, data, baseline acc@1)
+
+
+def figure(rows: list[dict], title: str = "lrx report") -> Figure:
+    """acc@1 against measured CPU conv speed-up: one colour per method (``+``-joined where a run
+    mixes methods), one marker per baseline (those without runs left out when others have some),
+    each baseline's Pareto front as a step line (best acc@1 at this speed-up or more); only the
+    points on a front are labelled, so the labels do not crowd."""
     fig = Figure(figsize=(10, 6.5), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -373,28 +379,37 @@ def plot(rows: list[dict], path, title: str = "lrx report") -> Path:
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
     groups = {k: pts for k, pts in groups.items() if len(pts) > 1} or groups  # baselines with runs on them
+    families = list(dict.fromkeys(r["family"] for pts in groups.values() for r in pts))
+    colors = {"baseline": "black", **{f: f"C{i}" for i, f in enumerate(x for x in families if x != "baseline")}}
+    for family in families:  # the colour legend
+        ax.scatter([], [], color=colors[family], marker="o", s=30, label=family)
     for i, (key, pts) in enumerate(groups.items()):
-        color = f"C{i}"
-        ax.scatter(
-            [r["conv_speedup_cpu"] for r in pts],
-            [r["acc1"] for r in pts],
-            color=color,
-            s=30,
-            zorder=3,
-            label=f"{key[0]} on {key[1]} (baseline {key[2]:.2f}%)",
-        )
+        marker = MARKERS[i % len(MARKERS)]
+        for family in families:
+            mine = [r for r in pts if r["family"] == family]
+            ax.scatter(
+                [r["conv_speedup_cpu"] for r in mine],
+                [r["acc1"] for r in mine],
+                color=colors[family],
+                marker=marker,
+                s=30,
+                zorder=3,
+            )
         front = pareto(pts)
         fx, fy = [r["conv_speedup_cpu"] for r in front], [r["acc1"] for r in front]
-        ax.step(fx, fy, where="pre", color=color, lw=1.5, alpha=0.6, label="Pareto front" if i == 0 else None)
-        ax.scatter(fx, fy, s=110, facecolors="none", edgecolors=color, lw=1.5, zorder=3)
-        for j, r in enumerate(sorted(pts, key=lambda r: (r["conv_speedup_cpu"], r["acc1"]))):
+        ax.step(fx, fy, where="pre", color="grey", lw=1.2, alpha=0.7, marker=marker, markersize=0, zorder=2)
+        ax.scatter(
+            fx, fy, s=110, facecolors="none", edgecolors="grey", marker=marker, lw=1.2, zorder=3,
+            label=f"Pareto front, {key[0]} on {key[1]} (baseline {key[2]:.2f}%)",
+        )  # fmt: skip
+        for j, r in enumerate(front):
             ax.annotate(
                 r["label"],
                 (r["conv_speedup_cpu"], r["acc1"]),
                 xytext=(7, 6 if j % 2 == 0 else -14),
                 textcoords="offset points",
                 fontsize=9,
-                color=color,
+                color=colors[r["family"]],
             )
     ax.set_xlabel("measured conv speed-up on CPU (×)", fontsize=11)
     ax.set_ylabel("acc@1 (%)", fontsize=11)
@@ -402,8 +417,13 @@ def plot(rows: list[dict], path, title: str = "lrx report") -> Path:
     ax.margins(x=0.12, y=0.08)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="best")
+    return fig
+
+
+def plot(rows: list[dict], path, title: str = "lrx report") -> Path:
+    """:func:`figure`, written as a PNG atomically."""
     buf = BytesIO()
-    fig.savefig(buf, format="png")
+    figure(rows, title).savefig(buf, format="png")
     return write_bytes(path, buf.getvalue())
 
 

@@ -218,6 +218,18 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
     assert plot_path.is_file() and not (tmp_path / "out2" / "report.png").exists()
 
 
+def test_the_plot_colours_by_method_and_labels_only_the_pareto_points(sweep):
+    rows, _ = report.collect([sweep])
+    worse = min(rows[1:], key=lambda r: r["acc1"])  # a run, and one slower and less accurate than it
+    rows.append({**worse, "label": "dominated", "acc1": worse["acc1"] - 5, "conv_speedup_cpu": 0.9})
+    ax = report.figure(rows).axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:4] == ["baseline", "s1", "s1+s2", "s2"] and legend[4].startswith("Pareto front, ")
+    front = report.pareto(rows)
+    assert "dominated" not in [r["label"] for r in front] and len(front) > 1
+    assert sorted(t.get_text() for t in ax.texts) == sorted(r["label"] for r in front)
+
+
 def test_pareto_front_is_best_acc_for_at_least_that_speedup():
     xa = [(1.0, 87.0), (1.5, 86.0), (2.0, 86.5), (3.0, 70.0), (2.5, 60.0)]
     pts = [{"conv_speedup_cpu": x, "acc1": a} for x, a in xa]
