@@ -25,7 +25,7 @@ from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.lowrank.data_recon import MODES, OPTIMIZERS
 from lrx.module import LOSSES
-from lrx.onnx_graphs import missing_packages
+from lrx.onnx_graphs import require_onnx
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
@@ -278,9 +278,10 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
 
 
 def _require_onnx(key: str) -> None:
-    missing = missing_packages()
-    if missing:
-        raise ConfigError(f'{key} needs {", ".join(missing)}: pip install -e ".[onnx]"')
+    try:
+        require_onnx(key)
+    except ImportError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_callbacks(c: dict) -> None:

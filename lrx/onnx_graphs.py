@@ -91,9 +91,14 @@ def session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=[PROVIDER])
 
 
+def _feed(sess, x: torch.Tensor) -> dict:
+    """The input of ``sess``: ``x`` (any memory format, any device) as a contiguous CPU array."""
+    return {sess.get_inputs()[0].name: x.detach().cpu().contiguous().numpy()}
+
+
 def run(sess, x: torch.Tensor) -> torch.Tensor:
-    """``sess`` on ``x`` (any memory format); its first output as a tensor."""
-    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.contiguous().numpy()})[0])
+    """``sess`` on ``x``; its first output as a tensor."""
+    return torch.from_numpy(sess.run(None, _feed(sess, x))[0])
 
 
 def runtime_name() -> str:
@@ -109,4 +114,4 @@ def graph_call(module: nn.Module, x: torch.Tensor, threads: int, opset: int = OP
         with eval_mode(module), torch.no_grad():
             write_graph(module, x.detach().cpu(), path, opset)
         sess = session(path, threads)  # the session holds the graph in memory
-    return partial(sess.run, None, {sess.get_inputs()[0].name: x.detach().cpu().contiguous().numpy()})
+    return partial(sess.run, None, _feed(sess, x))

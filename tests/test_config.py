@@ -159,7 +159,9 @@ def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(over
 
 
 def test_a_runtime_without_its_extra_is_refused_naming_the_extra(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "missing_packages", lambda: ["onnxruntime"])
+    from lrx import onnx_graphs
+
+    monkeypatch.setattr(onnx_graphs, "missing_packages", lambda: ["onnxruntime"])
     cfg = compose_cfg(["latency.runtime=onnxruntime"], tmp_path)
     with pytest.raises(config.ConfigError, match=r"latency.runtime=onnxruntime needs onnxruntime.*\.\[onnx\]"):
         config.check(cfg)

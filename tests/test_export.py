@@ -92,14 +92,13 @@ def test_the_planner_times_its_candidates_in_onnx_runtime(monkeypatch):
     twice as fast: 1.11x over the five convs), so that the plan does not depend on this machine's timing."""
     from lrx.lowrank import planner
 
-    timed = []
+    timed, real_modules_ms = [], planner.modules_ms
 
     def modules_ms(modules, x, warmup, repeats, runtime="torch"):
-        real = planner.modules_ms.__wrapped__(modules, x, warmup, repeats, runtime)
+        real = real_modules_ms(modules, x, warmup, repeats, runtime)
         timed.append((runtime, set(real)))
         return {k: 0.5 if k == "lowrank" else 1.0 for k in modules}
 
-    modules_ms.__wrapped__ = planner.modules_ms
     monkeypatch.setattr(planner, "modules_ms", modules_ms)
     torch.manual_seed(0)
     net = AlexNetCIFAR(widths=(8, 16, 16, 16, 8)).eval()

@@ -279,10 +279,9 @@ def _timed_ms(
     with in_format(memory_format, *modules.values()):
         if hasattr(modules.get("lowrank"), "select_strategy"):
             modules["lowrank"].select_strategy(x, warmup, repeats)
-    if runtime != "torch":
-        return modules_ms(modules, x.contiguous(), warmup, repeats, runtime)
-    with in_format(memory_format, *modules.values()):
-        return modules_ms(modules, x, warmup, repeats)
+        if runtime == "torch":
+            return modules_ms(modules, x, warmup, repeats)
+    return modules_ms(modules, x.contiguous(), warmup, repeats, runtime)
 
 
 def plan(
