@@ -13,33 +13,35 @@ import lightning as L
 import torch
 
 from lrx.complexity import complexity
-from lrx.latency import MEMORY_FORMATS, median_ms
+from lrx.estimator import Estimator
+from lrx.latency import MEMORY_FORMATS, time_modules
 
 
 class ModelCost(L.Callback):
     """Logs ``cost/{fit_start,fit_end}/{macs_m, params_m, latency_ms}`` of ``pl_module.net``.
 
     Latency: batch ``batch_size`` of ``(3, input_size, input_size)`` images in ``memory_format``,
-    on the module's device, eval mode, median of ``repeats`` runs after ``warmup``."""
+    on the module's device, eval mode, timed by the estimator with the settings ``estimator``
+    (``latency.estimator``'s keys; default: :class:`lrx.estimator.Estimator`'s)."""
 
     def __init__(
         self,
         input_size: int,
         batch_size: int = 32,
         memory_format: str = "channels_last",
-        warmup: int = 3,
-        repeats: int = 10,
+        estimator: dict | None = None,
     ):
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"ModelCost: memory_format={memory_format!r}; valid: {', '.join(MEMORY_FORMATS)}")
         self.input_size, self.batch_size, self.memory_format = input_size, batch_size, memory_format
-        self.warmup, self.repeats = warmup, repeats
+        self.estimator = Estimator.of(estimator)
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
         net = pl_module.net
         cost = complexity(net, self.input_size)  # both measure in eval mode and restore the mode
         x = torch.randn(self.batch_size, 3, self.input_size, self.input_size, device=next(net.parameters()).device)
-        ms = median_ms(net, x.contiguous(memory_format=MEMORY_FORMATS[self.memory_format]), self.warmup, self.repeats)
+        x = x.contiguous(memory_format=MEMORY_FORMATS[self.memory_format])
+        ms = time_modules({"net": net}, x, self.estimator).ms["net"]
         for lg in trainer.loggers:
             lg.log_metrics(
                 {

@@ -20,7 +20,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lrx.latency import MEMORY_FORMATS, RUNTIMES
+from lrx.estimator import FIELDS as ESTIMATOR_KEYS
+from lrx.latency import MEMORY_FORMATS, RUNTIMES, thread_counts
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.lowrank.data_recon import MODES, OPTIMIZERS
@@ -32,16 +33,17 @@ KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep t
 DECOMP_KEYS = {"method", "layers", "bases", "rank_multiple"}  # any other key of a method's node: its option
 PLAN_ERRORS = ("data", "kl", "filter")
 PLAN_METRICS = ("macs", "latency")
-PLANNER_KEYS = {"target_speedup", "metric", "error", "samples", "methods", "options"}
+PLANNER_KEYS = {"target_speedup", "metric", "closed_loop_rounds", "error", "samples", "methods", "options"}
 DATA_RECON_KEYS = {"mode", "batches", "holdout_batches", "lstsq", "batch_size", "steps", "lr", "optimizer"}
 FINETUNE_KEYS = {"epochs", "loss", "optimizer", "scheduler"}
 KD_KEYS = {"temperature", "kd_alpha"}
-LATENCY_KEYS = {"batch_sizes", "memory_format", "warmup", "repeats", "guard", "runtime"}
+LATENCY_KEYS = {"batch_sizes", "threads", "decide_at", "memory_format", "estimator", "quiet_wait_s", "guard", "runtime"}
+DECIDE_AT_KEYS = {"batch_size", "threads"}
 DEPLOY_KEYS = {"onnx", "opset", "check_images"}
 MIN_OPSET = 18  # the dynamo exporter's lowest
 BASELINE_KEYS = {"ckpt", "cache_dir"}
 MODEL_COST = "lrx.callbacks.ModelCost"  # the callback that times the network, as latency.* does
-MODEL_COST_KEYS = {"_target_", "input_size", "batch_size", "memory_format", "warmup", "repeats"}
+MODEL_COST_KEYS = {"_target_", "input_size", "batch_size", "memory_format", "estimator"}
 TRAINER_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
 
@@ -180,6 +182,11 @@ def _check_planner(c: dict, ignored: list[str]) -> None:
     if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 1:
         raise _bad("planner.target_speedup", t, "a number > 1")
     _choice(p, "planner", "metric", PLAN_METRICS)
+    _int(p, "planner", "closed_loop_rounds", 0)
+    if p["metric"] != "latency":
+        ignored += _changed_from_defaults(
+            p, "planner", "default", ["closed_loop_rounds"], "only a latency plan is measured and re-aimed"
+        )
     _choice(p, "planner", "error", PLAN_ERRORS)
     _int(p, "planner", "samples", 1)
     methods = p["methods"]
@@ -262,9 +269,15 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
     sizes = lat["batch_sizes"]
     if not isinstance(sizes, list) or not sizes or not all(is_int(b) and b >= 1 for b in sizes):
         raise _bad("latency.batch_sizes", sizes, "a non-empty list of integers >= 1, e.g. [1, 32]")
+    threads = lat["threads"]
+    if threads is not None and (
+        not isinstance(threads, list) or not threads or not all(is_int(t) and t >= 1 for t in threads)
+    ):
+        raise _bad("latency.threads", threads, "null (the cores torch uses) or a non-empty list of integers >= 1")
+    _check_decide_at(lat)
     _choice(lat, "latency", "memory_format", tuple(MEMORY_FORMATS))
-    _int(lat, "latency", "warmup", 0)
-    _int(lat, "latency", "repeats", 1)
+    _check_estimator(lat["estimator"], "latency.estimator")
+    _number(lat, "latency", "quiet_wait_s", 0)
     _bool(lat, "latency", "guard")
     _choice(lat, "latency", "runtime", RUNTIMES)
     planner = c.get("planner")
@@ -275,6 +288,34 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
         )
     elif lat["runtime"] == "onnxruntime":
         _require_onnx("latency.runtime=onnxruntime")
+
+
+def _check_decide_at(lat: Mapping) -> None:
+    """``latency.decide_at``: each of its values null or one of the measured points."""
+    at = lat["decide_at"]
+    if not isinstance(at, Mapping):
+        raise _bad("latency.decide_at", at, "a mapping {batch_size: ..., threads: ...}")
+    _keys(at, "latency.decide_at", DECIDE_AT_KEYS)
+    measured = {
+        "batch_size": ("batch_sizes", lat["batch_sizes"]),
+        "threads": ("threads", thread_counts(lat["threads"])),
+    }
+    for key, (name, values) in measured.items():
+        if at[key] is not None and at[key] not in values:
+            raise _bad(f"latency.decide_at.{key}", at[key], f"null or one of the measured latency.{name}: {values}")
+
+
+def _check_estimator(node, group: str) -> None:
+    """The estimator's settings (lrx.estimator.Estimator): times > 0, rounds >= 2 and ordered."""
+    if not isinstance(node, Mapping):
+        raise _bad(group, node, f"a mapping with the keys {', '.join(ESTIMATOR_KEYS)}")
+    _keys(node, group, set(ESTIMATOR_KEYS))
+    for key in ("warmup_s", "block_s", "max_s", "rel_iqr"):
+        _number(node, group, key, 0, strict=key != "warmup_s")
+    _int(node, group, "min_rounds", 2)
+    _int(node, group, "max_rounds", 2)
+    if node["max_rounds"] < node["min_rounds"]:
+        raise _bad(f"{group}.max_rounds", node["max_rounds"], f"an integer >= {group}.min_rounds={node['min_rounds']}")
 
 
 def _require_onnx(key: str) -> None:
@@ -298,8 +339,7 @@ def _check_callbacks(c: dict) -> None:
             _int(node, group, "input_size", 1)
             _int(node, group, "batch_size", 1)
             _choice(node, group, "memory_format", tuple(MEMORY_FORMATS))
-            _int(node, group, "warmup", 0)
-            _int(node, group, "repeats", 1)
+            _check_estimator(node["estimator"], f"{group}.estimator")
 
 
 def _check_model(c: dict) -> None:

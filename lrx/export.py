@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lrx.estimator import DEFAULT_ESTIMATOR, Estimator
 from lrx.io import write_bytes
-from lrx.latency import compare
+from lrx.latency import compare_at, points
 from lrx.modes import eval_mode
 from lrx.onnx_graphs import OPSET, RUNTIME, require_onnx, run, session, write_graph
 
@@ -73,22 +74,21 @@ def deploy(
     images: torch.Tensor,
     input_size: int,
     batch_sizes,
-    warmup: int,
-    repeats: int,
+    threads=None,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
     opset: int = OPSET,
 ) -> tuple[dict, dict]:
-    """Export and check both networks into ``run_dir``, then time them in ONNX Runtime. Returns
-    the export records and ``{batch size: compare(...)}`` in ONNX Runtime."""
+    """Export and check both networks into ``run_dir``, then time them in ONNX Runtime at every
+    thread count x batch size. Returns the export records and ``{threads: {batch size:
+    compare(...)}}`` in ONNX Runtime."""
     run_dir = Path(run_dir)
     exported = {
         "baseline": export_checked(baseline, run_dir / BASELINE_ONNX, images, opset),
         "final": export_checked(final, run_dir / MODEL_ONNX, images, opset),
     }
-    timings = {
-        bs: compare(baseline, final, input_size, bs, "cpu", warmup, repeats, runtime="onnxruntime")
-        for bs in batch_sizes
-    }
-    return exported, timings
+    return exported, compare_at(
+        baseline, final, input_size, batch_sizes, threads, "cpu", estimator, runtime="onnxruntime"
+    )
 
 
 def _validation_images(results: dict, data_root: str | None, count: int) -> torch.Tensor:
@@ -127,20 +127,19 @@ def main(argv: list[str] | None = None) -> int:
             images,
             results["config"]["model"]["input_size"],
             lat["batch_sizes"],
-            lat["warmup"],
-            lat["repeats"],
+            lat.get("threads"),
+            Estimator.of(lat.get("estimator")),
             args.opset,
         )
     except (ValueError, OSError, ImportError, ExportError) as e:
         print(f"lrx.export: error: {e}", file=sys.stderr)
         return 1
     write_json(args.run_dir / "deploy.json", {"onnx": exported, RUNTIME: timings})
-    setup = next(iter(timings.values()))["setup"]
     print(
         f"wrote {args.run_dir / BASELINE_ONNX}, {args.run_dir / MODEL_ONNX}, {args.run_dir / 'deploy.json'}; "
-        f"{setup['runtime']}, {setup['threads']} threads: "
-        + ", ".join(
-            f"batch {bs}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x" for bs, t in timings.items()
+        + "; ".join(
+            f"{where}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x"
+            for where, t in points({RUNTIME: timings})
         )
     )
     return 0

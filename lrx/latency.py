@@ -1,17 +1,16 @@
 """Measured latency: whole models and single layers, baseline and low-rank side by side.
 
-Every timing uses eval mode and ``torch.inference_mode()``, warm-up runs, and the median of
-repeated runs; CUDA is synchronised around each run. Modules compared with each other run
-interleaved (round-robin, one call each per round), so drifts of clock and load hit all sides
-alike.
+Every timing goes through :mod:`lrx.estimator` (warm-up by time, paired rounds in random order,
+the median of per-round ratios with its interquartile range, adaptive stopping), in eval mode
+and ``torch.inference_mode()``, at a given torch thread count.
 
 ``runtime="onnxruntime"`` times each module instead as its own ONNX graph in ONNX Runtime (CPU,
-every graph optimisation, torch's thread count; :mod:`lrx.onnx_graphs`), on the same input.
+every graph optimisation, the same thread count; :mod:`lrx.onnx_graphs`), on the same input.
 
 Two speed-ups are named the same everywhere (DESIGN.md, section 4):
 - conv speed-up: summed latency of ALL conv layers of the baseline / the same sum for the
   approximated model, each layer timed on its real input shape (a replaced layer as its whole
-  low-rank module; an untouched conv is timed once and counts on both sides);
+  low-rank module; an untouched conv is timed once and counts on both sides), per round;
 - model speed-up: end-to-end forward latency of the baseline / the approximated model.
 """
 
@@ -20,14 +19,15 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from lrx.estimator import DEFAULT_ESTIMATOR, Estimator, Ratio, Timing, measure
 from lrx.modes import eval_mode
 from lrx.modes import memory_format as in_format
 
@@ -59,16 +59,16 @@ class Setup:
 
 
 def setup_for(
-    device: torch.device, batch_size: int, memory_format: str = "contiguous", runtime: str = "torch"
+    device: torch.device, batch_size: int, memory_format: str = "contiguous", runtime: str = "torch", threads=None
 ) -> Setup:
-    cuda = device.type == "cuda"
+    cuda, threads = device.type == "cuda", threads or default_threads()
     if runtime == "onnxruntime":
         from lrx.onnx_graphs import runtime_name
 
-        return Setup("cpu", torch.get_num_threads(), batch_size, runtime=runtime_name())
+        return Setup("cpu", threads, batch_size, runtime=runtime_name())
     return Setup(
         device=torch.cuda.get_device_name(device) if cuda else "cpu",
-        threads=torch.get_num_threads(),
+        threads=threads,
         batch_size=batch_size,
         memory_format=memory_format,
         cudnn_benchmark=torch.backends.cudnn.benchmark if cuda else None,
@@ -103,49 +103,48 @@ def devices() -> list[torch.device]:
     return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def default_threads() -> int:
+    """The thread count torch uses when nobody sets one: the cores it may use."""
+    return torch.get_num_threads()
 
 
-@torch.inference_mode()
-def interleaved_ms(
-    calls: Mapping[str, Callable[[], object]], device: torch.device, warmup: int = 3, repeats: int = 10
-) -> dict[str, float]:
-    """Median milliseconds of each zero-argument call, measured round-robin (one call of each
-    per round), synchronised on CUDA."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(repeats):
-        for k, call in calls.items():
-            _sync(device)
-            start = time.perf_counter()
-            call()
-            _sync(device)
-            times[k].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def modules_ms(
-    modules: Mapping[str, nn.Module], x: torch.Tensor, warmup: int = 3, repeats: int = 10, runtime: str = "torch"
-) -> dict[str, float]:
-    """Median milliseconds of ``m(x)`` for each module (eval mode), interleaved on the same input,
-    in ``runtime`` (one of RUNTIMES)."""
+def call_of(module: nn.Module, x: torch.Tensor, runtime: str = "torch", threads: int | None = None):
+    """A zero-argument call of ``module`` on ``x``: in torch (call it in eval mode), or as its own
+    ONNX Runtime graph with ``threads`` intra-op threads."""
     check_runtime(runtime, x.device)
     if runtime == "onnxruntime":
         from lrx.onnx_graphs import graph_call
 
-        calls = {k: graph_call(m, x, torch.get_num_threads()) for k, m in modules.items()}
-        return interleaved_ms(calls, x.device, warmup, repeats)
+        return graph_call(module, x, threads or default_threads())
+    return partial(module, x)
+
+
+def time_modules(
+    modules: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
+    runtime: str = "torch",
+    threads: int | None = None,
+    ratios: Mapping[str, Callable[[dict], float]] | None = None,
+) -> Timing:
+    """Each module on the same input ``x`` (eval mode), timed together in ``runtime`` by the
+    estimator, with the given ``ratios`` of one round's ``{name: ms}``."""
+    calls = {k: call_of(m, x, runtime, threads) for k, m in modules.items()}
     with eval_mode(*modules.values()):
-        return interleaved_ms({k: partial(m, x) for k, m in modules.items()}, x.device, warmup, repeats)
+        return measure(calls, ratios, estimator, threads)
 
 
-def median_ms(net: nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10, runtime: str = "torch") -> float:
-    """Median milliseconds of ``net(x)``."""
-    return modules_ms({"net": net}, x, warmup, repeats, runtime)["net"]
+def dense_vs_lowrank(
+    dense: nn.Module,
+    lowrank: nn.Module,
+    x: torch.Tensor,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
+    runtime: str = "torch",
+    threads: int | None = None,
+) -> Timing:
+    """``dense`` against ``lowrank`` on ``x``: ``ms`` of both and the ratio ``speedup`` (dense / lowrank)."""
+    speedup = {"speedup": lambda r: r["dense"] / r["lowrank"]}
+    return time_modules({"dense": dense, "lowrank": lowrank}, x, estimator, runtime, threads, speedup)
 
 
 @torch.inference_mode()
@@ -169,34 +168,52 @@ def conv_names(net: nn.Module) -> list[str]:
     return [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+EXACT = Ratio(1.0, 1.0, 1.0, Estimator.rel_iqr)  # an untouched layer's speed-up: the same timing on both sides
+
+
+def _unchanged(base_m: nn.Module, approx_m: nn.Module) -> bool:
+    return type(approx_m) is type(base_m)  # untouched, or put back by the guard
+
+
 def layer_timings(
     baseline: nn.Module,
     approx: nn.Module,
     x: torch.Tensor,
-    warmup: int = 3,
-    repeats: int = 10,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
     runtime: str = "torch",
-) -> dict[str, dict]:
-    """Every conv of ``baseline`` timed on its real input for the network input ``x``: a replaced
-    one against its low-rank module in ``approx`` (interleaved), an untouched one once, counting
-    on both sides. ``{name: {"baseline_ms", "approx_ms", "speedup", "replaced"}}``."""
+    threads: int | None = None,
+) -> tuple[dict[str, dict], dict]:
+    """Every conv of ``baseline`` timed on its real input for the network input ``x``, all in the
+    same rounds: a replaced one beside its low-rank module in ``approx``, an untouched one once,
+    counting on both sides. Returns ``({name: {"baseline_ms", "approx_ms", "speedup",
+    "speedup_iqr", "unstable", "replaced", "rounds"}}, conv)``, ``conv`` the summed latencies, the
+    conv speed-up (its per-round value: sum(baseline) / sum(approximation)) and ``conv_timing``
+    (rounds, seconds, threads and busy cores of the measurement all the layers shared)."""
     names = conv_names(baseline)
     inputs = layer_inputs(baseline, names, x)
+    replaced = [n for n in names if not _unchanged(baseline.get_submodule(n), approx.get_submodule(n))]
+    modules = {f"{n}/baseline": baseline.get_submodule(n) for n in names}
+    modules |= {f"{n}/approx": approx.get_submodule(n) for n in replaced}
+    calls = {k: call_of(m, inputs[k.split("/")[0]], runtime, threads) for k, m in modules.items()}
+
+    def side(r: dict, name: str) -> float:
+        return r[f"{name}/approx" if name in replaced else f"{name}/baseline"]
+
+    ratios = {n: (lambda r, n=n: r[f"{n}/baseline"] / r[f"{n}/approx"]) for n in replaced}
+    ratios["conv"] = lambda r: sum(r[f"{n}/baseline"] for n in names) / sum(side(r, n) for n in names)
+    with eval_mode(*modules.values()):
+        t = measure(calls, ratios, estimator, threads)
     layers = {}
-    for name in names:
-        base_m, approx_m = baseline.get_submodule(name), approx.get_submodule(name)
-        if type(approx_m) is type(base_m):  # untouched (or put back by the guard)
-            ms = median_ms(base_m, inputs[name], warmup, repeats, runtime)
-            layers[name] = {"baseline_ms": ms, "approx_ms": ms, "speedup": 1.0, "replaced": False}
-            continue
-        t = modules_ms({"baseline": base_m, "approx": approx_m}, inputs[name], warmup, repeats, runtime)
-        layers[name] = {
-            "baseline_ms": t["baseline"],
-            "approx_ms": t["approx"],
-            "speedup": t["baseline"] / t["approx"],
-            "replaced": True,
-        }
-    return layers
+    for n in names:
+        ms = t.ms[f"{n}/baseline"]
+        if n in replaced:
+            layers[n] = {"baseline_ms": ms, "approx_ms": t.ms[f"{n}/approx"], **t.ratios[n].record()}
+        else:
+            layers[n] = {"baseline_ms": ms, "approx_ms": ms, **EXACT.record()}
+        layers[n] |= {"replaced": n in replaced, "rounds": t.rounds}
+    conv_ms = {"baseline": sum(v["baseline_ms"] for v in layers.values())}
+    conv_ms["approx"] = sum(v["approx_ms"] for v in layers.values())
+    return layers, {"conv_ms": conv_ms, **t.ratios["conv"].record("conv_"), "conv_timing": t.record()}
 
 
 def compare(
@@ -205,34 +222,85 @@ def compare(
     input_size: int,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
-    warmup: int = 3,
-    repeats: int = 10,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
     memory_format: str = "contiguous",
     runtime: str = "torch",
+    threads: int | None = None,
 ) -> dict:
-    """Time ``baseline`` against ``approx`` (the same network with some convs replaced).
+    """Time ``baseline`` against ``approx`` (the same network with some convs replaced), at
+    ``threads`` (default: :func:`default_threads`).
 
-    Returns the setup, per-conv latencies (``baseline_ms``, ``approx_ms``, ``speedup``), the
-    conv speed-up and the model speed-up, all measured side by side in this process.
-    ``approx`` must keep the baseline's module names for the replaced layers. With
+    Returns the setup, per-conv latencies and speed-ups (:func:`layer_timings`), the conv
+    speed-up and the model speed-up, each with its interquartile range, ``unstable`` flag and
+    the rounds, seconds and busy cores of its measurement, all measured side by side in this
+    process. ``approx`` must keep the baseline's module names for the replaced layers. With
     ``memory_format="channels_last"`` both networks and the input run channels_last (in torch;
     ONNX Runtime is fed NCHW and chooses its own layouts).
     """
-    device = torch.device(device)
+    device, threads = torch.device(device), threads or default_threads()
     check_runtime(runtime, device)
     memory_format = memory_format if runtime == "torch" else "contiguous"
     fmt = memory_format_of(memory_format)
     with in_format(fmt, baseline, approx, device=device):
         x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
-        layers = layer_timings(baseline, approx, x, warmup, repeats, runtime)
-        whole = modules_ms({"baseline": baseline, "approx": approx}, x, warmup, repeats, runtime)
-    conv_base = sum(v["baseline_ms"] for v in layers.values())
-    conv_approx = sum(v["approx_ms"] for v in layers.values())
+        layers, conv = layer_timings(baseline, approx, x, estimator, runtime, threads)
+        model_ratio = {"model": lambda r: r["baseline"] / r["approx"]}
+        whole = time_modules({"baseline": baseline, "approx": approx}, x, estimator, runtime, threads, model_ratio)
     return {
-        "setup": setup_for(device, batch_size, memory_format, runtime).as_dict(),
+        "setup": setup_for(device, batch_size, memory_format, runtime, threads).as_dict(),
         "layers": layers,
-        "conv_ms": {"baseline": conv_base, "approx": conv_approx},
-        "conv_speedup": conv_base / conv_approx,
-        "model_ms": whole,
-        "model_speedup": whole["baseline"] / whole["approx"],
+        **conv,
+        "model_ms": whole.ms,
+        **whole.ratios["model"].record("model_"),
+        "model_timing": whole.record(),
     }
+
+
+def thread_counts(threads) -> list[int]:
+    """The thread counts ``latency.threads`` names: the list, or ``[default_threads()]`` for null."""
+    return [int(t) for t in threads] if threads else [default_threads()]
+
+
+def decide_point(lat: Mapping) -> tuple[int, int]:
+    """``(batch size, threads)`` the guard and the planner decide at and the headline figures are
+    reported at: ``latency.decide_at``, its nulls being the largest batch size / thread count."""
+    at = lat.get("decide_at") or {}
+    return at.get("batch_size") or max(lat["batch_sizes"]), at.get("threads") or max(thread_counts(lat.get("threads")))
+
+
+def compare_at(
+    baseline: nn.Module,
+    approx: nn.Module,
+    input_size: int,
+    batch_sizes,
+    threads,
+    device: torch.device | str = "cpu",
+    estimator: Estimator = DEFAULT_ESTIMATOR,
+    memory_format: str = "contiguous",
+    runtime: str = "torch",
+) -> dict[int, dict[int, dict]]:
+    """:func:`compare` at every thread count x batch size: ``{threads: {batch size: compare(...)}}``."""
+    points = [(t, bs) for t in thread_counts(threads) for bs in batch_sizes]
+    out: dict[int, dict[int, dict]] = {}
+    for t, bs in tqdm(points, desc=f"timing ({runtime}, {torch.device(device).type})", leave=False):
+        out.setdefault(t, {})[bs] = compare(
+            baseline, approx, input_size, bs, device, estimator=estimator, memory_format=memory_format,
+            runtime=runtime, threads=t,
+        )  # fmt: skip
+    return out
+
+
+def point_label(where: str, threads: int, batch_size: int) -> str:
+    """``"cpu, 2 threads, batch 32"``: a measured point, named the same everywhere."""
+    return f"{where}, {threads} thread{'s' if int(threads) > 1 else ''}, batch {batch_size}"
+
+
+def points(timings: Mapping) -> list[tuple[str, dict]]:
+    """Every measured point of ``{where: {threads: {batch size: compare(...)}}}`` (``where``: a
+    device or runtime) as ``(point_label(...), compare(...))``."""
+    return [
+        (point_label(where, t, bs), c)
+        for where, by_threads in timings.items()
+        for t, by_bs in by_threads.items()
+        for bs, c in by_bs.items()
+    ]

@@ -21,13 +21,16 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.benchmark.utils.common import set_torch_threads
 
 from lrx import config, export
 from lrx.baseline import check_finite_network, get_baseline, load_state_dict
 from lrx.complexity import complexity
+from lrx.estimator import Estimator
 from lrx.evaluate import accuracy
 from lrx.io import save_torch, write_json
-from lrx.latency import compare, devices
+from lrx.latency import compare_at, decide_point, devices, point_label, points
+from lrx.load import wait_for_quiet
 from lrx.lowrank import DecompositionError, method_class, planner
 from lrx.lowrank.data_recon import reconstruct
 from lrx.lowrank.execution import reset_strategies, tune
@@ -159,6 +162,7 @@ class State:
     plan: dict | None = None
     finetune_reverted: bool = False
     deployed: dict | None = None  # deploy.onnx: the exported graphs (their timings join the others)
+    load: dict = field(default_factory=dict)  # per timing stage, the other work's load (lrx.load.wait_for_quiet)
 
     @property
     def kept(self) -> list[str]:
@@ -197,7 +201,8 @@ def _filter_reconstruction(s: State) -> None:
     if not job.plans:
         s.records = decompose(s.approx, layers, job.method, bases, job.rank_multiple, **job.options())
     else:
-        p = job.cfg.planner
+        p, lat = job.cfg.planner, job.cfg.latency
+        batch_size, threads = decide_point(lat)
         calibration = None
         if p.error != "filter":  # real training images, never validation or test
             calibration = next(iter(job.datamodule.calibration_dataloader(p.samples, seed=job.cfg.seed)))[0]
@@ -207,16 +212,14 @@ def _filter_reconstruction(s: State) -> None:
             p.target_speedup,
             p.metric,
             job.cfg.model.input_size,
-            max(lat.batch_sizes),
+            batch_size,
             list(p.methods),
-            lat.warmup,
-            lat.repeats,
             calibration=calibration,
             error=p.error if calibration is not None else "data",
-            memory_format=lat.memory_format,
             options=job.planner_options(),
             rank_multiple=job.rank_multiple,
-            runtime=lat.runtime,
+            timed=planner.Timed(Estimator.of(lat.estimator), threads, lat.runtime, lat.memory_format, lat.quiet_wait_s),
+            closed_loop_rounds=p.closed_loop_rounds,
         )
         log.info(
             "plan (%s, predicted conv speed-up %.2fx): %s", p.metric, s.plan["predicted_conv_speedup"], s.plan["plan"]
@@ -226,20 +229,35 @@ def _filter_reconstruction(s: State) -> None:
 
 
 def _timings(
-    job: Job, baseline: torch.nn.Module, approx: torch.nn.Module, on=None, batch_sizes=None, runtime: str = "torch"
+    job: Job,
+    baseline: torch.nn.Module,
+    approx: torch.nn.Module,
+    on=None,
+    batch_sizes=None,
+    threads=None,
+    runtime: str = "torch",
 ) -> dict:
-    """``{device: {batch size: compare(...)}}`` for the devices ``on`` (default: every device) and
-    the ``batch_sizes`` (default: every configured one), in ``runtime``."""
+    """``{device: {threads: {batch size: compare(...)}}}`` for the devices ``on`` (default: every
+    device), the ``batch_sizes`` and ``threads`` (default: every configured one), in ``runtime``.
+    Scheme 1's and CP's executions are chosen on each device at the decide_at point."""
     lat, size = job.cfg.latency, job.cfg.model.input_size
-    batch_sizes = batch_sizes or lat.batch_sizes
+    estimator, (decide_bs, decide_threads) = Estimator.of(lat.estimator), decide_point(lat)
     out = {}
     for d in on or devices():
-        x = torch.randn(max(lat.batch_sizes), 3, size, size, device=d)
-        tune(approx.to(d), x, lat.warmup, lat.repeats, lat.memory_format)  # Scheme 1's and CP's execution, this device
-        out[d.type] = {
-            bs: compare(baseline, approx, size, bs, d, lat.warmup, lat.repeats, lat.memory_format, runtime=runtime)
-            for bs in batch_sizes
-        }
+        x = torch.randn(decide_bs, 3, size, size, device=d)
+        with set_torch_threads(decide_threads):
+            tune(approx.to(d), x, estimator, lat.memory_format)
+        out[d.type] = compare_at(
+            baseline,
+            approx,
+            size,
+            batch_sizes or lat.batch_sizes,
+            threads or lat.threads,
+            d,
+            estimator,
+            lat.memory_format,
+            runtime,
+        )
     approx.to("cpu", memory_format=torch.contiguous_format)
     return out
 
@@ -249,14 +267,17 @@ def _guard(s: State) -> None:
     not its weights), so that the fitting stages fit the layers that stay: every replaced layer
     that is not faster where the model would run gets its original conv back. That is
     ``latency.runtime``: torch (on CUDA when present, else the CPU) or ONNX Runtime on the CPU,
-    each layer as its own graph; at the largest of ``latency.batch_sizes``."""
+    each layer as its own graph; at ``latency.decide_at``. A layer stays only if the lower
+    quartile of its measured speed-up is above 1."""
     lat = s.job.cfg.latency
     if not lat.guard:
         return
     device = devices()[-1] if lat.runtime == "torch" else torch.device("cpu")
-    batch_size = max(lat.batch_sizes)
-    timings = _timings(s.job, s.net, s.approx, [device], [batch_size], lat.runtime)[device.type][batch_size]
-    where = f"{device.type if lat.runtime == 'torch' else export.RUNTIME}, batch {batch_size}"
+    batch_size, threads = decide_point(lat)
+    s.load["guard"] = wait_for_quiet(lat.quiet_wait_s, "the guard's layers")
+    timed = _timings(s.job, s.net, s.approx, [device], [batch_size], [threads], lat.runtime)
+    timings = timed[device.type][threads][batch_size]
+    where = point_label(device.type if lat.runtime == "torch" else export.RUNTIME, threads, batch_size)
     put_back = put_back_slower(s.approx, s.net, s.records, timings["layers"], where)
     reset_strategies(s.approx)  # timing chose the executions; fitting computes the same numbers in every run
     if put_back:
@@ -332,18 +353,24 @@ def _finetune(s: State, logger, callbacks) -> None:
         )
 
 
+def _slower(iqr: list[float]) -> bool:
+    return iqr[1] < 1  # measurably slower: even the upper quartile of the speed-up is below 1
+
+
 def slower_than_baseline(timings: dict) -> list[str]:
-    """Every timed point (device or runtime, batch size) at which the final model's conv or model
-    speed-up, or any replaced layer's, is below 1, e.g. ``"cpu, batch 1: conv 0.84x, model
-    1.00x; layers slower: conv3 0.90x"``: the guard decides at one point only, so a model faster
-    at batch 32 can be slower at batch 1, and the user must be told."""
+    """Every timed point (device or runtime, threads, batch size) at which the final model, its
+    convs or any replaced layer is measurably slower than the baseline (the whole IQR of the
+    speed-up below 1), e.g. ``"cpu, 2 threads, batch 1: conv 0.84x, model 1.00x; layers slower:
+    conv3 0.90x"``: the guard decides at one point only, so a model faster at batch 32 can be
+    slower at batch 1, and the user must be told."""
     out = []
-    for dev, by_bs in timings.items():
-        for bs, t in by_bs.items():
-            layers = [f"{n} {v['speedup']:.2f}x" for n, v in t["layers"].items() if v["replaced"] and v["speedup"] < 1]
-            if min(t["conv_speedup"], t["model_speedup"]) < 1 or layers:
-                text = f"{dev}, batch {bs}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x"
-                out.append(text + (f"; layers slower: {', '.join(layers)}" if layers else ""))
+    for where, t in points(timings):
+        layers = [
+            f"{n} {v['speedup']:.2f}x" for n, v in t["layers"].items() if v["replaced"] and _slower(v["speedup_iqr"])
+        ]
+        if _slower(t["conv_speedup_iqr"]) or _slower(t["model_speedup_iqr"]) or layers:
+            text = f"{where}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x"
+            out.append(text + (f"; layers slower: {', '.join(layers)}" if layers else ""))
     return out
 
 
@@ -361,8 +388,8 @@ def _deploy(s: State, run_dir: Path, images: torch.Tensor, timings: dict) -> Non
         images,
         s.job.cfg.model.input_size,
         lat.batch_sizes,
-        lat.warmup,
-        lat.repeats,
+        lat.threads,
+        Estimator.of(lat.estimator),
         dep.opset,
     )
     s.deployed = {"onnx": exported}
@@ -377,21 +404,26 @@ def _deploy(s: State, run_dir: Path, images: torch.Tensor, timings: dict) -> Non
 
 
 def results_of(s: State, timings: dict) -> dict:
-    """The one place results.json is built."""
-    cfg, main_bs = s.job.cfg, max(s.job.cfg.latency.batch_sizes)
+    """The one place results.json is built. Its headline figures (``speedup``, ``latency_ms``,
+    each layer's ``measured_speedup``) are at ``latency.decide_at``; ``latency`` holds every
+    measured point."""
+    cfg = s.job.cfg
+    bs, threads = decide_point(cfg.latency)
+    at = {dev: t[threads][bs] for dev, t in timings.items()}  # the decide_at point, per device or runtime
     slower = slower_than_baseline(timings) if s.records else []
     if slower:
-        log.warning("the final model is slower than the baseline at %s", "; ".join(slower))
+        log.warning("the final model is measurably slower than the baseline at %s", "; ".join(slower))
     for rec in s.records:
-        rec["measured_speedup"] = {dev: t[main_bs]["layers"][rec["name"]]["speedup"] for dev, t in timings.items()}
+        rec["measured_speedup"] = {dev: t["layers"][rec["name"]]["speedup"] for dev, t in at.items()}
+        rec["measured_speedup_iqr"] = {dev: t["layers"][rec["name"]]["speedup_iqr"] for dev, t in at.items()}
     kept_stages = [v for k, v in s.stages.items() if not (k == "finetune" and s.finetune_reverted)]
     last = kept_stages[-1] if kept_stages else s.baseline  # the final model is the last kept stage's
-    baseline = {**s.baseline, "latency_ms": {dev: t[main_bs]["model_ms"]["baseline"] for dev, t in timings.items()}}
+    baseline = {**s.baseline, "latency_ms": {dev: t["model_ms"]["baseline"] for dev, t in at.items()}}
     final = {
         "acc1": last["acc1"],
         "acc1_test": last["acc1_test"],
         **complexity(s.approx, cfg.model.input_size),
-        "latency_ms": {dev: t[main_bs]["model_ms"]["approx"] for dev, t in timings.items()},
+        "latency_ms": {dev: t["model_ms"]["approx"] for dev, t in at.items()},
     }
     return {
         "status": "complete",
@@ -405,10 +437,15 @@ def results_of(s: State, timings: dict) -> dict:
         "slower_than_baseline": slower,
         "speedup": {
             "macs": baseline["macs"] / final["macs"],
-            "conv": {dev: t[main_bs]["conv_speedup"] for dev, t in timings.items()},
-            "model": {dev: t[main_bs]["model_speedup"] for dev, t in timings.items()},
+            "conv": {dev: t["conv_speedup"] for dev, t in at.items()},
+            "model": {dev: t["model_speedup"] for dev, t in at.items()},
+            "conv_iqr": {dev: t["conv_speedup_iqr"] for dev, t in at.items()},
+            "model_iqr": {dev: t["model_speedup_iqr"] for dev, t in at.items()},
+            "unstable": {dev: t["conv_unstable"] or t["model_unstable"] for dev, t in at.items()},
+            "at": {"batch_size": bs, "threads": threads},
         },
         "latency": timings,
+        "load": s.load,
         "deploy": s.deployed,
         "layers": s.records,
         "skipped": skipped_convs(s.net),
@@ -432,6 +469,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
         _finetune(s, logger, callbacks)
     images = _first_val_images(job)
     check_finite_network(s.approx, "final network", images)  # never timed, reported or saved if broken
+    s.load["final"] = wait_for_quiet(job.cfg.latency.quiet_wait_s, "the final networks")
     timings = _timings(job, s.net, s.approx)
     _deploy(s, run_dir, images, timings)
     results = results_of(s, timings)

@@ -46,6 +46,7 @@ COLUMNS = {  # markdown header -> row key
     "acc@1 after each stage(%)": "stages_text",
     "theoretical speed-up (MAC ratio)": "macs_speedup",
     "measured conv speed-up (CPU)": "conv_speedup_cpu",
+    "its IQR (CPU)": "conv_iqr_cpu",
     "model speed-up (CPU)": "model_speedup_cpu",
     "ONNX Runtime time(ms)": "ort_ms",
     "conv speed-up (ONNX Runtime)": "conv_speedup_ort",
@@ -69,6 +70,7 @@ CSV_COLUMNS = {  # CSV header -> row key
     "cuda_ms": "cuda_ms",
     "macs_speedup": "macs_speedup",
     "measured_speedup_cpu": "conv_speedup_cpu",
+    "measured_speedup_cpu_iqr": "conv_iqr_cpu",
     "model_speedup_cpu": "model_speedup_cpu",
     "ort_ms": "ort_ms",
     "conv_speedup_ort": "conv_speedup_ort",
@@ -203,6 +205,7 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "baseline_acc1": bases[0]["acc1"],
         "macs_speedup": 1.0,
         "conv_speedup_cpu": 1.0,
+        "conv_iqr_cpu": None,
         "model_speedup_cpu": 1.0,
         "conv_speedup_ort": 1.0 if ort else None,
         "model_speedup_ort": 1.0 if ort else None,
@@ -252,6 +255,7 @@ def _job_row(res: dict, key: tuple) -> dict:
         "baseline_acc1": res["baseline"]["acc1"],
         "macs_speedup": speedup["macs"],
         "conv_speedup_cpu": speedup["conv"]["cpu"],
+        "conv_iqr_cpu": _iqr_text(speedup, "cpu"),
         "model_speedup_cpu": speedup["model"]["cpu"],
         "conv_speedup_ort": speedup["conv"].get(RUNTIME),
         "model_speedup_ort": speedup["model"].get(RUNTIME),
@@ -261,6 +265,15 @@ def _job_row(res: dict, key: tuple) -> dict:
         + (" (reverted: lower)" if res.get("finetune_reverted") else ""),
         "solve_s": sum(r["solve_time_s"] for r in kept),  # filter reconstruction of the layers kept
     }
+
+
+def _iqr_text(speedup: dict, where: str) -> str | None:
+    """``2.60-2.70``, the conv speed-up's interquartile range, ``unstable`` appended where the run
+    flagged its conv or model speed-up so; None for runs made before lrx recorded it."""
+    iqr = speedup.get("conv_iqr", {}).get(where)
+    if iqr is None:
+        return None
+    return f"{iqr[0]:.2f}-{iqr[1]:.2f}" + (" unstable" if speedup["unstable"][where] else "")
 
 
 def method_label(method) -> str:
@@ -441,7 +454,9 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         "the exported graph, where the run had deploy.onnx=true; its conv speed-up times each conv as its own graph); "
         "a baseline's is the median over the runs that measured it. "
         "Theoretical speed-up: baseline MACs / final MACs (whole model). "
-        "Measured conv speed-up: summed latency of all convs, baseline / final. "
+        "Measured conv speed-up: summed latency of all convs, baseline / final, the median of paired "
+        "rounds (lrx.estimator); its IQR: their interquartile range, 'unstable' where the run's conv or "
+        "model speed-up stayed wider than latency.estimator.rel_iqr (blank: runs that predate it). "
         "Model speed-up: whole-model latency, baseline / final. "
         "Re-timed: the conv speed-up measured again by scripts/retime.py (median and range over its rounds), "
         "where the run directory has a retime.json. "

@@ -1,7 +1,9 @@
 """Measured speed of every decomposition method against nn.Conv2d on every conv shape of our models.
 
 For each conv layer of the models (on its real input shape) and each batch size, the dense conv
-and the low-rank layers run side by side, interleaved, in this process: every method of the
+and the low-rank layers run side by side in this process, timed by the estimator of
+``lrx.estimator`` (paired rounds; each figure the median of the per-round speed-ups, with its
+interquartile range and the busy cores of other work while it was timed): every method of the
 registry (or --methods) at the ranks that give 1.5x, 2x, 3x and 4x theoretical speed-up; a layer
 with several executions (Scheme 1, CP) in its default one (Scheme 1's textbook three convs) and
 in the one chosen by measurement. Timing does not depend on the weights' values, so the layers keep random
@@ -19,8 +21,10 @@ import sys
 import torch
 from torch import nn
 
+from lrx.estimator import Estimator
 from lrx.io import write_text
-from lrx.latency import MEMORY_FORMATS, conv_names, layer_inputs, machine, modules_ms, setup_for
+from lrx.latency import MEMORY_FORMATS, conv_names, dense_vs_lowrank, layer_inputs, machine, setup_for
+from lrx.load import busy_cores
 from lrx.lowrank import METHODS, ConvGeometry, method_class
 from lrx.models import AlexNet, AlexNetCIFAR, ResNet20CIFAR
 
@@ -33,7 +37,7 @@ def layer_kwargs(conv: nn.Conv2d) -> dict:
 
 
 def bench_layer(
-    conv: nn.Conv2d, x: torch.Tensor, methods, warmup: int, repeats: int, fmt: torch.memory_format
+    conv: nn.Conv2d, x: torch.Tensor, methods, estimator: Estimator, fmt: torch.memory_format
 ) -> list[dict]:
     n, c, kh, kw = conv.weight.shape
     g = ConvGeometry.of(c, n, (kh, kw))
@@ -44,14 +48,17 @@ def bench_layer(
             row = {"method": cls.method, "bases": bases, "theory": cls.theoretical_speedup(g, bases)}
             if hasattr(layer, "select_strategy"):  # timed in its default execution, then in the fastest
                 layer.strategy = layer.default_strategy
-                default = modules_ms({"dense": conv, "lowrank": layer}, x, warmup, repeats)
-                row["default"] = default["dense"] / default["lowrank"]
-                row["strategy"] = layer.select_strategy(x, warmup, repeats)["strategy"]
-            t = modules_ms({"dense": conv, "lowrank": layer}, x, warmup, repeats)
-            row["measured"] = t["dense"] / t["lowrank"]
-            row["dense_ms"] = t["dense"]
+                row["default"] = dense_vs_lowrank(conv, layer, x, estimator).ratios["speedup"]
+                row["strategy"] = layer.select_strategy(x, estimator)["strategy"]
+            t = dense_vs_lowrank(conv, layer, x, estimator)
+            row["measured"], row["dense_ms"], row["busy"] = t.ratios["speedup"], t.ms["dense"], t.busy_cores
             rows.append(row)
     return rows
+
+
+def _cell(r) -> str:
+    """``2.10x [2.02-2.16]``: a speed-up's median and interquartile range (lrx.estimator.Ratio)."""
+    return f"{r.median:.2f}x [{r.q25:.2f}-{r.q75:.2f}]" + (" unstable" if r.unstable else "")
 
 
 def main() -> None:
@@ -61,26 +68,27 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 32])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory-format", default="channels_last", choices=list(MEMORY_FORMATS))
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default=None, help="markdown file to write (default: print only)")
     args = parser.parse_args()
     device, fmt = torch.device(args.device), MEMORY_FORMATS[args.memory_format]
+    estimator, busy_before = Estimator(), busy_cores()
     lines = [
         "# Measured layer speed-ups against nn.Conv2d",
         "",
         f"Machine: {machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, device {setup_for(device, 0).device}; {datetime.date.today()}.",
+        f"torch {torch.__version__}, device {setup_for(device, 0).device}; {datetime.date.today()}; "
+        f"other work kept {busy_before:.2f} cores busy before the start.",
         f"Command: `python scripts/bench_latency.py {' '.join(sys.argv[1:])}`. Each figure is dense ms / "
-        f"low-rank ms, medians of {args.repeats} "
-        f"interleaved runs on the layer's real input shape, float32, {args.memory_format} memory format "
-        "for the dense conv and the low-rank layer alike. 'measured (default)': a layer with several "
+        "low-rank ms: the median of per-round paired ratios, its interquartile range in brackets "
+        f"(lrx.estimator, {estimator}), on the layer's real input shape, float32, {args.memory_format} "
+        "memory format for the dense conv and the low-rank layer alike; 'busy': cores other work kept "
+        "busy while that row was timed. 'measured (default)': a layer with several "
         "executions (Scheme 1, CP) in its default one (Scheme 1: the textbook three convs); 'measured': "
         "in the execution chosen by measurement.",
         "",
         "| model | layer | weight | input | batch | method | bases | theory | measured (default) | measured "
-        "| execution | dense ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| execution | dense ms | busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model_name in args.models:
         net = MODELS[model_name]().to(device, memory_format=fmt).eval()
@@ -91,13 +99,13 @@ def main() -> None:
             inputs = layer_inputs(net, convs, x)
             for name in convs:
                 conv = net.get_submodule(name)
-                for r in bench_layer(conv, inputs[name], args.methods, args.warmup, args.repeats, fmt):
-                    default = f"{r['default']:.2f}x" if "default" in r else ""
+                for r in bench_layer(conv, inputs[name], args.methods, estimator, fmt):
+                    default = _cell(r["default"]) if "default" in r else ""
                     line = (
                         f"| {model_name} | {name} | {tuple(conv.weight.shape)} | {tuple(inputs[name].shape[1:])} "
                         f"| {bs} | "
-                        f"{r['method']} | {r['bases']} | {r['theory']:.2f}x | {default} | {r['measured']:.2f}x | "
-                        f"{r.get('strategy', '')} | {r['dense_ms']:.3f} |"
+                        f"{r['method']} | {r['bases']} | {r['theory']:.2f}x | {default} | {_cell(r['measured'])} | "
+                        f"{r.get('strategy', '')} | {r['dense_ms']:.3f} | {r['busy']} |"
                     )
                     lines.append(line)
                     print(line, flush=True)

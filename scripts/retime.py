@@ -1,21 +1,24 @@
-"""Re-measure a finished run's speed-ups, several times, to see how far one timing can be trusted.
+"""Re-measure a finished run's speed-ups, several times, quiet and next to other work, at several
+thread counts, to see how far one timing can be trusted.
 
 Loads the run's baseline and final network (``lrx.pipeline.load_models``), chooses the final
 network's layer executions on this machine (``lrx.lowrank.execution.tune``, as a run does), and
-times them side by side ``--rounds`` times with the run's own latency settings
-(``lrx.latency.compare``: every conv on its real input shape and the whole model, interleaved,
-medians of ``latency.repeats`` runs). Prints each round's conv and model speed-up and their
-median and range, and writes them to ``RUN_DIR/retime.json`` (atomically; the run's
-``results.json`` is left as it was):
+times them side by side ``--rounds`` times at each point (thread count x number of busy
+neighbours) with the run's batch size and memory format (``lrx.latency.compare``: every conv on
+its real input shape and the whole model, by the estimator of ``lrx.estimator``, whose settings
+are the run's ``latency.estimator`` where it has one). ``--busy 1`` starts one process that keeps
+a core busy while that point is timed. Prints a table of the conv and model speed-ups (median
+and range of the rounds' medians, and the widest IQR within a round) and writes everything to
+``RUN_DIR/retime.json`` (atomically; the run's ``results.json`` is left as it was):
 
-    python scripts/retime.py outputs/exp/<run> --rounds 5
+    python scripts/retime.py outputs/exp/<run> --rounds 5 --threads 1 2 --busy 0 1
 
-Run it on a machine doing nothing else: another process on the CPU inflates timings unevenly.
+Its top-level ``conv_speedup`` / ``model_speedup`` (what the report shows) are the first quiet
+point's. Run it on a machine doing nothing else: the busy neighbours must be the only other work.
 The whole-model time also depends on the memory allocator: in a fresh process glibc returns the
 activations' memory to the OS after each forward pass, which adds the same few milliseconds to
-both networks and lowers the model speed-up (docs/RESULTS.md measured 1.78x here against 2.00x in
-the run and 2.24x with ``MALLOC_TRIM_THRESHOLD_=4000000000 MALLOC_MMAP_THRESHOLD_=4000000000``);
-the per-conv timings, and so the conv speed-up, hardly move.
+both networks and lowers the model speed-up (docs/RESULTS.md); the per-conv timings, and so the
+conv speed-up, hardly move.
 """
 
 from __future__ import annotations
@@ -26,58 +29,119 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils.benchmark.utils.common import set_torch_threads
 from tqdm import tqdm
 
+from lrx.estimator import Estimator
 from lrx.io import write_json
-from lrx.latency import compare, spread
+from lrx.latency import compare, default_threads, machine, spread
+from lrx.load import busy_cores, busy_neighbours
 from lrx.lowrank.execution import tune
 from lrx.pipeline import load_models
 from lrx.report import RETIMED
 
 
-def retime(run_dir: Path, rounds: int, batch_size: int | None = None) -> dict:
-    """``rounds`` independent side-by-side timings of the run's baseline and final network."""
+def _label(threads: int, busy: int) -> str:
+    return f"{threads} thread{'s' if threads > 1 else ''}, " + (f"{busy} core(s) kept busy" if busy else "quiet")
+
+
+def _summary(timings: list[dict], busy_before: list) -> dict:
+    """Each speed-up's spread over the rounds (their medians), and each round's IQR and load."""
+    return {
+        "setup": timings[0]["setup"],
+        "conv_speedup": spread([t["conv_speedup"] for t in timings]),
+        "model_speedup": spread([t["model_speedup"] for t in timings]),
+        "conv_speedup_iqr": [t["conv_speedup_iqr"] for t in timings],
+        "model_speedup_iqr": [t["model_speedup_iqr"] for t in timings],
+        "unstable": [t["conv_unstable"] or t["model_unstable"] for t in timings],
+        "busy_cores_before": busy_before,
+        "busy_cores_while": [t["conv_timing"]["busy_cores"] for t in timings],
+        "layers": {name: spread([t["layers"][name]["speedup"] for t in timings]) for name in timings[0]["layers"]},
+    }
+
+
+def retime(
+    run_dir: Path, rounds: int, batch_size: int | None = None, threads: list[int] | None = None, busy=(0,)
+) -> dict:
+    """``rounds`` independent side-by-side timings of the run's baseline and final network at each
+    thread count x busy neighbours."""
     if rounds < 1:
         raise ValueError(f"rounds={rounds!r} is invalid; valid: an integer >= 1")
+    if any(b < 0 for b in busy) or any(t < 1 for t in threads or [1]):
+        raise ValueError(f"threads={threads} and busy={list(busy)} are invalid; valid: threads >= 1, busy >= 0")
     baseline, final, results = load_models(run_dir)
     cfg = results["config"]
     lat, size = cfg["latency"], cfg["model"]["input_size"]
+    estimator = Estimator.of(lat.get("estimator"))
     batch_size = batch_size or max(lat["batch_sizes"])
-    x = torch.randn(batch_size, 3, size, size)
-    executions = tune(final, x, lat["warmup"], lat["repeats"], lat["memory_format"])
-    timings = [
-        compare(baseline, final, size, batch_size, "cpu", lat["warmup"], lat["repeats"], lat["memory_format"])
-        for _ in tqdm(range(rounds), desc=f"retime {run_dir.name}")
-    ]
+    threads = threads or [default_threads()]
+    with set_torch_threads(threads[-1]):
+        executions = tune(final, torch.randn(batch_size, 3, size, size), estimator, lat["memory_format"])
+    out_points = {}
+    for b in busy:
+        for t in threads:
+            label = _label(t, b)
+            with busy_neighbours(b):
+                before, timings = [], []
+                for _ in tqdm(range(rounds), desc=f"retime {run_dir.name}, {label}"):
+                    before.append(busy_cores())
+                    timings.append(
+                        compare(baseline, final, size, batch_size, "cpu", estimator, lat["memory_format"], threads=t)
+                    )
+            out_points[label] = _summary(timings, before)
+    first_quiet = out_points[_label(threads[0], 0)] if 0 in busy else next(iter(out_points.values()))
     return {
         "date": datetime.date.today().isoformat(),
-        "setup": timings[0]["setup"],
+        "machine": machine(),
+        "batch_size": batch_size,
+        "estimator": estimator.as_dict(),
         "recorded": {"conv": results["speedup"]["conv"]["cpu"], "model": results["speedup"]["model"]["cpu"]},
-        "conv_speedup": spread([t["conv_speedup"] for t in timings]),
-        "model_speedup": spread([t["model_speedup"] for t in timings]),
-        "layers": {name: spread([t["layers"][name]["speedup"] for t in timings]) for name in timings[0]["layers"]},
+        "conv_speedup": first_quiet["conv_speedup"],
+        "model_speedup": first_quiet["model_speedup"],
+        "points": out_points,
         "executions": {name: e["strategy"] for name, e in executions.items()},
     }
+
+
+def _cell(s: dict) -> str:
+    return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+
+
+def table(out: dict) -> str:
+    """The points as a markdown table."""
+    lines = [
+        "| point | conv speed-up, median (range) | widest conv IQR | model speed-up | widest model IQR "
+        "| busy cores while timing |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, p in out["points"].items():
+        conv_iqr = max(p["conv_speedup_iqr"], key=lambda q: q[1] - q[0])
+        model_iqr = max(p["model_speedup_iqr"], key=lambda q: q[1] - q[0])
+        busy = [b for b in p["busy_cores_while"] if b is not None]
+        load = f"{min(busy):.2f}-{max(busy):.2f}" if busy else "not measured"
+        lines.append(
+            f"| {label} | {_cell(p['conv_speedup'])} | {conv_iqr[0]:.2f}-{conv_iqr[1]:.2f} "
+            f"| {_cell(p['model_speedup'])} | {model_iqr[0]:.2f}-{model_iqr[1]:.2f} | {load} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="a finished run directory (holds results.json and model.pt)")
-    ap.add_argument("--rounds", type=int, default=5, help="independent timings (default 5)")
+    ap.add_argument("--rounds", type=int, default=5, help="independent timings per point (default 5)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the run's largest latency batch size")
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts (default: torch's)")
+    ap.add_argument("--busy", type=int, nargs="+", default=[0], help="busy neighbour processes per point (default 0)")
     args = ap.parse_args(argv)
     try:
-        out = retime(args.run_dir, args.rounds, args.batch_size)
+        out = retime(args.run_dir, args.rounds, args.batch_size, args.threads, args.busy)
     except ValueError as e:
         sys.exit(f"retime: error: {e}")
     write_json(args.run_dir / RETIMED, out)
-    for key in ("conv_speedup", "model_speedup"):
-        s = out[key]
-        rounds = ", ".join(f"{v:.2f}" for v in s["rounds"])
-        print(
-            f"{key}: median {s['median']:.2f}x, range {s['min']:.2f}-{s['max']:.2f}x ({rounds}); "
-            f"recorded in the run {out['recorded'][key.split('_')[0]]:.2f}x"
-        )
+    print(f"{args.run_dir}: {out['machine']}, batch {out['batch_size']}, {out['date']}")
+    print(table(out))
+    print(f"recorded in the run: conv {out['recorded']['conv']:.2f}x, model {out['recorded']['model']:.2f}x")
     print(f"written to {args.run_dir / RETIMED}")
     return 0
 

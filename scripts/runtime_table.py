@@ -4,10 +4,10 @@ For each run directory (results.json and model.pt), loads the baseline and the f
 (``lrx.pipeline.load_models``), chooses the final network's layer executions on this machine
 (``lrx.lowrank.execution.tune``), then times both networks ``--rounds`` times at each batch size
 in both runtimes with the run's latency settings (``lrx.latency.compare``: every conv on its real
-input shape and the whole model, interleaved; in ONNX Runtime every conv and each network as its
-own graph, every graph optimisation, torch's thread count). In each round the runtimes and batch
-sizes take turns, so a drift of load hits all of them alike; before each round the busy cores
-(other work on the CPU) are sampled. Prints a markdown table of the medians and ranges, and
+input shape and the whole model, by the estimator of ``lrx.estimator``; in ONNX Runtime every
+conv and each network as its own graph, every graph optimisation, torch's thread count). In each
+round the runtimes and batch sizes take turns, so a drift of load hits all of them alike; before
+each round the busy cores (other work on the CPU) are sampled. Prints a markdown table of the medians and ranges, and
 writes them to ``RUN_DIR/runtimes.json`` (atomically):
 
     python scripts/runtime_table.py results/runs/cp_headline results/runs/scheme2_3x --rounds 3
@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from lrx.estimator import Estimator
 from lrx.io import write_json
 from lrx.latency import compare, machine, spread
+from lrx.load import busy_cores
 from lrx.lowrank.execution import tune
-from lrx.lowrank.planner import busy_cores
 from lrx.onnx_graphs import RUNTIME, require_onnx
 from lrx.pipeline import load_models
 
@@ -43,16 +44,15 @@ def side_by_side(run_dir: Path, rounds: int, batch_sizes: list[int] | None = Non
     cfg = results["config"]
     lat, size = cfg["latency"], cfg["model"]["input_size"]
     batch_sizes = batch_sizes or lat["batch_sizes"]
-    tune(final, torch.randn(max(batch_sizes), 3, size, size), lat["warmup"], lat["repeats"], lat["memory_format"])
+    estimator = Estimator.of(lat.get("estimator"))
+    tune(final, torch.randn(max(batch_sizes), 3, size, size), estimator, lat["memory_format"])
     timings: dict[str, list[dict]] = {}
     busy = []
     for _ in tqdm(range(rounds), desc=f"torch and onnxruntime, {run_dir.name}"):
         busy.append(busy_cores())
         for bs in batch_sizes:
             for runtime, key in RUNTIMES.items():
-                t = compare(
-                    baseline, final, size, bs, "cpu", lat["warmup"], lat["repeats"], lat["memory_format"], runtime
-                )
+                t = compare(baseline, final, size, bs, "cpu", estimator, lat["memory_format"], runtime)
                 timings.setdefault(f"{key}, batch {bs}", []).append(t)
     return {
         "date": datetime.date.today().isoformat(),

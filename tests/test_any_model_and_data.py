@@ -8,6 +8,7 @@ from PIL import Image
 
 from lrx.pipeline import prepare, run
 from tests.conftest import compose_cfg
+from tests.helpers.timing import QUICK_OVERRIDES
 
 FEW = [
     "model.epochs=1",
@@ -15,8 +16,7 @@ FEW = [
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
     "latency.batch_sizes=[4]",
-    "latency.warmup=1",
-    "latency.repeats=2",
+    *QUICK_OVERRIDES,
     "logger=none",
     "callbacks.cost=null",
 ]

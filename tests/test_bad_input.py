@@ -76,6 +76,7 @@ CASES = [
     p("decomp=plan planner.metric=flops", "planner.metric='flops'", "latency"),
     p("decomp=plan planner.error=mse", "planner.error='mse'", "kl"),
     p("decomp=plan planner.samples=0", "planner.samples=0", ">= 1"),
+    p("decomp=plan planner.metric=latency planner.closed_loop_rounds=-1", "planner.closed_loop_rounds=-1", ">= 0"),
     p("decomp=plan planner.methods=[]", "planner.methods=[]", "non-empty"),
     p("decomp=plan planner.methods=[scheme9]", "planner.methods=['scheme9']", "tucker2"),
     p("decomp=plan +planner.options.scheme9.lam=1", "planner.options='scheme9'", "keyed by method"),
@@ -102,14 +103,26 @@ CASES = [
     # latency, and the callback that times the network like it
     p("latency.batch_sizes=[0]", "latency.batch_sizes=[0]", ">= 1"),
     p("latency.batch_sizes=[]", "latency.batch_sizes=[]", "non-empty"),
-    p("latency.repeats=0", "latency.repeats=0", ">= 1"),
-    p("latency.warmup=-1", "latency.warmup=-1", ">= 0"),
+    p("latency.estimator.min_rounds=1", "latency.estimator.min_rounds=1", ">= 2"),
+    p(
+        "latency.estimator.min_rounds=6 latency.estimator.max_rounds=4",
+        "latency.estimator.max_rounds=4",
+        ">= latency.estimator.min_rounds=6",
+    ),
+    p("latency.estimator.block_s=0", "latency.estimator.block_s=0", "> 0"),
+    p("latency.estimator.warmup_s=-1", "latency.estimator.warmup_s=-1", ">= 0"),
+    p("+latency.estimator.repeats=3", "latency.estimator.repeats is not a setting", "min_rounds"),
+    p("latency.threads=[0]", "latency.threads=[0]", "null (the cores torch uses) or a non-empty list"),
+    p("latency.threads=2", "latency.threads=2", "a non-empty list of integers >= 1"),
+    p("latency.decide_at.batch_size=8", "latency.decide_at.batch_size=8", "measured latency.batch_sizes: [1, 32]"),
+    p("latency.threads=[1,2] latency.decide_at.threads=4", "latency.decide_at.threads=4", "latency.threads: [1, 2]"),
+    p("latency.quiet_wait_s=-1", "latency.quiet_wait_s=-1", ">= 0"),
     p("latency.memory_format=weird", "latency.memory_format='weird'", "channels_last"),
     p("latency.memory_format=weird callbacks.cost=null", "latency.memory_format='weird'", "channels_last"),
     p("latency.guard=maybe", "latency.guard='maybe'", "true or false"),
     p("latency.runtime=tvm", "latency.runtime='tvm'", "torch, onnxruntime"),
     p("callbacks.cost.batch_size=0", "callbacks.cost.batch_size=0", ">= 1"),
-    p("callbacks.cost.repeats=0", "callbacks.cost.repeats=0", ">= 1"),
+    p("callbacks.cost.estimator=5", "callbacks.cost.estimator=5", "a mapping with the keys warmup_s"),
     p("+callbacks.extra=3", "callbacks.extra=3", "_target_"),
     # data (checked by the data module's constructor, then its setup, which reads the files)
     p("data.val_size=0", "data.val_size=0", "1 .. 49999"),
@@ -216,8 +229,14 @@ def _job(tmp_path, *overrides):
     return prepare(cfg)
 
 
-# what run() measures, made up: one batch size, nothing replaced
-TIMINGS = {"cpu": {1: {"model_ms": {"baseline": 1.0, "approx": 1.0}, "conv_speedup": 1.0, "model_speedup": 1.0}}}
+def _timings(*args, **kwargs) -> dict:
+    """What run() measures, made up: one batch size at torch's thread count, nothing replaced."""
+    same = {"speedup": 1.0, "speedup_iqr": [1.0, 1.0], "unstable": False}
+    point = {
+        "model_ms": {"baseline": 1.0, "approx": 1.0},
+        **{f"{k}_{v}": w for k in ("conv", "model") for v, w in same.items()},
+    }
+    return {"cpu": {torch.get_num_threads(): {1: point}}}
 
 
 def test_a_cached_baseline_with_nan_stops_the_run_before_it_is_evaluated(tmp_path, tiny_root, monkeypatch):
@@ -283,7 +302,7 @@ def test_a_folder_that_cannot_be_written_is_named(tmp_path):
 
 def test_a_failed_final_write_names_the_file_and_leaves_no_results(tmp_path, tiny_root, monkeypatch):
     job = _job(tmp_path, *smoke_args(tiny_root), "decomp=none", f"baseline.ckpt={SHIPPED}", "latency.batch_sizes=[1]")
-    monkeypatch.setattr(pipeline, "_timings", lambda *a, **k: TIMINGS)
+    monkeypatch.setattr(pipeline, "_timings", _timings)
     (tmp_path / "run" / MODEL / "taken").mkdir(parents=True)  # model.pt is a folder: it cannot be replaced
     with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'run' / MODEL}: "):
         run(job, tmp_path / "run")

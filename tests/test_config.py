@@ -146,6 +146,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
         ),
         (["data_recon=lstsq", "data_recon.lr=0.1"], "data_recon.lr"),  # no gradient steps
         (["latency.guard=false", "latency.runtime=onnxruntime"], "latency.runtime"),  # nothing times candidates
+        (["decomp=plan", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),  # a MAC plan is not timed
     ],
 )
 def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(overrides, ignored, tmp_path, tiny_root):

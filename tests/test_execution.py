@@ -9,6 +9,7 @@ from torch import nn
 from lrx.lowrank import METHODS, LowRankExpConvV1, cp
 from lrx.lowrank.execution import reset_strategies, tune
 from lrx.lowrank.scheme1_exec import STRATEGIES, choose
+from tests.helpers.timing import QUICK
 
 LAYERS_AND_STRATEGIES = [(LowRankExpConvV1, s) for s in sorted(STRATEGIES)] + [(cp.CPConv, s) for s in cp.STRATEGIES]
 
@@ -48,7 +49,7 @@ def test_every_strategy_a_layer_times_computes_the_same_and_the_fastest_is_kept(
     layer = cls(5, 7, (3, 5), 2, stride=(1, 2), padding=(1, 0), dilation=(2, 1)).eval()
     assert layer.strategy == cls.default_strategy
     x = torch.randn(2, 5, 11, 13)
-    report = layer.select_strategy(x, warmup=1, repeats=2)
+    report = layer.select_strategy(x, estimator=QUICK)
     times = report["times_ms"]
     assert len(times) >= 2 and report["strategy"] == layer.strategy == min(times, key=times.get)
     expected = F.conv2d(x, layer.dense_weight(), layer.bias, (1, 2), (1, 0), (2, 1))
@@ -62,18 +63,18 @@ def test_every_strategy_a_layer_times_computes_the_same_and_the_fastest_is_kept(
 def test_choice_is_measured_cached_and_applied():
     layer = LowRankExpConvV1(8, 16, 5, 2, padding=2).eval()
     x = torch.randn(2, 8, 12, 12)
-    best, times = choose(layer, x, warmup=1, repeats=2)
+    best, times = choose(layer, x, estimator=QUICK)
     assert set(times) == set(STRATEGIES) and best == min(times, key=times.get)
     assert choose(layer, x) == (best, {})  # cached: not timed again
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
-    report = tune(net, torch.randn(2, 3, 12, 12), warmup=1, repeats=2)
+    report = tune(net, torch.randn(2, 3, 12, 12), estimator=QUICK)
     assert report["1"]["strategy"] == layer.strategy == best
 
 
 def test_cp_keeps_its_faster_execution_and_fitting_goes_back_to_the_default():
     layer = cp.CPConv(8, 16, 3, 12, padding=1).eval()
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
-    (report,) = tune(net, torch.randn(2, 3, 12, 12), warmup=1, repeats=2).values()
+    (report,) = tune(net, torch.randn(2, 3, 12, 12), estimator=QUICK).values()
     times = report["times_ms"]
     assert set(times) == set(cp.STRATEGIES) and report["strategy"] == layer.strategy == min(times, key=times.get)
     reset_strategies(net)
@@ -87,7 +88,7 @@ def test_tune_times_in_the_memory_format_asked_and_hands_the_network_back_contig
     monkeypatch.setattr(
         layer,
         "select_strategy",
-        lambda x, warmup, repeats: (
+        lambda x, estimator: (
             seen.append(
                 (
                     x.is_contiguous(memory_format=torch.channels_last),
@@ -97,7 +98,7 @@ def test_tune_times_in_the_memory_format_asked_and_hands_the_network_back_contig
             or {}
         ),
     )
-    tune(net, torch.randn(2, 3, 12, 12), warmup=1, repeats=1, memory_format="channels_last")
+    tune(net, torch.randn(2, 3, 12, 12), estimator=QUICK, memory_format="channels_last")
     assert seen == [(True, True)]
     assert all(p.is_contiguous() for p in net.parameters())
     with pytest.raises(ValueError, match="memory_format='nhwc' is unknown; valid: contiguous, channels_last"):

@@ -10,6 +10,7 @@ import torch
 from omegaconf import open_dict
 from torch import nn
 
+import lrx.latency
 import lrx.pipeline
 from lrx.complexity import complexity
 from lrx.latency import conv_names
@@ -17,6 +18,11 @@ from lrx.lowrank import LowRankExpConvV1
 from lrx.pipeline import load_models, prepare, run
 from tests.conftest import REPO, compose_cfg
 from tests.helpers.data import smoke_args
+
+
+def _exact(speedup: float, prefix: str = "") -> dict:
+    """A speed-up as the estimator records it, measured without any spread."""
+    return {f"{prefix}speedup": speedup, f"{prefix}speedup_iqr": [speedup, speedup], f"{prefix}unstable": False}
 
 
 def _fake_compare(conv2_speedup: float):
@@ -27,18 +33,23 @@ def _fake_compare(conv2_speedup: float):
         for name in conv_names(baseline):
             replaced = type(approx.get_submodule(name)) is not nn.Conv2d
             speedup = conv2_speedup if replaced else 1.0
-            layers[name] = {"baseline_ms": 1.0, "approx_ms": 1.0 / speedup, "speedup": speedup, "replaced": replaced}
+            layers[name] = {"baseline_ms": 1.0, "approx_ms": 1.0 / speedup, **_exact(speedup), "replaced": replaced}
         conv = {"baseline": float(len(layers)), "approx": sum(v["approx_ms"] for v in layers.values())}
         return {
             "setup": {},
             "layers": layers,
             "conv_ms": conv,
-            "conv_speedup": conv["baseline"] / conv["approx"],
+            **_exact(conv["baseline"] / conv["approx"], "conv_"),
             "model_ms": {"baseline": 2.0, "approx": 2.0},
-            "model_speedup": 1.0,
+            **_exact(1.0, "model_"),
         }
 
     return compare
+
+
+def _threads() -> str:
+    n = torch.get_num_threads()  # latency.threads=null: the final timing runs at torch's own count
+    return f"{n} thread{'s' if n > 1 else ''}"
 
 
 def _run(tmp_path, root, *overrides) -> dict:
@@ -51,7 +62,7 @@ def _run(tmp_path, root, *overrides) -> dict:
 
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
 def test_guard_decides_before_data_reconstruction_and_finetuning(tmp_path, monkeypatch, tiny_root, conv2_speedup):
-    monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(conv2_speedup))
+    monkeypatch.setattr(lrx.latency, "compare", _fake_compare(conv2_speedup))
     results = _run(tmp_path, tiny_root)
     (layer,) = results["layers"]
     if conv2_speedup < 1:  # put back: the fitting stages have nothing left to fit, the model is the baseline
@@ -73,16 +84,17 @@ def test_the_guard_decides_in_the_configured_runtime(tmp_path, monkeypatch, tiny
         runtimes.append(runtime)
         return fake(*args, **kwargs)
 
-    monkeypatch.setattr(lrx.pipeline, "compare", compare)
+    monkeypatch.setattr(lrx.latency, "compare", compare)
     results = _run(tmp_path, tiny_root, "latency.runtime=onnxruntime", "latency.batch_sizes=[1,4]")
     (layer,) = results["layers"]
-    assert layer["guard"] == {"speedup": 0.5, "at": "onnxruntime-cpu, batch 4"} and layer["kept"] is False
-    assert "onnxruntime-cpu, batch 4" in layer["put_back_reason"]
+    at = f"onnxruntime-cpu, {_threads()}, batch 4"
+    assert layer["guard"] == {"speedup": 0.5, "speedup_iqr": [0.5, 0.5], "at": at} and layer["kept"] is False
+    assert at in layer["put_back_reason"]
     assert runtimes == ["onnxruntime", "torch", "torch"]  # the guard, then the final timing at each batch size
 
 
 def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypatch, tiny_root):
-    monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(2.0))
+    monkeypatch.setattr(lrx.latency, "compare", _fake_compare(2.0))
     acc1 = {"baseline": 90.0, "filter": 70.0, "data": 85.0, "finetune": 40.0}  # fine-tuning diverged
     monkeypatch.setattr(lrx.pipeline, "_accuracies", lambda job, net, tag: {"acc1": acc1[tag], "acc1_test": acc1[tag]})
     before, timed = {}, {}
@@ -107,7 +119,7 @@ def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypa
 
 
 def test_the_final_network_is_saved_and_can_be_timed_again(tmp_path, monkeypatch, tiny_root):
-    monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(2.0))
+    monkeypatch.setattr(lrx.latency, "compare", _fake_compare(2.0))
     results = _run(tmp_path, tiny_root)
     baseline, final, loaded = load_models(tmp_path)
     assert isinstance(final.conv2, LowRankExpConvV1) and type(baseline.conv2) is nn.Conv2d
@@ -124,7 +136,8 @@ def test_the_final_network_is_saved_and_can_be_timed_again(tmp_path, monkeypatch
     assert res.returncode == 0, res.stderr[-3000:]
     retimed = json.loads((tmp_path / "retime.json").read_text())
     assert len(retimed["conv_speedup"]["rounds"]) == 2 and retimed["conv_speedup"]["min"] > 0
-    assert set(retimed["layers"]) == set(conv_names(baseline))
+    (point,) = retimed["points"].values()
+    assert set(point["layers"]) == set(conv_names(baseline)) and len(point["conv_speedup_iqr"]) == 2
     assert retimed["recorded"]["conv"] == results["speedup"]["conv"]["cpu"]  # the fake timing the run recorded
     assert (tmp_path / "results.json").read_text() == recorded  # left as it was
 
@@ -142,9 +155,26 @@ def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_pa
 
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
 def test_every_setting_where_the_final_model_is_slower_is_named(tmp_path, monkeypatch, tiny_root, conv2_speedup):
-    monkeypatch.setattr(lrx.pipeline, "compare", _fake_compare(conv2_speedup))
+    monkeypatch.setattr(lrx.latency, "compare", _fake_compare(conv2_speedup))
     results = _run(tmp_path, tiny_root, "latency.guard=false")  # conv2 stays, even when slower
     conv = 5 / (4 + 1 / conv2_speedup)  # five convs of 1 ms, conv2 replaced
-    slower = f"cpu, batch {{}}: conv {conv:.2f}x, model 1.00x; layers slower: conv2 {conv2_speedup:.2f}x"
+    slower = f"cpu, {_threads()}, batch {{}}: conv {conv:.2f}x, model 1.00x; layers slower: conv2 {conv2_speedup:.2f}x"
     expected = [slower.format(bs) for bs in (1, 32)] if conv2_speedup < 1 else []
     assert results["slower_than_baseline"] == expected
+
+
+def test_a_smoke_run_with_nothing_replaced_reads_one_within_its_spread_at_every_point(tmp_path, tiny_root):
+    """The baseline timed against itself: every conv counts on both sides (exactly 1.00x) and the
+    whole model reads 1.00x inside its interquartile range, with how it was measured."""
+    rounds = ["latency.estimator.min_rounds=30", "latency.estimator.max_rounds=30", "latency.estimator.block_s=0.002"]
+    results = _run(tmp_path, tiny_root, "decomp=none", "latency.batch_sizes=[2]", "callbacks.cost=null", *rounds)
+    recorded = json.loads((tmp_path / "results.json").read_text())
+    assert results["slower_than_baseline"] == [] and recorded["load"]["final"]["busy_cores"]
+    for where, t in lrx.latency.points(recorded["latency"]):
+        assert t["conv_speedup"] == 1.0 and t["conv_speedup_iqr"] == [1.0, 1.0], where
+        low, high = t["model_speedup_iqr"]
+        assert low <= 1.0 <= high, (where, t["model_speedup"], low, high)
+        for timing in (t["conv_timing"], t["model_timing"]):
+            assert timing["rounds"] == 30 and timing["threads"] == torch.get_num_threads() and "busy_cores" in timing
+        for layer in t["layers"].values():
+            assert {"speedup", "speedup_iqr", "unstable", "rounds"} <= set(layer)

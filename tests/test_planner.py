@@ -1,17 +1,15 @@
 import copy
 import itertools
 import logging
-import os
 import random
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
+from lrx.estimator import Ratio, Timing
+from lrx.latency import conv_names
 from lrx.lowrank import CPConv, DecompositionError, LowRankExpConvV1, LowRankExpConvV2, planner
 from lrx.lowrank.base import PLANNER_TARGETS, ConvGeometry
 from lrx.lowrank.cp import CP_PLANNER_TARGETS
@@ -192,44 +190,70 @@ def test_kl_planning_reports_its_error_kind_and_meets_the_target():
         plan(net, ["conv_a"], 1.8, metric="macs", input_size=12, calibration=images, error="mse")
 
 
-@pytest.mark.parametrize("busy, warned", [(0.1, False), (1.5, True)])
-def test_latency_planning_warns_on_a_busy_cpu(monkeypatch, caplog, busy, warned):
-    monkeypatch.setattr(planner, "busy_cores", lambda: busy)
-    with caplog.at_level(logging.WARNING, logger="lrx.lowrank.planner"):
-        planner.warn_if_busy()
-    assert ("other work keeps" in caplog.text) == warned
-
-
-def test_busy_cores_sees_a_spinning_process_and_not_its_own_sleep():
-    quiet = planner.busy_cores(0.3)
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.2)
-        busy = planner.busy_cores(0.5)
-    finally:
-        spinner.kill()
-    assert 0 <= quiet <= os.cpu_count() and busy >= 0.7
+def _fake_timing(ms: dict, speedup: float | None = None) -> Timing:
+    ratios = {} if speedup is None else {"speedup": Ratio(speedup, speedup, speedup, 0.1)}
+    return Timing(ms, ratios, rounds=2, seconds=0.0, threads=1, busy_cores=0.0)
 
 
 def test_latency_planning_times_in_the_requested_memory_format(monkeypatch):
     seen = []
 
-    def fake_ms(modules, x, warmup, repeats):
-        weights = [p for m in modules.values() for p in m.parameters() if p.dim() == 4]
+    def record(modules, x):
+        weights = [p for m in modules for p in m.parameters() if p.dim() == 4]
         seen.append(
             x.is_contiguous(memory_format=torch.channels_last)
             and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
         )
-        return {k: 0.5 if k == "lowrank" else 1.0 for k in modules}
 
-    monkeypatch.setattr(planner, "modules_ms", fake_ms)
+    def fake_dense(modules, x, *args, **kwargs):
+        record(modules.values(), x)
+        return _fake_timing({"dense": 1.0})
+
+    def fake_pair(dense, lowrank, x, *args, **kwargs):
+        record([dense, lowrank], x)
+        return _fake_timing({"dense": 1.0, "lowrank": 0.5}, 2.0)
+
+    monkeypatch.setattr(planner, "time_modules", fake_dense)
+    monkeypatch.setattr(planner, "dense_vs_lowrank", fake_pair)
     net = AlexNetCIFAR()
-    plan(net, "conv2", 1.1, metric="latency", methods=(2,), progress=False, memory_format="channels_last")
+    timed = planner.Timed(memory_format="channels_last")
+    plan(net, "conv2", 1.1, metric="latency", methods=(2,), progress=False, timed=timed)
     assert len(seen) > 5 and all(seen)
     # the network is handed back in the contiguous format
     assert all(p.is_contiguous() for p in net.parameters())
     with pytest.raises(DecompositionError, match="memory_format='nhwc'.*contiguous, channels_last"):
-        plan(net, "conv2", 1.1, metric="latency", memory_format="nhwc")
+        plan(net, "conv2", 1.1, metric="latency", timed=planner.Timed(memory_format="nhwc"))
+
+
+def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monkeypatch, caplog):
+    """Every dense conv costs 1 and a candidate its MAC share; the assembled network measures 20%
+    slower than the plan predicts. The loop aims the next choice at target * target / measured,
+    logs and records each round, and keeps the round measured closest to the target."""
+    net = AlexNetCIFAR()
+    monkeypatch.setattr(planner, "time_modules", lambda modules, *a, **k: _fake_timing({"dense": 1.0}))
+    monkeypatch.setattr(
+        planner,
+        "dense_vs_lowrank",
+        lambda dense, lowrank, *a, **k: _fake_timing({"dense": 1.0}, lowrank.report["macs_speedup"]),
+    )
+    total = len(conv_names(net))
+
+    def slower(_net, _x, picks, _timed):
+        predicted = total / (total - len(picks) + sum(c.cost for c in picks))
+        return {"conv_speedup": 0.8 * predicted, "conv_speedup_iqr": [0.78 * predicted, 0.82 * predicted]}
+
+    monkeypatch.setattr(planner, "measured_conv_speedup", slower)
+    layers = ["conv2", "conv3", "conv4", "conv5"]
+    with caplog.at_level(logging.INFO, logger="lrx.lowrank.planner"):
+        _, report = plan(net, layers, 2.0, "latency", methods=(2,), progress=False, closed_loop_rounds=4)
+    rounds = report["closed_loop"]
+    assert 2 <= len(rounds) <= 4 and rounds[0]["aim"] == 2.0
+    assert rounds[1]["aim"] == pytest.approx(2.0 * 2.0 / rounds[0]["measured"])
+    assert rounds[1]["predicted"] > rounds[0]["predicted"]  # cheaper candidates
+    closest = min(rounds, key=lambda r: abs(r["measured"] / 2.0 - 1))
+    assert report["plan"] == {n: {"method": m, "bases": b, "error": report["plan"][n]["error"]}
+                              for n, (m, b) in closest["plan"].items()}  # fmt: skip
+    assert caplog.text.count("closed loop, round") == len(rounds)
 
 
 def test_cp_candidates_start_at_2x_where_the_others_start_at_1_25x():

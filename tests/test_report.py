@@ -142,6 +142,7 @@ def test_table_columns_and_rows(sweep):
         "acc@1 after each stage(%)",
         "theoretical speed-up (MAC ratio)",
         "measured conv speed-up (CPU)",
+        "its IQR (CPU)",
         "model speed-up (CPU)",
         "ONNX Runtime time(ms)",
         "conv speed-up (ONNX Runtime)",
@@ -154,10 +155,11 @@ def test_table_columns_and_rows(sweep):
     assert {r[1] for r in cells[2:]} == {"cifar10"}
     assert len(body) == 4 and [r[1] for r in body] == ["baseline", "s1", "planner 2.5x latency (s1+s2)", "s2"]
     assert body[0][5:14] == ["92.78", "0.934", "40.00", "4.00", "87.56", "87.50", "-", "1.00", "1.00"]  # CUDA: s2's
-    assert body[0][19] == "-" and body[1][8] == "-" and body[1][18] == "-"  # not re-timed
-    assert body[1][15:18] == ["-", "-", "-"]  # not deployed: no ONNX Runtime figures
-    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][19] == "0.01"
-    assert body[3][19] == "0.04"  # four layers at 0.01 s
+    assert body[0][20] == "-" and body[1][8] == "-" and body[1][19] == "-"  # not re-timed
+    assert body[1][14] == "-"  # made before lrx recorded the spread
+    assert body[1][16:19] == ["-", "-", "-"]  # not deployed: no ONNX Runtime figures
+    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][20] == "0.01"
+    assert body[3][20] == "0.04"  # four layers at 0.01 s
     assert body[3][2:5] == ["-", "conv2-conv5", "32"] and body[3][8] == "1.38"  # 4.00 / 2.9
 
 
@@ -193,6 +195,7 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
             "cuda_ms",
             "macs_speedup",
             "measured_speedup_cpu",
+            "measured_speedup_cpu_iqr",
             "model_speedup_cpu",
             "ort_ms",
             "conv_speedup_ort",
@@ -322,3 +325,11 @@ def test_a_new_method_gets_its_label_and_letter_from_the_registry(tmp_path):
     (tmp_path / "0" / "results.json").write_text(json.dumps(res))
     _, row = report.collect([tmp_path])[0]
     assert row["label"] == "csvd K40" and row["method"] == "csvd"
+
+
+def test_a_runs_conv_speedup_spread_and_unstable_flag_are_shown(tmp_path):
+    res = json.loads(json.dumps(S1))
+    res["speedup"] |= {"conv_iqr": {"cpu": [1.52, 1.68]}, "unstable": {"cpu": True}}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    (row,) = [r for r in report.collect([tmp_path])[0] if r["kind"] == "job"]
+    assert row["conv_iqr_cpu"] == "1.52-1.68 unstable" and "| 1.52-1.68 unstable |" in report.table_markdown([row])

@@ -11,6 +11,7 @@ import torch
 from lrx.models import AlexNet
 from tests.conftest import run_train
 from tests.helpers.data import write_tiny_cifar10
+from tests.helpers.timing import QUICK_OVERRIDES
 from tests.wandb_offline import run_info
 
 pytestmark = pytest.mark.slow  # every test here runs lrx.train in a subprocess
@@ -45,7 +46,8 @@ def test_smoke_run_writes_complete_results(smoke_run):
     assert list(results["stages"]) == ["filter", "data", "finetune"]
     assert results["skipped"] == {} and results["ignored_keys"] == [] and results["dataset"] == "cifar10"
     assert results["speedup"]["conv"]["cpu"] > 0 and results["speedup"]["model"]["cpu"] > 0
-    assert set(results["latency"]["cpu"]) == {"1", "32"}
+    (by_batch,) = results["latency"]["cpu"].values()  # latency.threads=null: one thread count, torch's
+    assert set(by_batch) == {"1", "32"} and results["speedup"]["at"]["batch_size"] == 32
     assert results["config"]["model"]["name"] == "alexnet_cifar"
     assert results["baseline"]["origin"]["source"] == "trained"
     assert (smoke_run / "outputs" / "baselines").is_dir()
@@ -150,8 +152,7 @@ def test_the_users_command_replaces_conv2_by_scheme1_with_8_bases(tmp_path, data
         "trainer.limit_test_batches=1",
         "data.eval_batch_size=4",
         "latency.batch_sizes=[2]",
-        "latency.warmup=0",
-        "latency.repeats=1",
+        *QUICK_OVERRIDES,
         "latency.guard=false",
         "callbacks.cost=null",
         "logger=none",

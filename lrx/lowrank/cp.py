@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lrx.latency import interleaved_ms
+from lrx.estimator import DEFAULT_ESTIMATOR, Estimator, measure
 from lrx.lowrank.base import (
     ConvGeometry,
     PointwiseOutConv,
@@ -202,10 +202,10 @@ class CPConv(PointwiseOutConv, method="cp"):
         return self._depthwise(self.pointwise_in(x), self.strategy)
 
     @torch.inference_mode()
-    def select_strategy(self, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> dict:
+    def select_strategy(self, x: torch.Tensor, estimator: Estimator = DEFAULT_ESTIMATOR) -> dict:
         """Time both executions of the depthwise passes on the real input ``x`` (interleaved), keep
         the faster; returns the choice and the times."""
         y = self.pointwise_in(x)
-        times = interleaved_ms({s: partial(self._depthwise, y, s) for s in STRATEGIES}, x.device, warmup, repeats)
+        times = measure({s: partial(self._depthwise, y, s) for s in STRATEGIES}, estimator=estimator).ms
         self.strategy = min(times, key=times.get)
         return {"strategy": self.strategy, "times_ms": times}

@@ -3,7 +3,7 @@
 Such a layer (Scheme 1, CP) has ``strategy`` (the execution its forward uses),
 ``default_strategy`` (the one fitting uses: the executions agree only to float rounding, so a
 measured, run-dependent choice would make fitting irreproducible) and
-``select_strategy(x, warmup, repeats)``, which times every execution on the real input ``x``,
+``select_strategy(x, estimator)``, which times every execution on the real input ``x``,
 keeps the fastest and returns ``{"strategy": ..., "times_ms": {...}}``.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from lrx.estimator import DEFAULT_ESTIMATOR, Estimator
 from lrx.latency import layer_inputs, memory_format_of
 from lrx.modes import memory_format as in_format
 
@@ -20,7 +21,10 @@ def _choosers(net: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 def tune(
-    net: torch.nn.Module, x: torch.Tensor, warmup: int = 3, repeats: int = 10, memory_format: str = "contiguous"
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
+    memory_format: str = "contiguous",
 ) -> dict[str, dict]:
     """Choose the execution of every such layer of ``net`` on its real input for the network
     input ``x``, with ``net`` and ``x`` in ``memory_format`` as :func:`lrx.latency.compare` times
@@ -29,7 +33,7 @@ def tune(
     layers = _choosers(net)
     with in_format(fmt, net):
         inputs = layer_inputs(net, list(layers), x.contiguous(memory_format=fmt))
-        return {name: m.select_strategy(inputs[name], warmup, repeats) for name, m in layers.items()}
+        return {name: m.select_strategy(inputs[name], estimator) for name, m in layers.items()}
 
 
 def reset_strategies(net: torch.nn.Module) -> None:

@@ -11,17 +11,21 @@ def put_back_slower(
     approx: nn.Module, baseline: nn.Module, records: list[dict], layer_timings: dict, where: str = "this device"
 ) -> list[str]:
     """Restore, in ``approx``, the original conv (from ``baseline``, exact weights, a copy) of every
-    replaced layer whose measured speed-up in ``layer_timings`` (name -> {"speedup": ...}, as
-    returned by :func:`lrx.latency.compare`, measured at ``where``) is below 1. Marks each record
-    with ``kept``, ``guard`` (the speed-up it decided on, and where) and, where put back,
-    ``put_back_reason``; returns the names put back."""
+    replaced layer whose measured speed-up in ``layer_timings`` (name -> {"speedup",
+    "speedup_iqr"}, as returned by :func:`lrx.latency.compare`, measured at ``where``) is not
+    confidently above 1: a layer stays only if the LOWER quartile of its speed-up is above 1.
+    Marks each record with ``kept``, ``guard`` (the speed-up and IQR it decided on, and where)
+    and, where put back, ``put_back_reason``; returns the names put back."""
     put_back = []
     for rec in records:
-        speedup = layer_timings[rec["name"]]["speedup"]
-        rec["kept"] = speedup >= 1.0
-        rec["guard"] = {"speedup": speedup, "at": where}
+        t = layer_timings[rec["name"]]
+        low = t["speedup_iqr"][0]
+        rec["kept"] = low > 1.0
+        rec["guard"] = {"speedup": t["speedup"], "speedup_iqr": t["speedup_iqr"], "at": where}
         if not rec["kept"]:
             approx.set_submodule(rec["name"], copy.deepcopy(baseline.get_submodule(rec["name"])))
-            rec["put_back_reason"] = f"measured speed-up {speedup:.2f}x < 1 at {where}"
+            rec["put_back_reason"] = (
+                f"measured speed-up {t['speedup']:.2f}x with lower quartile {low:.2f}x <= 1 at {where}"
+            )
             put_back.append(rec["name"])
     return put_back

@@ -27,8 +27,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -36,7 +34,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrx.latency import MEMORY_FORMATS, RUNTIMES, conv_names, layer_inputs, modules_ms
+from lrx.estimator import DEFAULT_ESTIMATOR, Estimator, Timing
+from lrx.latency import (
+    MEMORY_FORMATS,
+    RUNTIMES,
+    conv_names,
+    dense_vs_lowrank,
+    layer_inputs,
+    layer_timings,
+    time_modules,
+)
+from lrx.load import wait_for_quiet
 from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, is_int, method_class
 from lrx.lowrank.data_recon import refit_final, relative_error
 from lrx.lowrank.surgery import layer_record, select_convs
@@ -190,39 +198,6 @@ def apply(net: nn.Module, chosen: dict[str, Candidate]) -> list[dict]:
     return records
 
 
-def busy_cores(seconds: float = 0.5) -> float:
-    """How many cores other work keeps busy, sampled now over ``seconds`` (this process sleeps
-    meanwhile): from /proc/stat where there is one, else the 1-minute load average (which also
-    counts work that ended up to a minute ago, such as the previous job of a sweep)."""
-
-    def stat() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]  # user nice system idle iowait irq ...
-        return sum(ticks), ticks[3] + ticks[4]
-
-    try:
-        total0, idle0 = stat()
-        time.sleep(seconds)
-        total1, idle1 = stat()
-    except (OSError, ValueError, IndexError):
-        return os.getloadavg()[0]
-    cores = os.cpu_count() or 1
-    return cores * (1 - (idle1 - idle0) / max(total1 - total0, 1))
-
-
-def warn_if_busy() -> None:
-    """Latency plans need a quiet machine: other work on the CPU inflates the timings unevenly
-    (docs/SOLVERS.md)."""
-    busy = busy_cores()
-    if busy > 0.5:
-        log.warning(
-            "planning by measured latency while other work keeps %.1f of %d cores busy: timings are "
-            "inflated unevenly, so the plan can miss its target; plan on a quiet machine",
-            busy,
-            os.cpu_count() or 1,
-        )
-
-
 def _filter_error(_name: str, layer: nn.Module) -> float:
     return layer.report["rel_error"]
 
@@ -268,20 +243,40 @@ def _output_error(net: nn.Module, names: list[str], images: torch.Tensor, kind: 
     return error
 
 
-def _timed_ms(
-    modules: dict[str, nn.Module], x: torch.Tensor, memory_format, warmup: int, repeats: int, runtime: str
-) -> dict:
-    """``modules_ms`` in ``runtime``. In torch, with the modules' weights and ``x`` in
-    ``memory_format`` (weights restored to the contiguous format after), as the final timing runs
-    them: the dense conv and some low-rank passes run at very different speeds in the two formats
-    (docs/SOLVERS.md). In ONNX Runtime, each module as its own graph. A layer with a choice of
-    executions (Scheme 1, CP) runs the one torch times fastest, in both runtimes."""
-    with in_format(memory_format, *modules.values()):
-        if hasattr(modules.get("lowrank"), "select_strategy"):
-            modules["lowrank"].select_strategy(x, warmup, repeats)
-        if runtime == "torch":
-            return modules_ms(modules, x, warmup, repeats)
-    return modules_ms(modules, x.contiguous(), warmup, repeats, runtime)
+@dataclass(frozen=True)
+class Timed:
+    """How the planner times (metric=latency): at ``threads`` in ``runtime``, by ``estimator``,
+    with weights and inputs in ``memory_format`` as the final timing runs them; before timing it
+    waits up to ``quiet_wait_s`` for other work to stop (:func:`lrx.load.wait_for_quiet`)."""
+
+    estimator: Estimator = DEFAULT_ESTIMATOR
+    threads: int | None = None
+    runtime: str = "torch"
+    memory_format: str = "contiguous"
+    quiet_wait_s: float = 0.0
+
+    def _run(self, modules: dict[str, nn.Module], x: torch.Tensor, timing) -> Timing:
+        """``timing(x)`` with the modules' weights and ``x`` in ``memory_format`` in torch (weights
+        restored to the contiguous format after): the dense conv and some low-rank passes run at
+        very different speeds in the two formats (docs/SOLVERS.md). In ONNX Runtime each module is
+        its own graph. A layer with a choice of executions (Scheme 1, CP) runs the one torch times
+        fastest, in both runtimes."""
+        fmt = MEMORY_FORMATS[self.memory_format]
+        with in_format(fmt, *modules.values()):
+            x = x.contiguous(memory_format=fmt)
+            if hasattr(modules.get("lowrank"), "select_strategy"):
+                modules["lowrank"].select_strategy(x, self.estimator)
+            if self.runtime == "torch":
+                return timing(x)
+        return timing(x.contiguous())
+
+    def dense_ms(self, conv: nn.Module, x: torch.Tensor) -> float:
+        run = lambda x: time_modules({"dense": conv}, x, self.estimator, self.runtime, self.threads)  # noqa: E731
+        return self._run({"dense": conv}, x, run).ms["dense"]
+
+    def speedup(self, conv: nn.Module, layer: nn.Module, x: torch.Tensor) -> Timing:
+        run = lambda x: dense_vs_lowrank(conv, layer, x, self.estimator, self.runtime, self.threads)  # noqa: E731
+        return self._run({"dense": conv, "lowrank": layer}, x, run)
 
 
 def plan(
@@ -292,15 +287,13 @@ def plan(
     input_size: int = 32,
     batch_size: int = 32,
     methods=("scheme1", "scheme2"),
-    warmup: int = 3,
-    repeats: int = 10,
     progress: bool = True,
     calibration: torch.Tensor | None = None,
     error: str = "data",
-    memory_format: str = "contiguous",
     options: dict | None = None,
     rank_multiple: int = 1,
-    runtime: str = "torch",
+    timed: Timed = Timed(),
+    closed_loop_rounds: int = 0,
 ) -> tuple[dict[str, Candidate], dict]:
     """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
 
@@ -312,16 +305,19 @@ def plan(
     probabilities and q the same with only this conv replaced by layer'. Without calibration
     images, the error is the filter reconstruction error ‖W − Ŵ‖ / ‖W‖. The installed layers are
     the plain filter-reconstruction solutions in every case. ``metric="latency"`` times every
-    candidate against the dense conv in ``memory_format`` (as ``latency.compare`` will), in
-    ``runtime`` (``"onnxruntime"``: each as its own ONNX graph; see :mod:`lrx.latency`).
+    candidate against the dense conv on its real input at ``batch_size`` as ``timed`` says
+    (a candidate's cost: the dense conv's ms / its paired speed-up), and with
+    ``closed_loop_rounds`` > 0 then measures the assembled network (:func:`close_loop`).
 
     Returns the chosen candidate per selected layer (method None keeps the conv) and a report
     with the predicted conv speed-up and every candidate's (method, bases, error, cost).
     """
-    if memory_format not in MEMORY_FORMATS:
-        raise DecompositionError(f"memory_format={memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}")
-    if runtime not in RUNTIMES:
-        raise DecompositionError(f"runtime={runtime!r} is unknown; valid: {', '.join(RUNTIMES)}")
+    if timed.memory_format not in MEMORY_FORMATS:
+        raise DecompositionError(
+            f"memory_format={timed.memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}"
+        )
+    if timed.runtime not in RUNTIMES:
+        raise DecompositionError(f"runtime={timed.runtime!r} is unknown; valid: {', '.join(RUNTIMES)}")
     if calibration is not None and error not in OUTPUT_ERRORS:
         raise DecompositionError(f"planner error={error!r} is unknown; valid: {', '.join(OUTPUT_ERRORS)}")
     selected = check_request(net, layers, target_speedup, metric, methods, options, input_size, rank_multiple)
@@ -334,17 +330,14 @@ def plan(
     inputs = layer_inputs(net, all_convs, x)
     with torch.inference_mode():
         outputs = {name: net.get_submodule(name)(inputs[name]) for name in all_convs}
-    fmt = MEMORY_FORMATS[memory_format]
-    inputs = {name: t.contiguous(memory_format=fmt) for name, t in inputs.items()}  # only timed
+    load = wait_for_quiet(timed.quiet_wait_s, "the planner's candidates") if metric == "latency" else None
 
     def dense_cost(name: str) -> float:
         conv = net.get_submodule(name)
         if metric == "macs":
             return conv.weight.numel() * outputs[name][0, 0].numel()  # N*C*kh*kw per output pixel
-        return _timed_ms({"dense": conv}, inputs[name], fmt, warmup, repeats, runtime)["dense"]
+        return timed.dense_ms(conv, inputs[name])
 
-    if metric == "latency":
-        warn_if_busy()
     costs = {name: dense_cost(name) for name in all_convs}
     kind = "filter" if calibration is None else error
     error_of = _filter_error if calibration is None else _output_error(net, [n for n, _ in selected], calibration, kind)
@@ -358,8 +351,7 @@ def plan(
             if metric == "macs":
                 cost = costs[name] / layer.report["macs_speedup"]
             else:
-                t = _timed_ms({"dense": conv, "lowrank": layer.eval()}, inputs[name], fmt, warmup, repeats, runtime)
-                cost = costs[name] * t["lowrank"] / t["dense"]
+                cost = costs[name] / timed.speedup(conv, layer.eval(), inputs[name]).ratios["speedup"].median
             choices.append(Candidate(name, cls.method, bases, error_of(name, layer), cost, layer))
         candidates[name] = choices
     total = sum(costs.values())
@@ -371,13 +363,19 @@ def plan(
             f"target_speedup={target_speedup} is out of reach for layers {[n for n, _ in selected]}: "
             f"the cheapest candidates give {total / cheapest:.2f}x ({metric}); select more layers or lower the target"
         )
+    rounds = []
+    if metric == "latency" and closed_loop_rounds:
+        picks, rounds = close_loop(net, x, candidates, fixed, total, target_speedup, picks, timed, closed_loop_rounds)
     chosen = {c.name: c for c in picks}
     report = {
         "target_speedup": target_speedup,
         "metric": metric,
-        "runtime": runtime if metric == "latency" else None,
+        "runtime": timed.runtime if metric == "latency" else None,
+        "threads": (timed.threads or torch.get_num_threads()) if metric == "latency" else None,
+        "load": load,
         "error": kind,
         "predicted_conv_speedup": total / (fixed + sum(c.cost for c in picks)),
+        "closed_loop": rounds,
         "plan": {c.name: {"method": c.method, "bases": c.bases, "error": c.error} for c in picks},
         "candidates": {
             name: [{"method": o.method, "bases": o.bases, "error": o.error, "cost": o.cost} for o in opts]
@@ -385,3 +383,79 @@ def plan(
         },
     }
     return chosen, report
+
+
+TOLERANCE = 0.05  # the closed loop stops once the measured conv speed-up is within 5% of the target
+
+
+def measured_conv_speedup(net: nn.Module, x: torch.Tensor, picks: list[Candidate], timed: Timed):
+    """The conv speed-up of ``net`` with ``picks`` installed (a copy; ``net`` is untouched), measured
+    by ``timed`` on the network input ``x``: the ``Ratio`` of :func:`lrx.latency.layer_timings`."""
+    approx = copy.deepcopy(net)
+    for c in picks:
+        if c.method is not None:
+            approx.set_submodule(c.name, c.layer)
+    fmt = MEMORY_FORMATS[timed.memory_format]
+    with in_format(fmt, net, approx):
+        xs = x.contiguous(memory_format=fmt) if timed.runtime == "torch" else x
+        _, conv = layer_timings(net, approx, xs, timed.estimator, timed.runtime, timed.threads)
+    return conv
+
+
+def close_loop(
+    net: nn.Module,
+    x: torch.Tensor,
+    candidates: dict[str, list[Candidate]],
+    fixed: float,
+    total: float,
+    target: float,
+    picks: list[Candidate],
+    timed: Timed,
+    max_rounds: int,
+) -> tuple[list[Candidate], list[dict]]:
+    """Measure the assembled network's conv speed-up; while it misses ``target`` by more than
+    TOLERANCE, aim the choice at target * target / measured (so a plan that measures slower
+    than its parts predicted asks for cheaper candidates, one that measures faster for better
+    ones) and measure again, for at most ``max_rounds`` measurements. Each round is logged and
+    returned (``aim``, ``predicted``, ``measured`` with its IQR, the plan); the picks are the
+    round measured closest to the target."""
+    rounds, aim = [], target
+    for i in range(max_rounds):
+        conv = measured_conv_speedup(net, x, picks, timed)
+        measured = conv["conv_speedup"]
+        rounds.append(
+            {
+                "aim": aim,
+                "predicted": total / (fixed + sum(c.cost for c in picks)),
+                "measured": measured,
+                "measured_iqr": conv["conv_speedup_iqr"],
+                "plan": {c.name: [c.method, c.bases] for c in picks},
+                "picks": picks,
+            }
+        )
+        log.info(
+            "closed loop, round %d: aimed at %.2fx, predicted %.2fx, measured %.2fx (target %.2fx)",
+            i + 1,
+            aim,
+            rounds[-1]["predicted"],
+            measured,
+            target,
+        )
+        if abs(measured / target - 1) <= TOLERANCE:
+            break
+        aim *= target / measured
+        next_picks = choose(candidates, fixed, total / aim)
+        if next_picks is None or next_picks == picks:
+            why = "no cheaper candidates" if next_picks is None else "the same candidates"
+            log.warning("closed loop stops after round %d: aiming at %.2fx gives %s", i + 1, aim, why)
+            break
+        picks = next_picks
+    best = min(rounds, key=lambda r: abs(r["measured"] / target - 1))
+    if abs(best["measured"] / target - 1) > TOLERANCE:
+        log.warning(
+            "closed loop: no plan measured within %.0f%% of %.2fx; keeping the closest, %.2fx",
+            TOLERANCE * 100,
+            target,
+            best["measured"],
+        )
+    return best["picks"], [{k: v for k, v in r.items() if k != "picks"} for r in rounds]

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lrx.estimator import DEFAULT_ESTIMATOR, Estimator
 from lrx.lowrank import scheme1_exec
 from lrx.lowrank.base import (
     ConvGeometry,
@@ -294,10 +295,10 @@ class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", al
         # W[n, c, y, x] = sum_m a[n, c, m] v[m, y] h[m, x]
         return torch.einsum("ncm,my,mx->ncyx", self.a, self.v, self.h)
 
-    def select_strategy(self, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> dict:
+    def select_strategy(self, x: torch.Tensor, estimator: Estimator = DEFAULT_ESTIMATOR) -> dict:
         """Time every execution strategy on the real input ``x``, keep the fastest (cached per
         device, layer shape and input shape); returns the choice and the times."""
-        self.strategy, times = scheme1_exec.choose(self, x, warmup, repeats)
+        self.strategy, times = scheme1_exec.choose(self, x, estimator)
         return {"strategy": self.strategy, "times_ms": times}
 
     def final_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lrx.latency import interleaved_ms
+from lrx.estimator import DEFAULT_ESTIMATOR, Estimator, measure
 
 CL = torch.channels_last
 
@@ -82,7 +82,7 @@ def cache_key(x: torch.Tensor, a: torch.Tensor, v: torch.Tensor, h: torch.Tensor
 
 
 @torch.inference_mode()
-def choose(layer, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> tuple[str, dict[str, float]]:
+def choose(layer, x: torch.Tensor, estimator: Estimator = DEFAULT_ESTIMATOR) -> tuple[str, dict[str, float]]:
     """The fastest strategy for ``layer`` on input ``x`` (measured, interleaved; cached per
     device, layer shape and input shape) and the median milliseconds of each strategy timed."""
     key = cache_key(x, layer.a, layer.v, layer.h, layer.geometry)
@@ -90,7 +90,7 @@ def choose(layer, x: torch.Tensor, warmup: int = 3, repeats: int = 10) -> tuple[
         return _chosen[key], {}
     args = (layer.v, layer.h, layer.a, layer.bias, layer.geometry)
     runs = {name: (lambda f=f: f(x, *args)) for name, f in STRATEGIES.items()}
-    times = interleaved_ms(runs, x.device, warmup, repeats)
+    times = measure(runs, estimator=estimator).ms
     best = min(times, key=times.get)
     _chosen[key] = best
     return best, times
