@@ -51,6 +51,8 @@ def _summary(timings: list[dict], busy_before: list) -> dict:
         "setup": timings[0]["setup"],
         "conv_speedup": spread([t["conv_speedup"] for t in timings]),
         "model_speedup": spread([t["model_speedup"] for t in timings]),
+        "conv_ms": {side: spread([t["conv_ms"][side] for t in timings]) for side in ("baseline", "approx")},
+        "model_ms": {side: spread([t["model_ms"][side] for t in timings]) for side in ("baseline", "approx")},
         "conv_speedup_iqr": [t["conv_speedup_iqr"] for t in timings],
         "model_speedup_iqr": [t["model_speedup_iqr"] for t in timings],
         "unstable": [t["conv_unstable"] or t["model_unstable"] for t in timings],
@@ -111,8 +113,8 @@ def table(out: dict) -> str:
     """The points as a markdown table."""
     lines = [
         "| point | conv speed-up, median (range) | widest conv IQR | model speed-up | widest model IQR "
-        "| busy cores while timing |",
-        "|---|---|---|---|---|---|",
+        "| conv ms, baseline -> final | busy cores while timing |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, p in out["points"].items():
         conv_iqr = max(p["conv_speedup_iqr"], key=lambda q: q[1] - q[0])
@@ -121,7 +123,8 @@ def table(out: dict) -> str:
         load = f"{min(busy):.2f}-{max(busy):.2f}" if busy else "not measured"
         lines.append(
             f"| {label} | {_cell(p['conv_speedup'])} | {conv_iqr[0]:.2f}-{conv_iqr[1]:.2f} "
-            f"| {_cell(p['model_speedup'])} | {model_iqr[0]:.2f}-{model_iqr[1]:.2f} | {load} |"
+            f"| {_cell(p['model_speedup'])} | {model_iqr[0]:.2f}-{model_iqr[1]:.2f} "
+            f"| {p['conv_ms']['baseline']['median']:.2f} -> {p['conv_ms']['approx']['median']:.2f} | {load} |"
         )
     return "\n".join(lines)
 
