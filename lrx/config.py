@@ -37,7 +37,17 @@ PLANNER_KEYS = {"target_speedup", "metric", "closed_loop_rounds", "error", "samp
 DATA_RECON_KEYS = {"mode", "batches", "holdout_batches", "lstsq", "batch_size", "steps", "lr", "optimizer"}
 FINETUNE_KEYS = {"epochs", "loss", "optimizer", "scheduler"}
 KD_KEYS = {"temperature", "kd_alpha"}
-LATENCY_KEYS = {"batch_sizes", "threads", "decide_at", "memory_format", "estimator", "quiet_wait_s", "guard", "runtime"}
+LATENCY_KEYS = {
+    "batch_sizes",
+    "threads",
+    "decide_at",
+    "memory_format",
+    "estimator",
+    "quiet_wait_s",
+    "guard",
+    "fold_bn",
+    "runtime",
+}
 DECIDE_AT_KEYS = {"batch_size", "threads"}
 DEPLOY_KEYS = {"onnx", "opset", "check_images"}
 MIN_OPSET = 18  # the dynamo exporter's lowest
@@ -279,6 +289,7 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
     _check_estimator(lat["estimator"], "latency.estimator")
     _number(lat, "latency", "quiet_wait_s", 0)
     _bool(lat, "latency", "guard")
+    _bool(lat, "latency", "fold_bn")
     _choice(lat, "latency", "runtime", RUNTIMES)
     planner = c.get("planner")
     decides = c["decomp"].get("method") != KEEP and (lat["guard"] or (planner or {}).get("metric") == "latency")

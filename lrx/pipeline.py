@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.benchmark.utils.common import set_torch_threads
 
-from lrx import config, export
+from lrx import config, export, fold
 from lrx.baseline import check_finite_network, get_baseline, load_state_dict
 from lrx.complexity import complexity
 from lrx.estimator import Estimator
@@ -121,6 +121,8 @@ def prepare(cfg: DictConfig, sweep: bool = False) -> Job:
         load_state_dict(loaded, cfg.baseline.ckpt, "baseline.ckpt")
         check_finite_network(loaded, f"baseline (baseline.ckpt={cfg.baseline.ckpt})")
     job = Job(cfg, datamodule, net, ignored)
+    if cfg.latency.fold_bn:
+        fold.foldable(net)  # a network torch.fx cannot read is refused now, not after the work
     if job.decomposes:
         _check_request(job)
     return job
@@ -236,10 +238,13 @@ def _timings(
     batch_sizes=None,
     threads=None,
     runtime: str = "torch",
+    folded: bool = False,
 ) -> dict:
     """``{device: {threads: {batch size: compare(...)}}}`` for the devices ``on`` (default: every
-    device), the ``batch_sizes`` and ``threads`` (default: every configured one), in ``runtime``.
-    Scheme 1's and CP's executions are chosen on each device at the decide_at point."""
+    device), the ``batch_sizes`` and ``threads`` (default: every configured one), in ``runtime``;
+    with ``folded``, also both networks with their BatchNorms folded (:mod:`lrx.fold`), under
+    ``"<device> (BN folded)"``. Scheme 1's and CP's executions are chosen on each device at the
+    decide_at point."""
     lat, size = job.cfg.latency, job.cfg.model.input_size
     estimator, (decide_bs, decide_threads) = Estimator.of(lat.estimator), decide_point(lat)
     out = {}
@@ -247,17 +252,10 @@ def _timings(
         x = torch.randn(decide_bs, 3, size, size, device=d)
         with set_torch_threads(decide_threads):
             tune(approx.to(d), x, estimator, lat.memory_format)
-        out[d.type] = compare_at(
-            baseline,
-            approx,
-            size,
-            batch_sizes or lat.batch_sizes,
-            threads or lat.threads,
-            d,
-            estimator,
-            lat.memory_format,
-            runtime,
-        )
+        at = (batch_sizes or lat.batch_sizes, threads or lat.threads, d, estimator, lat.memory_format, runtime)
+        out[d.type] = compare_at(baseline, approx, size, *at)
+        if folded:
+            out[f"{d.type}{fold.FOLDED}"] = compare_at(fold.fold_bn(baseline), fold.fold_bn(approx), size, *at)
     approx.to("cpu", memory_format=torch.contiguous_format)
     return out
 
@@ -470,7 +468,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     images = _first_val_images(job)
     check_finite_network(s.approx, "final network", images)  # never timed, reported or saved if broken
     s.load["final"] = wait_for_quiet(job.cfg.latency.quiet_wait_s, "the final networks")
-    timings = _timings(job, s.net, s.approx)
+    timings = _timings(job, s.net, s.approx, folded=job.cfg.latency.fold_bn)
     _deploy(s, run_dir, images, timings)
     results = results_of(s, timings)
     save_torch(run_dir / MODEL, s.approx.eval())  # before results.json: a results.json that exists has its model

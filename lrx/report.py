@@ -23,11 +23,13 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lrx.fold import FOLDED
 from lrx.io import write_bytes, write_text
 from lrx.lowrank import METHODS, method_class
 from lrx.onnx_graphs import RUNTIME
 
 RESULTS = "results.json"  # what lrx.pipeline writes (this module must not import the training stack)
+CPU_FOLDED = f"cpu{FOLDED}"  # both networks timed with their BatchNorms folded
 RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
 
 COLUMNS = {  # markdown header -> row key
@@ -48,6 +50,8 @@ COLUMNS = {  # markdown header -> row key
     "measured conv speed-up (CPU)": "conv_speedup_cpu",
     "its IQR (CPU)": "conv_iqr_cpu",
     "model speed-up (CPU)": "model_speedup_cpu",
+    "conv speed-up (CPU, BN folded)": "conv_speedup_folded",
+    "model speed-up (CPU, BN folded)": "model_speedup_folded",
     "ONNX Runtime time(ms)": "ort_ms",
     "conv speed-up (ONNX Runtime)": "conv_speedup_ort",
     "model speed-up (ONNX Runtime)": "model_speedup_ort",
@@ -72,6 +76,8 @@ CSV_COLUMNS = {  # CSV header -> row key
     "measured_speedup_cpu": "conv_speedup_cpu",
     "measured_speedup_cpu_iqr": "conv_iqr_cpu",
     "model_speedup_cpu": "model_speedup_cpu",
+    "conv_speedup_cpu_bn_folded": "conv_speedup_folded",
+    "model_speedup_cpu_bn_folded": "model_speedup_folded",
     "ort_ms": "ort_ms",
     "conv_speedup_ort": "conv_speedup_ort",
     "model_speedup_ort": "model_speedup_ort",
@@ -207,6 +213,8 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "conv_speedup_cpu": 1.0,
         "conv_iqr_cpu": None,
         "model_speedup_cpu": 1.0,
+        "conv_speedup_folded": None,
+        "model_speedup_folded": None,
         "conv_speedup_ort": 1.0 if ort else None,
         "model_speedup_ort": 1.0 if ort else None,
         "stages": {},
@@ -257,6 +265,8 @@ def _job_row(res: dict, key: tuple) -> dict:
         "conv_speedup_cpu": speedup["conv"]["cpu"],
         "conv_iqr_cpu": _iqr_text(speedup, "cpu"),
         "model_speedup_cpu": speedup["model"]["cpu"],
+        "conv_speedup_folded": speedup["conv"].get(CPU_FOLDED),
+        "model_speedup_folded": speedup["model"].get(CPU_FOLDED),
         "conv_speedup_ort": speedup["conv"].get(RUNTIME),
         "model_speedup_ort": speedup["model"].get(RUNTIME),
         "stages": {name: s["acc1"] for name, s in res["stages"].items()},
@@ -458,6 +468,8 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         "rounds (lrx.estimator); its IQR: their interquartile range, 'unstable' where the run's conv or "
         "model speed-up stayed wider than latency.estimator.rel_iqr (blank: runs that predate it). "
         "Model speed-up: whole-model latency, baseline / final. "
+        "BN folded: both networks with every BatchNorm folded into the layer before it (latency.fold_bn=true; "
+        "blank: not measured). "
         "Re-timed: the conv speed-up measured again by scripts/retime.py (median and range over its rounds), "
         "where the run directory has a retime.json. "
         "Solve time: filter reconstruction of the layers kept, summed (a planner's search not included).\n"

@@ -9,12 +9,15 @@ its real input shape and the whole model, by the estimator of ``lrx.estimator``,
 are the run's ``latency.estimator`` where it has one). ``--busy 1`` starts one process that keeps
 a core busy while that point is timed. Prints a table of the conv and model speed-ups (median
 and range of the rounds' medians, and the widest IQR within a round) and writes everything to
-``RUN_DIR/retime.json`` (atomically; the run's ``results.json`` is left as it was):
+``RUN_DIR/retime.json`` (atomically; the run's ``results.json`` is left as it was).
+``--fold-bn`` first folds every BatchNorm of BOTH networks into the layer before it
+(``lrx.fold``, what a deployment runs) and writes ``retime_bn_folded.json`` instead:
 
     python scripts/retime.py outputs/exp/<run> --rounds 5 --threads 1 2 --busy 0 1
 
-Its top-level ``conv_speedup`` / ``model_speedup`` (what the report shows) are the first quiet
-point's. Run it on a machine doing nothing else: the busy neighbours must be the only other work.
+Its top-level ``conv_speedup`` / ``model_speedup`` (what the report shows) are the quiet point at
+torch's default thread count where there is one, else the first quiet point's. Run it on a
+machine doing nothing else: the busy neighbours must be the only other work.
 The whole-model time also depends on the memory allocator: in a fresh process glibc returns the
 activations' memory to the OS after each forward pass, which adds the same few milliseconds to
 both networks and lowers the model speed-up (docs/RESULTS.md); the per-conv timings, and so the
@@ -33,12 +36,15 @@ from torch.utils.benchmark.utils.common import set_torch_threads
 from tqdm import tqdm
 
 from lrx.estimator import Estimator
+from lrx.fold import fold_bn
 from lrx.io import write_json
 from lrx.latency import compare, default_threads, machine, spread
 from lrx.load import busy_cores, busy_neighbours
 from lrx.lowrank.execution import tune
 from lrx.pipeline import load_models
 from lrx.report import RETIMED
+
+FOLDED_RETIMED = "retime_bn_folded.json"
 
 
 def _label(threads: int, busy: int) -> str:
@@ -63,15 +69,22 @@ def _summary(timings: list[dict], busy_before: list) -> dict:
 
 
 def retime(
-    run_dir: Path, rounds: int, batch_size: int | None = None, threads: list[int] | None = None, busy=(0,)
+    run_dir: Path,
+    rounds: int,
+    batch_size: int | None = None,
+    threads: list[int] | None = None,
+    busy=(0,),
+    fold: bool = False,
 ) -> dict:
     """``rounds`` independent side-by-side timings of the run's baseline and final network at each
-    thread count x busy neighbours."""
+    thread count x busy neighbours, both networks BatchNorm-folded where ``fold``."""
     if rounds < 1:
         raise ValueError(f"rounds={rounds!r} is invalid; valid: an integer >= 1")
     if any(b < 0 for b in busy) or any(t < 1 for t in threads or [1]):
         raise ValueError(f"threads={threads} and busy={list(busy)} are invalid; valid: threads >= 1, busy >= 0")
     baseline, final, results = load_models(run_dir)
+    if fold:
+        baseline, final = fold_bn(baseline), fold_bn(final)
     cfg = results["config"]
     lat, size = cfg["latency"], cfg["model"]["input_size"]
     estimator = Estimator.of(lat.get("estimator"))
@@ -91,15 +104,17 @@ def retime(
                         compare(baseline, final, size, batch_size, "cpu", estimator, lat["memory_format"], threads=t)
                     )
             out_points[label] = _summary(timings, before)
-    first_quiet = out_points[_label(threads[0], 0)] if 0 in busy else next(iter(out_points.values()))
+    quiet = [_label(t, 0) for t in (default_threads(), *threads) if _label(t, 0) in out_points]
+    headline = out_points[quiet[0]] if quiet else next(iter(out_points.values()))
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "batch_size": batch_size,
+        "bn_folded": fold,
         "estimator": estimator.as_dict(),
         "recorded": {"conv": results["speedup"]["conv"]["cpu"], "model": results["speedup"]["model"]["cpu"]},
-        "conv_speedup": first_quiet["conv_speedup"],
-        "model_speedup": first_quiet["model_speedup"],
+        "conv_speedup": headline["conv_speedup"],
+        "model_speedup": headline["model_speedup"],
         "points": out_points,
         "executions": {name: e["strategy"] for name, e in executions.items()},
     }
@@ -136,16 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the run's largest latency batch size")
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts (default: torch's)")
     ap.add_argument("--busy", type=int, nargs="+", default=[0], help="busy neighbour processes per point (default 0)")
+    ap.add_argument("--fold-bn", action="store_true", help="fold the BatchNorms of both networks first")
     args = ap.parse_args(argv)
     try:
-        out = retime(args.run_dir, args.rounds, args.batch_size, args.threads, args.busy)
+        out = retime(args.run_dir, args.rounds, args.batch_size, args.threads, args.busy, args.fold_bn)
     except ValueError as e:
         sys.exit(f"retime: error: {e}")
-    write_json(args.run_dir / RETIMED, out)
-    print(f"{args.run_dir}: {out['machine']}, batch {out['batch_size']}, {out['date']}")
+    path = args.run_dir / (FOLDED_RETIMED if args.fold_bn else RETIMED)
+    write_json(path, out)
+    folded = ", BatchNorm folded in both networks" if out["bn_folded"] else ""
+    print(f"{args.run_dir}: {out['machine']}, batch {out['batch_size']}{folded}, {out['date']}")
     print(table(out))
     print(f"recorded in the run: conv {out['recorded']['conv']:.2f}x, model {out['recorded']['model']:.2f}x")
-    print(f"written to {args.run_dir / RETIMED}")
+    print(f"written to {path}")
     return 0
 
 

@@ -120,6 +120,7 @@ CASES = [
     p("latency.memory_format=weird", "latency.memory_format='weird'", "channels_last"),
     p("latency.memory_format=weird callbacks.cost=null", "latency.memory_format='weird'", "channels_last"),
     p("latency.guard=maybe", "latency.guard='maybe'", "true or false"),
+    p("latency.fold_bn=maybe", "latency.fold_bn='maybe'", "true or false"),
     p("latency.runtime=tvm", "latency.runtime='tvm'", "torch, onnxruntime"),
     p("callbacks.cost.batch_size=0", "callbacks.cost.batch_size=0", ">= 1"),
     p("callbacks.cost.estimator=5", "callbacks.cost.estimator=5", "a mapping with the keys warmup_s"),

@@ -178,3 +178,18 @@ def test_a_smoke_run_with_nothing_replaced_reads_one_within_its_spread_at_every_
             assert timing["rounds"] == 30 and timing["threads"] == torch.get_num_threads() and "busy_cores" in timing
         for layer in t["layers"].values():
             assert {"speedup", "speedup_iqr", "unstable", "rounds"} <= set(layer)
+
+
+def test_with_fold_bn_both_networks_are_also_timed_folded_beside_the_unfolded_figures(tmp_path, monkeypatch, tiny_root):
+    timed = []
+    fake = _fake_compare(2.0)
+
+    def compare(baseline, approx, *args, **kwargs):
+        timed.append(any(isinstance(m, nn.BatchNorm2d) for m in (*baseline.modules(), *approx.modules())))
+        return fake(baseline, approx, *args, **kwargs)
+
+    monkeypatch.setattr(lrx.latency, "compare", compare)
+    results = _run(tmp_path, tiny_root, "latency.fold_bn=true", "latency.guard=false")
+    folded = "cpu (BN folded)"
+    assert set(results["latency"]) == {"cpu", folded} and set(results["speedup"]["conv"]) == {"cpu", folded}
+    assert results["speedup"]["model"][folded] == 1.0 and timed == [True, True, False, False]  # batch 1 and 32

@@ -144,6 +144,8 @@ def test_table_columns_and_rows(sweep):
         "measured conv speed-up (CPU)",
         "its IQR (CPU)",
         "model speed-up (CPU)",
+        "conv speed-up (CPU, BN folded)",
+        "model speed-up (CPU, BN folded)",
         "ONNX Runtime time(ms)",
         "conv speed-up (ONNX Runtime)",
         "model speed-up (ONNX Runtime)",
@@ -155,11 +157,12 @@ def test_table_columns_and_rows(sweep):
     assert {r[1] for r in cells[2:]} == {"cifar10"}
     assert len(body) == 4 and [r[1] for r in body] == ["baseline", "s1", "planner 2.5x latency (s1+s2)", "s2"]
     assert body[0][5:14] == ["92.78", "0.934", "40.00", "4.00", "87.56", "87.50", "-", "1.00", "1.00"]  # CUDA: s2's
-    assert body[0][20] == "-" and body[1][8] == "-" and body[1][19] == "-"  # not re-timed
+    assert body[0][22] == "-" and body[1][8] == "-" and body[1][21] == "-"  # not re-timed
     assert body[1][14] == "-"  # made before lrx recorded the spread
-    assert body[1][16:19] == ["-", "-", "-"]  # not deployed: no ONNX Runtime figures
-    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][20] == "0.01"
-    assert body[3][20] == "0.04"  # four layers at 0.01 s
+    assert body[1][16:18] == ["-", "-"]  # BatchNorm folding not measured
+    assert body[1][18:21] == ["-", "-", "-"]  # not deployed: no ONNX Runtime figures
+    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][22] == "0.01"
+    assert body[3][22] == "0.04"  # four layers at 0.01 s
     assert body[3][2:5] == ["-", "conv2-conv5", "32"] and body[3][8] == "1.38"  # 4.00 / 2.9
 
 
@@ -197,6 +200,8 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
             "measured_speedup_cpu",
             "measured_speedup_cpu_iqr",
             "model_speedup_cpu",
+            "conv_speedup_cpu_bn_folded",
+            "model_speedup_cpu_bn_folded",
             "ort_ms",
             "conv_speedup_ort",
             "model_speedup_ort",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 class DecompositionError(ValueError):
@@ -363,6 +364,12 @@ class LowRankConv(nn.Module):
         """Set the last pass from F (N, P) of :meth:`final_features` (and the bias, if the layer has one)."""
         raise NotImplementedError
 
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        """Fold ``bn`` (eval mode, applied to this layer's output) into the last pass: with
+        bn(y) = s * y + t per output channel and y = F z + b, the layer computes
+        (s F) z + (s b + t); the layer gains a bias where it had none (:mod:`lrx.fold`)."""
+        raise NotImplementedError
+
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, bases, **options) -> "LowRankConv":
         """A layer with ``conv``'s geometry, device and dtype, fitted to its weight; bias copied."""
@@ -436,6 +443,9 @@ class PointwiseOutConv(LowRankConv):
             self.pointwise_out.weight.copy_(final[:, :, None, None])  # (N, R) -> (N, R, 1, 1)
             if bias is not None:
                 self.pointwise_out.bias.copy_(bias)
+
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        self.pointwise_out = fuse_conv_bn_eval(self.pointwise_out.eval(), bn.eval())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise_out(self.features(x))

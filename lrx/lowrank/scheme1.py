@@ -311,5 +311,12 @@ class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", al
             if bias is not None:
                 self.bias.copy_(bias)
 
+    @torch.no_grad()
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (N,)
+        bias = self.bias if self.bias is not None else torch.zeros_like(s)
+        self.a.mul_(s[:, None, None])  # a (N, C, M): the last pass's weights
+        self.bias = nn.Parameter(s * (bias - bn.running_mean) + bn.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return scheme1_exec.STRATEGIES[self.strategy](x, self.v, self.h, self.a, self.bias, self.geometry)

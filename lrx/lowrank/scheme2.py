@@ -9,6 +9,7 @@ optimum (Eckart-Young) and the error is the tail of the singular values.
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from lrx.lowrank.base import ConvGeometry, LowRankConv, check_bases, single_thread, solve_dtype
 
@@ -97,6 +98,9 @@ class LowRankExpConvV2(LowRankConv, method="scheme2", label="s2", letter="K", al
             self.horizontal.weight.copy_(final.reshape(self.horizontal.weight.shape))  # (N, K, 1, kw)
             if bias is not None:
                 self.horizontal.bias.copy_(bias)
+
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        self.horizontal = fuse_conv_bn_eval(self.horizontal.eval(), bn.eval())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.horizontal(self.vertical(x))
