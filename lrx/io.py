@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 class WriteError(OSError):
     """A file or folder that cannot be written, named with the reason."""
@@ -76,4 +74,6 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save`` to ``path`` atomically (temp file + rename)."""
+    import torch  # here: the rest of this module serves torch-free readers (lrx.report)
+
     return _atomic_write(path, lambda f: torch.save(obj, f), "wb")

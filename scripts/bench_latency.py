@@ -2,7 +2,7 @@
 
 For each conv layer of the models (on its real input shape) and each batch size, the dense conv
 and the low-rank layers run side by side in this process, timed by the estimator of
-``lrx.estimator`` (paired rounds; each figure the median of the per-round speed-ups, with its
+``lrx.measure.estimator`` (paired rounds; each figure the median of the per-round speed-ups, with its
 interquartile range and the busy cores of other work while it was timed): every method of the
 registry (or --methods) at the ranks that give 1.5x, 2x, 3x and 4x theoretical speed-up; a layer
 with several executions (Scheme 1, CP) in its default one (Scheme 1's textbook three convs) and
@@ -21,11 +21,12 @@ import sys
 import torch
 from torch import nn
 
-from lrx.estimator import Estimator
+from lrx.compress.execution import has_choice, select
 from lrx.io import write_text
-from lrx.latency import MEMORY_FORMATS, conv_names, dense_vs_lowrank, layer_inputs, machine, setup_for
-from lrx.load import busy_cores
 from lrx.lowrank import METHODS, ConvGeometry, method_class
+from lrx.measure.estimator import Estimator
+from lrx.measure.latency import MEMORY_FORMATS, conv_names, dense_vs_lowrank, layer_inputs, machine, setup_for
+from lrx.measure.load import busy_cores
 from lrx.models import AlexNet, AlexNetCIFAR, ResNet20CIFAR
 
 MODELS = {"alexnet": AlexNet, "alexnet_cifar": AlexNetCIFAR, "resnet20_cifar": ResNet20CIFAR}
@@ -46,10 +47,10 @@ def bench_layer(
         for bases in dict.fromkeys(cls.bases_for_speedup(g, t) for t in TARGETS):
             layer = cls(c, n, (kh, kw), bases, **layer_kwargs(conv)).to(x.device, memory_format=fmt).eval()
             row = {"method": cls.method, "bases": bases, "theory": cls.theoretical_speedup(g, bases)}
-            if hasattr(layer, "select_strategy"):  # timed in its default execution, then in the fastest
+            if has_choice(layer):  # timed in its default execution, then in the fastest
                 layer.strategy = layer.default_strategy
                 row["default"] = dense_vs_lowrank(conv, layer, x, estimator).ratios["speedup"]
-                row["strategy"] = layer.select_strategy(x, estimator)["strategy"]
+                row["strategy"] = select(layer, x, estimator)["strategy"]
             t = dense_vs_lowrank(conv, layer, x, estimator)
             row["measured"], row["dense_ms"], row["busy"] = t.ratios["speedup"], t.ms["dense"], t.busy_cores
             rows.append(row)
@@ -57,7 +58,7 @@ def bench_layer(
 
 
 def _cell(r) -> str:
-    """``2.10x [2.02-2.16]``: a speed-up's median and interquartile range (lrx.estimator.Ratio)."""
+    """``2.10x [2.02-2.16]``: a speed-up's median and interquartile range (lrx.measure.estimator.Ratio)."""
     return f"{r.median:.2f}x [{r.q25:.2f}-{r.q75:.2f}]" + (" unstable" if r.unstable else "")
 
 
@@ -80,7 +81,7 @@ def main() -> None:
         f"other work kept {busy_before:.2f} cores busy before the start.",
         f"Command: `python scripts/bench_latency.py {' '.join(sys.argv[1:])}`. Each figure is dense ms / "
         "low-rank ms: the median of per-round paired ratios, its interquartile range in brackets "
-        f"(lrx.estimator, {estimator}), on the layer's real input shape, float32, {args.memory_format} "
+        f"(lrx.measure.estimator, {estimator}), on the layer's real input shape, float32, {args.memory_format} "
         "memory format for the dense conv and the low-rank layer alike; 'busy': cores other work kept "
         "busy while that row was timed. 'measured (default)': a layer with several "
         "executions (Scheme 1, CP) in its default one (Scheme 1: the textbook three convs); 'measured': "

@@ -1,17 +1,17 @@
 """Re-measure a finished run's speed-ups, several times, quiet and next to other work, at several
 thread counts, to see how far one timing can be trusted.
 
-Loads the run's baseline and final network (``lrx.pipeline.load_models``), chooses the final
-network's layer executions on this machine (``lrx.lowrank.execution.tune``, as a run does), and
+Loads the run's baseline and final network (``lrx.results.saved.load_models``), chooses the final
+network's layer executions on this machine (``lrx.compress.execution.tune``, as a run does), and
 times them side by side ``--rounds`` times at each point (thread count x number of busy
-neighbours) with the run's batch size and memory format (``lrx.latency.compare``: every conv on
-its real input shape and the whole model, by the estimator of ``lrx.estimator``, whose settings
+neighbours) with the run's batch size and memory format (``lrx.measure.latency.compare``: every conv on
+its real input shape and the whole model, by the estimator of ``lrx.measure.estimator``, whose settings
 are the run's ``latency.estimator`` where it has one). ``--busy 1`` starts one process that keeps
 a core busy while that point is timed. Prints a table of the conv and model speed-ups (median
 and range of the rounds' medians, and the widest IQR within a round) and writes everything to
 ``RUN_DIR/retime.json`` (atomically; the run's ``results.json`` is left as it was).
 ``--fold-bn`` first folds every BatchNorm of BOTH networks into the layer before it
-(``lrx.fold``, what a deployment runs) and writes ``retime_bn_folded.json`` instead:
+(``lrx.compress.fold``, what a deployment runs) and writes ``retime_bn_folded.json`` instead:
 
     python scripts/retime.py outputs/exp/<run> --rounds 5 --threads 1 2 --busy 0 1
 
@@ -35,14 +35,14 @@ import torch
 from torch.utils.benchmark.utils.common import set_torch_threads
 from tqdm import tqdm
 
-from lrx.estimator import Estimator
-from lrx.fold import fold_bn
+from lrx.compress.execution import tune
+from lrx.compress.fold import fold_bn
 from lrx.io import write_json
-from lrx.latency import compare, default_threads, machine, spread
-from lrx.load import busy_cores, busy_neighbours
-from lrx.lowrank.execution import tune
-from lrx.pipeline import load_models
-from lrx.report import RETIMED
+from lrx.measure.estimator import Estimator
+from lrx.measure.latency import compare, default_threads, machine, spread
+from lrx.measure.load import busy_cores, busy_neighbours
+from lrx.results.files import RETIMED
+from lrx.results.saved import load_models
 
 FOLDED_RETIMED = "retime_bn_folded.json"
 

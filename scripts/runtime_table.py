@@ -1,10 +1,10 @@
 """Finished runs timed in PyTorch eager and in ONNX Runtime side by side, at each batch size.
 
 For each run directory (results.json and model.pt), loads the baseline and the final network
-(``lrx.pipeline.load_models``), chooses the final network's layer executions on this machine
-(``lrx.lowrank.execution.tune``), then times both networks ``--rounds`` times at each batch size
-in both runtimes with the run's latency settings (``lrx.latency.compare``: every conv on its real
-input shape and the whole model, by the estimator of ``lrx.estimator``; in ONNX Runtime every
+(``lrx.results.saved.load_models``), chooses the final network's layer executions on this machine
+(``lrx.compress.execution.tune``), then times both networks ``--rounds`` times at each batch size
+in both runtimes with the run's latency settings (``lrx.measure.latency.compare``: every conv on its real
+input shape and the whole model, by the estimator of ``lrx.measure.estimator``; in ONNX Runtime every
 conv and each network as its own graph, every graph optimisation, torch's thread count). In each
 round the runtimes and batch sizes take turns, so a drift of load hits all of them alike; before
 each round the busy cores (other work on the CPU) are sampled. Prints a markdown table of the medians and ranges, and
@@ -25,15 +25,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lrx.estimator import Estimator
+from lrx.compress.execution import tune
 from lrx.io import write_json
-from lrx.latency import compare, machine, spread
-from lrx.load import busy_cores
-from lrx.lowrank.execution import tune
-from lrx.onnx_graphs import RUNTIME, require_onnx
-from lrx.pipeline import load_models
+from lrx.measure.estimator import Estimator
+from lrx.measure.latency import compare, machine, spread
+from lrx.measure.load import busy_cores
+from lrx.results.files import ORT
+from lrx.results.saved import load_models
+from lrx.runtime.onnxruntime import require_onnx
 
-RUNTIMES = {"torch": "cpu", "onnxruntime": RUNTIME}  # runtime -> its key in results.json
+RUNTIMES = {"torch": "cpu", "onnxruntime": ORT}  # runtime -> its key in results.json
 
 
 def side_by_side(run_dir: Path, rounds: int, batch_sizes: list[int] | None = None) -> dict:

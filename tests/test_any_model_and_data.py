@@ -6,7 +6,8 @@ import pytest
 from omegaconf import open_dict
 from PIL import Image
 
-from lrx.pipeline import prepare, run
+from lrx.run.job import prepare
+from lrx.run.stages import run
 from tests.conftest import compose_cfg
 from tests.helpers.timing import QUICK_OVERRIDES
 

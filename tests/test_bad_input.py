@@ -14,13 +14,15 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import open_dict
 from torch import nn
 
-from lrx import pipeline
-from lrx.baseline import NonFiniteError, check_finite_network, get_baseline, recipe_key
+from lrx.compress.planner import check_request
 from lrx.io import WriteError, check_writable, save_torch, write_json
 from lrx.lowrank import DecompositionError
-from lrx.lowrank.planner import check_request
 from lrx.models import AlexNetCIFAR
-from lrx.pipeline import MODEL, RESULTS, prepare, run
+from lrx.results.files import MODEL, RESULTS
+from lrx.run import stages
+from lrx.run.baseline import NonFiniteError, check_finite_network, get_baseline, recipe_key
+from lrx.run.job import prepare
+from lrx.run.stages import run
 from tests.conftest import REPO, compose_cfg, run_train
 from tests.helpers.data import smoke_args
 
@@ -245,7 +247,7 @@ def test_a_cached_baseline_with_nan_stops_the_run_before_it_is_evaluated(tmp_pat
     key = recipe_key(job.cfg)
     state = _with(AlexNetCIFAR().state_dict(), "conv3.weight", (1, 2, 0, 0), float("inf"))
     save_torch(tmp_path / "baselines" / key / "baseline.pt", {"key": key, "meta": {}, "state_dict": state})
-    monkeypatch.setattr(pipeline, "_accuracies", lambda *a: pytest.fail("a broken baseline was evaluated"))
+    monkeypatch.setattr(stages, "_accuracies", lambda *a: pytest.fail("a broken baseline was evaluated"))
     with pytest.raises(NonFiniteError, match=r"baseline \(cache .*baseline.pt\): conv3.weight holds 1 NaN/Inf"):
         run(job, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -258,7 +260,7 @@ def test_a_diverged_training_is_not_cached(tmp_path, tiny_root, monkeypatch):
         nn.init.constant_(net.fc.weight, float("nan"))
         return {}
 
-    monkeypatch.setattr("lrx.baseline.train", diverged)
+    monkeypatch.setattr("lrx.run.baseline.train", diverged)
     with pytest.raises(NonFiniteError, match=r"just trained \(not cached\): fc.weight"):
         get_baseline(job.cfg, job.net, job.datamodule)
     assert not list((tmp_path / "baselines").rglob("baseline.pt"))
@@ -271,8 +273,8 @@ def test_a_final_network_broken_by_a_stage_is_never_timed_or_written(tmp_path, t
     def breaks(s):
         nn.init.constant_(s.approx.conv2.vertical.weight, float("nan"))
 
-    monkeypatch.setattr(pipeline, "_guard", breaks)
-    monkeypatch.setattr(pipeline, "_timings", lambda *a, **k: pytest.fail("a broken network was timed"))
+    monkeypatch.setattr(stages, "_guard", breaks)
+    monkeypatch.setattr(stages, "_timings", lambda *a, **k: pytest.fail("a broken network was timed"))
     with pytest.raises(NonFiniteError, match=r"^final network: conv2.vertical.weight holds \d+ NaN/Inf"):
         run(job, tmp_path / "run")
     assert not (tmp_path / "run" / MODEL).exists() and not (tmp_path / "run" / RESULTS).exists()
@@ -303,7 +305,7 @@ def test_a_folder_that_cannot_be_written_is_named(tmp_path):
 
 def test_a_failed_final_write_names_the_file_and_leaves_no_results(tmp_path, tiny_root, monkeypatch):
     job = _job(tmp_path, *smoke_args(tiny_root), "decomp=none", f"baseline.ckpt={SHIPPED}", "latency.batch_sizes=[1]")
-    monkeypatch.setattr(pipeline, "_timings", _timings)
+    monkeypatch.setattr(stages, "_timings", _timings)
     (tmp_path / "run" / MODEL / "taken").mkdir(parents=True)  # model.pt is a folder: it cannot be replaced
     with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'run' / MODEL}: "):
         run(job, tmp_path / "run")
@@ -377,7 +379,7 @@ def unwritable(tmp_path):
 @pytest.mark.parametrize(
     "how",
     [
-        ["++hydra.callbacks.write_access._target_=lrx.train.WriteAccess"],  # before Hydra writes its own files
+        ["++hydra.callbacks.write_access._target_=lrx.run.train.WriteAccess"],  # before Hydra writes its own files
         ["hydra.output_subdir=null", "hydra/job_logging=stdout"],  # Hydra writes nothing there: lrx.train checks
     ],
     ids=["hydra-callback", "lrx-train"],

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lrx.lowrank import METHODS, ChannelSVDConv, DecompositionError, Tucker2Conv, decompose, solve_channel_svd, validate
+from lrx.lowrank import METHODS, DecompositionError, decompose, validate
+from lrx.lowrank.methods.channel_svd import ChannelSVDConv, solve_channel_svd
+from lrx.lowrank.methods.tucker2 import Tucker2Conv
 from tests.helpers.convs import GEOMETRIES, geometry_of, make_conv
 from tests.helpers.methods import one_thread  # noqa: F401
 

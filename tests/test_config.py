@@ -8,8 +8,8 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from lrx import config
 from lrx.lowrank import METHODS
+from lrx.run import config
 from tests.conftest import CONF, compose_cfg, run_train
 
 GROUPS = [
@@ -150,7 +150,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
     ],
 )
 def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(overrides, ignored, tmp_path, tiny_root):
-    from lrx.pipeline import prepare
+    from lrx.run.job import prepare
 
     cfg = compose_cfg([*overrides, f"data.root={tiny_root}", "data.val_size=10"], tmp_path)
     assert any(k.startswith(ignored) for k in config.check(cfg))
@@ -160,7 +160,7 @@ def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(over
 
 
 def test_a_runtime_without_its_extra_is_refused_naming_the_extra(tmp_path, monkeypatch):
-    from lrx import onnx_graphs
+    from lrx.runtime import onnxruntime as onnx_graphs
 
     monkeypatch.setattr(onnx_graphs, "missing_packages", lambda: ["onnxruntime"])
     cfg = compose_cfg(["latency.runtime=onnxruntime"], tmp_path)
@@ -288,7 +288,7 @@ def test_every_method_config_validates_against_its_model(overrides, tmp_path):
     ],
 )
 def test_a_bad_torchvision_name_is_one_clear_error(overrides, words, tmp_path):
-    from lrx.pipeline import _instantiate
+    from lrx.run.job import _instantiate
 
     with pytest.raises(ValueError) as info:
         _instantiate(compose_cfg(overrides, tmp_path).model.net)
@@ -298,7 +298,7 @@ def test_a_bad_torchvision_name_is_one_clear_error(overrides, words, tmp_path):
 def test_pretrained_weights_offline_say_how_to_pass_a_local_file(tmp_path, monkeypatch):
     import torchvision.models as tvm
 
-    from lrx.pipeline import _instantiate
+    from lrx.run.job import _instantiate
 
     def offline(*args, **kwargs):
         raise ConnectionError("no network")

@@ -1,4 +1,4 @@
-"""Data reconstruction (lrx.lowrank.data_recon) on a tiny trained conv net: its mechanics with
+"""Data reconstruction (lrx.compress.data_recon) on a tiny trained conv net: its mechanics with
 approximations built here (a truncated-SVD vertical/horizontal conv pair, so that they depend on
 no method), then the least-squares refit and the gradient steps on every registered method."""
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrx.compress.data_recon import CacheLimitError, DataReconError, NonFiniteError, reconstruct
 from lrx.lowrank import METHODS, ConvGeometry
-from lrx.lowrank.data_recon import CacheLimitError, DataReconError, NonFiniteError, reconstruct
 from tests.helpers.methods import NAMES as METHOD_NAMES
 from tests.helpers.methods import fast_options
 

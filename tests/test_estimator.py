@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from lrx import estimator as est
-from lrx.estimator import Estimator, Ratio, measure
+from lrx.measure import estimator as est
+from lrx.measure.estimator import Estimator, Ratio, measure
 
 
 class FakeClock:

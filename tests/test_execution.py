@@ -1,17 +1,22 @@
 """Every execution strategy (Scheme 1's, CP's) computes the same function as the reference layer,
 and the measured choice is the one applied."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrx.lowrank import METHODS, LowRankExpConvV1, cp
-from lrx.lowrank.execution import reset_strategies, tune
-from lrx.lowrank.scheme1_exec import STRATEGIES, choose
+from lrx.compress import execution
+from lrx.compress.execution import has_choice, reset_strategies, select, tune
+from lrx.lowrank import METHODS
+from lrx.lowrank.methods import cp
+from lrx.lowrank.methods.scheme1 import STRATEGIES, LowRankExpConvV1
 from tests.helpers.timing import QUICK
 
 LAYERS_AND_STRATEGIES = [(LowRankExpConvV1, s) for s in sorted(STRATEGIES)] + [(cp.CPConv, s) for s in cp.STRATEGIES]
+CHOOSERS = [name for name, cls in METHODS.items() if cls.default_strategy is not None]
 
 
 @pytest.mark.parametrize("layer_type, strategy", LAYERS_AND_STRATEGIES)
@@ -33,73 +38,79 @@ def test_strategy_matches_the_dense_kernel(layer_type, strategy, c, n, k, stride
     torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
 
 
-CHOOSERS = [name for name, cls in METHODS.items() if hasattr(cls, "select_strategy")]
-
-
 def test_the_methods_that_choose_their_execution():
     assert {"scheme1", "cp"} <= set(CHOOSERS)
 
 
+def _fake_times(monkeypatch, pick):
+    """Measurement replaced: every execution takes 2 ms but ``pick(names)``, which takes 1 ms."""
+    timed = []
+
+    def measure(calls, estimator):
+        timed.append(sorted(calls))
+        fastest = pick(sorted(calls))
+        return SimpleNamespace(ms={name: 1.0 if name == fastest else 2.0 for name in calls})
+
+    monkeypatch.setattr(execution, "measure", measure)
+    monkeypatch.setattr(execution, "_chosen", {})
+    return timed
+
+
 @pytest.mark.parametrize("method", CHOOSERS)
-def test_every_strategy_a_layer_times_computes_the_same_and_the_fastest_is_kept(method):
-    """Whatever a registered layer's select_strategy can pick computes its function; it keeps the
-    fastest it timed, and fitting starts from its default."""
+def test_the_fastest_timed_execution_is_applied_whatever_its_name(monkeypatch, method):
+    """select applies the execution measured fastest, including one that is not the default, and
+    every execution it can pick computes the layer's function; fitting starts from the default."""
     torch.manual_seed(0)
     cls = METHODS[method]
     layer = cls(5, 7, (3, 5), 2, stride=(1, 2), padding=(1, 0), dilation=(2, 1)).eval()
     assert layer.strategy == cls.default_strategy
     x = torch.randn(2, 5, 11, 13)
-    report = layer.select_strategy(x, estimator=QUICK)
-    times = report["times_ms"]
-    assert len(times) >= 2 and report["strategy"] == layer.strategy == min(times, key=times.get)
+    names = sorted(layer.executions(x))
+    assert len(names) >= 2
     expected = F.conv2d(x, layer.dense_weight(), layer.bias, (1, 2), (1, 0), (2, 1))
-    for strategy in times:
-        layer.strategy = strategy
+    for wanted in names:
+        _fake_times(monkeypatch, lambda calls, w=wanted: w)
+        assert select(layer, x, QUICK)["strategy"] == wanted == layer.strategy
         torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
     reset_strategies(layer)
     assert layer.strategy == cls.default_strategy
 
 
-def test_choice_is_measured_cached_and_applied():
+def test_a_choice_is_cached_per_shape_and_thread_count(monkeypatch):
+    timed = _fake_times(monkeypatch, lambda calls: calls[-1])
     layer = LowRankExpConvV1(8, 16, 5, 2, padding=2).eval()
     x = torch.randn(2, 8, 12, 12)
-    best, times = choose(layer, x, estimator=QUICK)
-    assert set(times) == set(STRATEGIES) and best == min(times, key=times.get)
-    assert choose(layer, x) == (best, {})  # cached: not timed again
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
-    report = tune(net, torch.randn(2, 3, 12, 12), estimator=QUICK)
-    assert report["1"]["strategy"] == layer.strategy == best
+    first = select(layer, x, QUICK)
+    assert first["times_ms"] and len(timed) == 1
+    assert select(layer, x, QUICK) == {"strategy": first["strategy"], "times_ms": {}} and len(timed) == 1
+    select(layer, torch.randn(3, 8, 12, 12), QUICK)  # another input shape: timed again
+    assert len(timed) == 2
 
 
-def test_cp_keeps_its_faster_execution_and_fitting_goes_back_to_the_default():
+def test_select_really_times_every_execution():
     layer = cp.CPConv(8, 16, 3, 12, padding=1).eval()
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
-    (report,) = tune(net, torch.randn(2, 3, 12, 12), estimator=QUICK).values()
-    times = report["times_ms"]
-    assert set(times) == set(cp.STRATEGIES) and report["strategy"] == layer.strategy == min(times, key=times.get)
-    reset_strategies(net)
-    assert layer.strategy == layer.default_strategy == "separable"
+    report = select(layer, torch.randn(2, 8, 12, 12), QUICK)
+    assert set(report["times_ms"]) == set(cp.STRATEGIES) and all(t > 0 for t in report["times_ms"].values())
 
 
 def test_tune_times_in_the_memory_format_asked_and_hands_the_network_back_contiguous(monkeypatch):
     layer = cp.CPConv(8, 16, 3, 12, padding=1).eval()
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
     seen = []
-    monkeypatch.setattr(
-        layer,
-        "select_strategy",
-        lambda x, estimator: (
-            seen.append(
-                (
-                    x.is_contiguous(memory_format=torch.channels_last),
-                    net[0].weight.is_contiguous(memory_format=torch.channels_last),
-                )
+
+    def fake_select(module, x, estimator):
+        seen.append(
+            (
+                module is layer,
+                x.is_contiguous(memory_format=torch.channels_last),
+                net[0].weight.is_contiguous(memory_format=torch.channels_last),
             )
-            or {}
-        ),
-    )
+        )
+        return {}
+
+    monkeypatch.setattr(execution, "select", fake_select)
     tune(net, torch.randn(2, 3, 12, 12), estimator=QUICK, memory_format="channels_last")
-    assert seen == [(True, True)]
+    assert seen == [(True, True, True)] and has_choice(layer) and not has_choice(net[0])
     assert all(p.is_contiguous() for p in net.parameters())
     with pytest.raises(ValueError, match="memory_format='nhwc' is unknown; valid: contiguous, channels_last"):
         tune(net, torch.randn(2, 3, 12, 12), memory_format="nhwc")

@@ -7,10 +7,13 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
 
-from lrx import export, onnx_graphs  # noqa: E402
-from lrx.latency import compare, conv_names, layer_inputs  # noqa: E402
+from lrx.deploy import onnx_export as export  # noqa: E402
 from lrx.lowrank import METHODS, decompose  # noqa: E402
+from lrx.measure.latency import compare, conv_names, layer_inputs  # noqa: E402
 from lrx.models import AlexNetCIFAR  # noqa: E402
+from lrx.results.files import ORT  # noqa: E402
+from lrx.run import export as export_cli  # noqa: E402
+from lrx.runtime import onnxruntime as onnx_graphs  # noqa: E402
 from tests.helpers.timing import QUICK
 
 
@@ -92,8 +95,8 @@ def test_onnx_runtime_needs_the_cpu():
 def test_the_planner_times_its_candidates_in_onnx_runtime(monkeypatch):
     """Every candidate really runs in ONNX Runtime; the speed-up it reports is then fixed (low-rank
     twice as fast: 1.11x over the five convs), so that the plan does not depend on this machine's timing."""
-    from lrx.estimator import Ratio, Timing
-    from lrx.lowrank import planner
+    from lrx.compress import planner
+    from lrx.measure.estimator import Ratio, Timing
 
     timed, real_pair, real_alone = [], planner.dense_vs_lowrank, planner.time_modules
 
@@ -132,7 +135,8 @@ def test_a_smoke_run_with_deploy_onnx_writes_checked_graphs_and_ort_timings(tmp_
 
     from omegaconf import open_dict
 
-    from lrx.pipeline import prepare, run
+    from lrx.run.job import prepare
+    from lrx.run.stages import run
     from tests.conftest import compose_cfg
     from tests.helpers.data import smoke_args
 
@@ -152,7 +156,7 @@ def test_a_smoke_run_with_deploy_onnx_writes_checked_graphs_and_ort_timings(tmp_
     assert json.loads((tmp_path / "results.json").read_text())["deploy"] == json.loads(json.dumps(results["deploy"]))
     for side in ("baseline", "final"):
         assert results["deploy"]["onnx"][side]["max_rel_error"] <= 1e-4
-    ort = onnx_graphs.RUNTIME
+    ort = ORT
     for threads, by_bs in results["latency"][ort].items():  # timed like torch: every conv, and both networks
         for bs, t in by_bs.items():
             assert t["setup"]["runtime"].startswith("onnxruntime ") and set(t["layers"]) == set(
@@ -179,11 +183,11 @@ def test_a_committed_run_is_exported_after_the_fact(tmp_path, monkeypatch, data_
     for name in ("results.json", "model.pt"):
         shutil.copy(REPO / "results" / "runs" / "cp_headline" / name, run_dir / name)
     monkeypatch.chdir(REPO)  # the run names its baseline checkpoint relative to the repository
-    assert export.main([str(run_dir), "--data-root", str(data_root), "--images", "8"]) == 0
+    assert export_cli.main([str(run_dir), "--data-root", str(data_root), "--images", "8"]) == 0
     deployed = __import__("json").loads((run_dir / "deploy.json").read_text())
     assert {r["file"] for r in deployed["onnx"].values()} == {"baseline.onnx", "model.onnx"}
     assert all(r["max_rel_error"] <= export.RTOL for r in deployed["onnx"].values())
-    (by_batch,) = deployed[onnx_graphs.RUNTIME].values()  # one thread count: the run's config predates threads
+    (by_batch,) = deployed[ORT].values()  # one thread count: the run's config predates threads
     assert set(by_batch) == {"1", "32"} and all(t["conv_speedup"] > 0 for t in by_batch.values())
 
 
@@ -207,7 +211,7 @@ def test_a_committed_run_is_timed_in_both_runtimes_side_by_side(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((run_dir / "runtimes.json").read_text())
-    assert set(out["points"]) == {"cpu, batch 2", f"{onnx_graphs.RUNTIME}, batch 2"} and len(out["busy_cores"]) == 1
+    assert set(out["points"]) == {"cpu, batch 2", f"{ORT}, batch 2"} and len(out["busy_cores"]) == 1
     for point in out["points"].values():
         assert set(point["layers"]) == set(conv_names(AlexNetCIFAR())) and point["conv_speedup"]["median"] > 0
     assert "| scheme2_3x |" in res.stdout and "onnxruntime-cpu, batch 2" in res.stdout

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrx.fold import FoldError, fold_bn, foldable
+from lrx.compress.fold import FoldError, fold_bn, foldable
 from lrx.lowrank import METHODS
 from lrx.models import AlexNetCIFAR, ResNet20CIFAR
 from tests.helpers.methods import NAMES, fast_options

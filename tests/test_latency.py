@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from lrx.estimator import Estimator
-from lrx.latency import compare, decide_point, layer_inputs, points
-from lrx.lowrank import LowRankExpConvV2
-from lrx.lowrank.guard import put_back_slower
+from lrx.compress.guard import put_back_slower
+from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.measure.estimator import Estimator
+from lrx.measure.latency import compare, decide_point, layer_inputs, points
 from lrx.models import AlexNetCIFAR
 from lrx.modes import eval_mode, memory_format
 from tests.helpers.methods import one_thread  # noqa: F401

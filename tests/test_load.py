@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lrx import load
+from lrx.measure import load
 
 
 def test_busy_cores_sees_a_spinning_process_and_not_its_own_sleep():
@@ -36,7 +36,7 @@ def test_wait_for_quiet_waits_up_to_its_cap_and_says_when_the_machine_stays_busy
 ):
     it = itertools.chain(samples, itertools.repeat(samples[-1]))  # a busy machine stays busy
     monkeypatch.setattr(load, "busy_cores", lambda seconds=0.5: next(it))
-    with caplog.at_level(logging.WARNING, logger="lrx.load"):
+    with caplog.at_level(logging.WARNING, logger="lrx.measure.load"):
         out = load.wait_for_quiet(0.05 if warned else 60, "the test's layers")
     assert out["quiet"] is quiet and ("other work keeps 1.5" in caplog.text) == warned
     if quiet:

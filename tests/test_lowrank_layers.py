@@ -11,8 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lrx.lowrank import METHODS, DecompositionError, LowRankExpConvV1, LowRankExpConvV2, Tucker2Conv
+from lrx.lowrank import METHODS, DecompositionError
 from lrx.lowrank.base import PLANNER_TARGETS, ConvGeometry, dense_macs
+from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
+from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.tucker2 import Tucker2Conv
 from tests.helpers.convs import GEOMETRIES, conv_like, geometry_of, make_conv
 from tests.helpers.methods import NAMES, exact_at_full_rank, fast_options, int_rank, one_thread  # noqa: F401
 

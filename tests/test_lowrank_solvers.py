@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from lrx.lowrank import DecompositionError, LowRankExpConvV1, scheme1, solve_channel_svd, solve_scheme1, solve_scheme2
+from lrx.lowrank import DecompositionError
+from lrx.lowrank.methods import scheme1
+from lrx.lowrank.methods.channel_svd import solve_channel_svd
+from lrx.lowrank.methods.scheme1 import LowRankExpConvV1, solve_scheme1
+from lrx.lowrank.methods.scheme2 import solve_scheme2
 from tests.helpers.methods import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

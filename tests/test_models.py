@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrx.complexity import complexity
+from lrx.measure.complexity import complexity
 from lrx.models import AlexNet, AlexNetCIFAR
 
 
@@ -31,8 +31,8 @@ def test_the_shipped_resnet20_loads_and_reaches_its_bar_on_the_validation_split(
     """checkpoints/resnet20_cifar.pt through model=resnet20_cifar baseline.ckpt=...: >= 90.5% acc@1."""
     from hydra.utils import instantiate
 
-    from lrx.baseline import load_state_dict
-    from lrx.evaluate import accuracy
+    from lrx.measure.accuracy import accuracy
+    from lrx.run.baseline import load_state_dict
     from tests.conftest import REPO, compose_cfg
 
     cfg = compose_cfg(["model=resnet20_cifar", f"baseline.ckpt={REPO / 'checkpoints' / 'resnet20_cifar.pt'}"])

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lrx.module import Classifier, distillation_loss
+from lrx.run.module import Classifier, distillation_loss
 
 
 def _net() -> nn.Module:

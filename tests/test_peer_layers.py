@@ -10,19 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from lrx.lowrank import (
-    METHODS,
-    CPConv,
-    DecompositionError,
-    Tucker2Conv,
-    decompose,
-    evbmf_rank,
-    solve_cp,
-    solve_tucker2,
-    tucker2_ranks,
-    validate,
-)
-from lrx.lowrank.planner import plan
+from lrx.compress.planner import plan
+from lrx.lowrank import METHODS, DecompositionError, decompose, validate
+from lrx.lowrank.methods.cp import CPConv, solve_cp
+from lrx.lowrank.methods.tucker2 import Tucker2Conv, solve_tucker2
+from lrx.lowrank.vbmf import evbmf_rank, tucker2_ranks
 from tests.helpers.methods import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,12 +10,14 @@ import torch
 from omegaconf import open_dict
 from torch import nn
 
-import lrx.latency
-import lrx.pipeline
-from lrx.complexity import complexity
-from lrx.latency import conv_names
-from lrx.lowrank import LowRankExpConvV1
-from lrx.pipeline import load_models, prepare, run
+import lrx.measure.latency
+import lrx.run.stages
+from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
+from lrx.measure.complexity import complexity
+from lrx.measure.latency import conv_names
+from lrx.results.saved import load_models
+from lrx.run.job import prepare
+from lrx.run.stages import run
 from tests.conftest import REPO, compose_cfg
 from tests.helpers.data import smoke_args
 
@@ -26,7 +28,7 @@ def _exact(speedup: float, prefix: str = "") -> dict:
 
 
 def _fake_compare(conv2_speedup: float):
-    """lrx.latency.compare with made-up times: conv2, where replaced, runs at ``conv2_speedup``."""
+    """lrx.measure.latency.compare with made-up times: conv2, where replaced, runs at ``conv2_speedup``."""
 
     def compare(baseline, approx, *args, **kwargs):
         layers = {}
@@ -62,7 +64,7 @@ def _run(tmp_path, root, *overrides) -> dict:
 
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
 def test_guard_decides_before_data_reconstruction_and_finetuning(tmp_path, monkeypatch, tiny_root, conv2_speedup):
-    monkeypatch.setattr(lrx.latency, "compare", _fake_compare(conv2_speedup))
+    monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(conv2_speedup))
     results = _run(tmp_path, tiny_root)
     (layer,) = results["layers"]
     if conv2_speedup < 1:  # put back: the fitting stages have nothing left to fit, the model is the baseline
@@ -84,7 +86,7 @@ def test_the_guard_decides_in_the_configured_runtime(tmp_path, monkeypatch, tiny
         runtimes.append(runtime)
         return fake(*args, **kwargs)
 
-    monkeypatch.setattr(lrx.latency, "compare", compare)
+    monkeypatch.setattr(lrx.measure.latency, "compare", compare)
     results = _run(tmp_path, tiny_root, "latency.runtime=onnxruntime", "latency.batch_sizes=[1,4]")
     (layer,) = results["layers"]
     at = f"onnxruntime-cpu, {_threads()}, batch 4"
@@ -94,9 +96,11 @@ def test_the_guard_decides_in_the_configured_runtime(tmp_path, monkeypatch, tiny
 
 
 def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypatch, tiny_root):
-    monkeypatch.setattr(lrx.latency, "compare", _fake_compare(2.0))
+    monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
     acc1 = {"baseline": 90.0, "filter": 70.0, "data": 85.0, "finetune": 40.0}  # fine-tuning diverged
-    monkeypatch.setattr(lrx.pipeline, "_accuracies", lambda job, net, tag: {"acc1": acc1[tag], "acc1_test": acc1[tag]})
+    monkeypatch.setattr(
+        lrx.run.stages, "_accuracies", lambda job, net, tag: {"acc1": acc1[tag], "acc1_test": acc1[tag]}
+    )
     before, timed = {}, {}
 
     def ruinous_finetune(job, baseline, approx, logger, callbacks):
@@ -109,9 +113,9 @@ def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypa
         timed.update({k: v.clone() for k, v in approx.state_dict().items()})
         return real_timings(job, baseline, approx, **kwargs)
 
-    real_timings = lrx.pipeline._timings
-    monkeypatch.setattr(lrx.pipeline, "_fit_approximation", ruinous_finetune)
-    monkeypatch.setattr(lrx.pipeline, "_timings", timings)
+    real_timings = lrx.run.stages._timings
+    monkeypatch.setattr(lrx.run.stages, "_fit_approximation", ruinous_finetune)
+    monkeypatch.setattr(lrx.run.stages, "_timings", timings)
     results = _run(tmp_path, tiny_root, "latency.guard=false")
     assert list(results["stages"]) == ["filter", "data", "finetune"] and results["finetune_reverted"] is True
     assert results["final"]["acc1"] == 85.0  # the model handed back is the one from before fine-tuning
@@ -119,7 +123,7 @@ def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypa
 
 
 def test_the_final_network_is_saved_and_can_be_timed_again(tmp_path, monkeypatch, tiny_root):
-    monkeypatch.setattr(lrx.latency, "compare", _fake_compare(2.0))
+    monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
     results = _run(tmp_path, tiny_root)
     baseline, final, loaded = load_models(tmp_path)
     assert isinstance(final.conv2, LowRankExpConvV1) and type(baseline.conv2) is nn.Conv2d
@@ -155,7 +159,7 @@ def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_pa
 
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
 def test_every_setting_where_the_final_model_is_slower_is_named(tmp_path, monkeypatch, tiny_root, conv2_speedup):
-    monkeypatch.setattr(lrx.latency, "compare", _fake_compare(conv2_speedup))
+    monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(conv2_speedup))
     results = _run(tmp_path, tiny_root, "latency.guard=false")  # conv2 stays, even when slower
     conv = 5 / (4 + 1 / conv2_speedup)  # five convs of 1 ms, conv2 replaced
     slower = f"cpu, {_threads()}, batch {{}}: conv {conv:.2f}x, model 1.00x; layers slower: conv2 {conv2_speedup:.2f}x"
@@ -170,7 +174,7 @@ def test_a_smoke_run_with_nothing_replaced_reads_one_within_its_spread_at_every_
     results = _run(tmp_path, tiny_root, "decomp=none", "latency.batch_sizes=[2]", "callbacks.cost=null", *rounds)
     recorded = json.loads((tmp_path / "results.json").read_text())
     assert results["slower_than_baseline"] == [] and recorded["load"]["final"]["busy_cores"]
-    for where, t in lrx.latency.points(recorded["latency"]):
+    for where, t in lrx.measure.latency.points(recorded["latency"]):
         assert t["conv_speedup"] == 1.0 and t["conv_speedup_iqr"] == [1.0, 1.0], where
         low, high = t["model_speedup_iqr"]
         assert low <= 1.0 <= high, (where, t["model_speedup"], low, high)
@@ -188,7 +192,7 @@ def test_with_fold_bn_both_networks_are_also_timed_folded_beside_the_unfolded_fi
         timed.append(any(isinstance(m, nn.BatchNorm2d) for m in (*baseline.modules(), *approx.modules())))
         return fake(baseline, approx, *args, **kwargs)
 
-    monkeypatch.setattr(lrx.latency, "compare", compare)
+    monkeypatch.setattr(lrx.measure.latency, "compare", compare)
     results = _run(tmp_path, tiny_root, "latency.fold_bn=true", "latency.guard=false")
     folded = "cpu (BN folded)"
     assert set(results["latency"]) == {"cpu", folded} and set(results["speedup"]["conv"]) == {"cpu", folded}

@@ -8,13 +8,15 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from lrx.estimator import Ratio, Timing
-from lrx.latency import conv_names
-from lrx.lowrank import CPConv, DecompositionError, LowRankExpConvV1, LowRankExpConvV2, planner
+from lrx.compress import planner
+from lrx.compress.planner import Candidate, check_request, choose, plan
+from lrx.lowrank import DecompositionError
 from lrx.lowrank.base import PLANNER_TARGETS, ConvGeometry
-from lrx.lowrank.cp import CP_PLANNER_TARGETS
-from lrx.lowrank.planner import Candidate, check_request, choose, plan
-from lrx.lowrank.scheme1 import MAX_PLANNER_BASES
+from lrx.lowrank.methods.cp import CP_PLANNER_TARGETS, CPConv
+from lrx.lowrank.methods.scheme1 import MAX_PLANNER_BASES, LowRankExpConvV1
+from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.measure.estimator import Ratio, Timing
+from lrx.measure.latency import conv_names
 from lrx.models import AlexNetCIFAR
 from tests.helpers.methods import one_thread  # noqa: F401
 
@@ -244,7 +246,7 @@ def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monk
 
     monkeypatch.setattr(planner, "measured_conv_speedup", slower)
     layers = ["conv2", "conv3", "conv4", "conv5"]
-    with caplog.at_level(logging.INFO, logger="lrx.lowrank.planner"):
+    with caplog.at_level(logging.INFO, logger="lrx.compress.planner"):
         _, report = plan(net, layers, 2.0, "latency", methods=(2,), progress=False, closed_loop_rounds=4)
     rounds = report["closed_loop"]
     assert 2 <= len(rounds) <= 4 and rounds[0]["aim"] == 2.0

@@ -2,8 +2,8 @@
 
 import pytest
 
+from lrx.compress.planner import _grid, plan
 from lrx.lowrank import METHODS, ConvGeometry, DecompositionError, decompose, method_class, validate
-from lrx.lowrank.planner import _grid, plan
 from lrx.models import AlexNetCIFAR
 from tests.conftest import compose_cfg
 
@@ -52,7 +52,7 @@ def test_a_plan_with_a_rank_multiple_installs_multiples_only():
 
 
 def test_the_config_key_reaches_the_layers(tiny_root, tmp_path):
-    from lrx.pipeline import prepare
+    from lrx.run.job import prepare
 
     job = prepare(
         compose_cfg(

@@ -10,22 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lrx.lowrank
-from lrx.lowrank import (
-    METHODS,
-    ChannelSVDConv,
-    CPConv,
-    DecompositionError,
-    LowRankConv,
-    LowRankExpConvV1,
-    LowRankExpConvV2,
-    Tucker2Conv,
-    decompose,
-    method_class,
-    validate,
-)
+from lrx.compress.data_recon import reconstruct
+from lrx.lowrank import METHODS, DecompositionError, LowRankConv, decompose, method_class, validate
 from lrx.lowrank.base import ALIASES, dense_macs
-from lrx.lowrank.data_recon import reconstruct
+from lrx.lowrank.methods import discover
+from lrx.lowrank.methods.channel_svd import ChannelSVDConv
+from lrx.lowrank.methods.cp import CPConv
+from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
+from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.tucker2 import Tucker2Conv
 
 BUILT_IN = {
     "scheme1": LowRankExpConvV1,
@@ -120,9 +113,10 @@ def test_every_method_is_registered_under_its_own_name():
     for name, cls in METHODS.items():
         assert cls.method == name and method_class(name) is cls
         assert isinstance(cls.label, str) and cls.label and isinstance(cls.letter, str) and cls.letter
-        assert cls.__name__ in lrx.lowrank.__all__  # importing the package registers it
     labels = [cls.label for cls in METHODS.values()]
     assert len(set(labels)) == len(labels)  # run names tell the methods apart
+    # importing the package discovers every module of lrx/lowrank/methods, each registering its method
+    assert {f"lrx.lowrank.methods.{m}" for m in discover()} <= {cls.__module__ for cls in METHODS.values()}
     assert set(ALIASES.values()) <= set(METHODS)
 
 

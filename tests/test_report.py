@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from matplotlib.image import imread
 
-from lrx import report
+from lrx.lowrank import method_class
+from lrx.report import cli, plot
+from lrx.report import rows as report_rows
+from lrx.results.files import RETIMED
 
 BASELINE = {
     "acc1": 87.56,
@@ -23,7 +26,7 @@ LAM = {"schedule": "fixed", "start": 0.01, "end": 1.0, "steps": 10}
 
 
 def results(method, layers, bases, stages, conv_speedup, *, target=None, metric="latency", lam=LAM, cuda=False) -> dict:
-    """A ``results.json`` as lrx.pipeline.run writes it (the timings table left out), for the layer
+    """A ``results.json`` as lrx.run.stages.run writes it (the timings table left out), for the layer
     ``bases`` list (ints, or (method, bases) pairs for the planner) and ``stages`` {stage: acc1}."""
     per_layer = [b if isinstance(b, tuple) else (method, b) for b in bases]
     records = [
@@ -31,6 +34,8 @@ def results(method, layers, bases, stages, conv_speedup, *, target=None, metric=
             "name": name,
             "shape": SHAPES[name],
             "method": m,
+            "label": method_class(m).label,  # as lrx.lowrank.base.LowRankConv.from_conv records them
+            "letter": method_class(m).letter,
             "bases": k,
             "rel_error": 0.5,
             "macs_speedup": 4.0,
@@ -102,7 +107,7 @@ def sweep(tmp_path) -> Path:
 
 
 def test_collect_rows_and_unfinished(sweep):
-    rows, unfinished = report.collect([sweep])
+    rows, unfinished = report_rows.collect([sweep])
     assert [r["kind"] for r in rows] == ["baseline", "job", "job", "job"]
     assert [r["conv_speedup_cpu"] for r in rows] == [1.0, 1.6, 2.5, 2.9]
     base, s1, plan, s2 = rows
@@ -123,8 +128,8 @@ def test_collect_rows_and_unfinished(sweep):
 
 
 def test_table_columns_and_rows(sweep):
-    rows, _ = report.collect([sweep])
-    lines = report.table_markdown(rows).splitlines()
+    rows, _ = report_rows.collect([sweep])
+    lines = report_rows.table_markdown(rows).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     assert cells[0] == [
         "model",
@@ -168,12 +173,12 @@ def test_table_columns_and_rows(sweep):
 
 def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
     out, csv_path = tmp_path / "out", tmp_path / "summary.csv"
-    assert report.main([str(sweep), "--out", str(out), "--csv", str(csv_path)]) == 0
+    assert cli.main([str(sweep), "--out", str(out), "--csv", str(csv_path)]) == 0
     captured = capsys.readouterr()
     warning = captured.err.strip()
     assert len(warning.splitlines()) == 1 and "skipped 3 unfinished" in warning
     assert str(sweep / "3" / "results.json") in warning and str(sweep / "4" / "results.json") in warning
-    assert report.table_markdown(report.collect([sweep])[0]) in captured.out
+    assert report_rows.table_markdown(report_rows.collect([sweep])[0]) in captured.out
     md = (out / "report.md").read_text()
     assert md.count("| alexnet_cifar |") == 4 and "Skipped 3 unfinished" in md
 
@@ -222,18 +227,18 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
     assert s1["cuda_ms"] == "" and table[-1]["cuda_ms"] != "" and s1["lambda_schedule"] == "0.01"
 
     plot_path = tmp_path / "docs" / "tradeoff.png"
-    assert report.main([str(sweep), "--out", str(tmp_path / "out2"), "--plot", str(plot_path)]) == 0
+    assert cli.main([str(sweep), "--out", str(tmp_path / "out2"), "--plot", str(plot_path)]) == 0
     assert plot_path.is_file() and not (tmp_path / "out2" / "report.png").exists()
 
 
 def test_the_plot_colours_by_method_and_labels_only_the_pareto_points(sweep):
-    rows, _ = report.collect([sweep])
+    rows, _ = report_rows.collect([sweep])
     worse = min(rows[1:], key=lambda r: r["acc1"])  # a run, and one slower and less accurate than it
     rows.append({**worse, "label": "dominated", "acc1": worse["acc1"] - 5, "conv_speedup_cpu": 0.9})
-    ax = report.figure(rows).axes[0]
+    ax = plot.figure(rows).axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[:4] == ["baseline", "s1", "s1+s2", "s2"] and legend[4].startswith("Pareto front, ")
-    front = report.pareto(rows)
+    front = plot.pareto(rows)
     assert "dominated" not in [r["label"] for r in front] and len(front) > 1
     assert sorted(t.get_text() for t in ax.texts) == sorted(r["label"] for r in front)
 
@@ -241,7 +246,7 @@ def test_the_plot_colours_by_method_and_labels_only_the_pareto_points(sweep):
 def test_pareto_front_is_best_acc_for_at_least_that_speedup():
     xa = [(1.0, 87.0), (1.5, 86.0), (2.0, 86.5), (3.0, 70.0), (2.5, 60.0)]
     pts = [{"conv_speedup_cpu": x, "acc1": a} for x, a in xa]
-    assert [(r["conv_speedup_cpu"], r["acc1"]) for r in report.pareto(pts)] == [(1.0, 87.0), (2.0, 86.5), (3.0, 70.0)]
+    assert [(r["conv_speedup_cpu"], r["acc1"]) for r in plot.pareto(pts)] == [(1.0, 87.0), (2.0, 86.5), (3.0, 70.0)]
 
 
 def test_errors_name_the_path(tmp_path, capsys):
@@ -250,7 +255,7 @@ def test_errors_name_the_path(tmp_path, capsys):
     (empty / "0").mkdir()
     (empty / "0" / "results.json").write_text("{}")
     for path in (empty, missing):
-        assert report.main([str(path)]) == 1
+        assert cli.main([str(path)]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("lrx.report: error:") and str(path) in err
     assert not (empty / "report.md").exists()
@@ -258,7 +263,7 @@ def test_errors_name_the_path(tmp_path, capsys):
 
 def test_complete_but_malformed_file_is_skipped(sweep):
     (sweep / "2" / "results.json").write_text(json.dumps({**PLAN, "final": {}}))
-    rows, unfinished = report.collect([sweep])
+    rows, unfinished = report_rows.collect([sweep])
     assert [r["method"] for r in rows] == ["baseline", "s1", "s2"]
     assert any(p == sweep / "2" / "results.json" and why.startswith("malformed") for p, why in unfinished)
 
@@ -276,9 +281,9 @@ def test_peer_decompositions_get_their_names_and_ranks(tmp_path):
     for i, res in enumerate((peers, tucker)):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
-    rows, _ = report.collect([tmp_path])
+    rows, _ = report_rows.collect([tmp_path])
     by_label = {r["label"]: r for r in rows}
-    assert by_label["plan 3x s2+tucker2+cp"]["bases"] == "K26/R32/R64x32"
+    assert by_label["plan 3x s2+cp+tucker2"]["bases"] == "K26/R32/R64x32"  # methods in layer order
     assert by_label["tucker2 R64x32"]["method"] == "tucker2"
 
 
@@ -290,7 +295,7 @@ def test_a_reverted_finetuning_is_marked(tmp_path):
     res["final"]["acc1"] = 85.0
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "results.json").write_text(json.dumps(res))
-    _, row = report.collect([tmp_path])[0]
+    _, row = report_rows.collect([tmp_path])[0]
     assert row["acc1"] == 85.0 and row["stages_text"] == "filter 70.00 → data 85.00 → finetune 40.00 (reverted: lower)"
 
 
@@ -299,36 +304,36 @@ def test_a_plan_in_macs_is_labelled_apart_from_a_measured_one(tmp_path):
         res = results(None, ["conv2"], [("scheme2", 26)], {"filter": 70.0}, 2.0, target=3, metric=metric)
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "results.json").write_text(json.dumps(res))
-    rows, _ = report.collect([tmp_path])
+    rows, _ = report_rows.collect([tmp_path])
     assert sorted(r["label"] for r in rows[1:]) == ["plan 3x MACs s2", "plan 3x s2"]
 
 
 def test_a_run_timed_again_shows_the_median_and_range_of_its_rounds(sweep):
     conv = {"median": 2.7, "min": 2.61, "max": 2.78, "rounds": [2.61, 2.7, 2.78]}
-    (sweep / "1" / report.RETIMED).write_text(json.dumps({"conv_speedup": conv}))
-    rows, _ = report.collect([sweep])
+    (sweep / "1" / RETIMED).write_text(json.dumps({"conv_speedup": conv}))
+    rows, _ = report_rows.collect([sweep])
     retimed = {r["conv_speedup_cpu"]: r["retimed"] for r in rows}
     assert retimed == {1.0: None, 1.6: None, 2.5: None, 2.9: "2.70 [2.61-2.78]"}  # job 1 is S2, at 2.9x
-    assert "| 2.70 [2.61-2.78] |" in report.table_markdown(rows)
+    assert "| 2.70 [2.61-2.78] |" in report_rows.table_markdown(rows)
 
 
-def test_results_written_before_the_method_registry_are_still_reported():
-    """results/runs holds runs whose layer records name the method ``scheme`` (1, 2, 'cp', ...) and
-    whose config has the old decomp keys: every one of them is still a row."""
+def test_every_committed_run_is_reported():
+    """results/runs holds runs of every round (some with the old decomp keys in their config):
+    every one of them is a row, and every method is named by its label."""
     runs = Path(__file__).resolve().parents[1] / "results" / "runs"
-    finished, _ = report.find([runs])
-    rows, unfinished = report.collect([runs])
+    finished, _ = report_rows.find([runs])
+    rows, unfinished = report_rows.collect([runs])
     assert finished and not unfinished
     assert len([r for r in rows if r["kind"] == "job"]) == len([1 for _, res in finished if res["layers"]])
     labels = " ".join(r["label"] for r in rows).replace("+", " ").split()
     assert {"s1", "s2", "tucker2", "cp"} <= set(labels)
 
 
-def test_a_new_method_gets_its_label_and_letter_from_the_registry(tmp_path):
+def test_a_method_is_named_by_the_label_and_letter_its_records_carry(tmp_path):
     res = results("channel_svd", ["conv3"], [40], {"filter": 75.0}, 1.8)
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "results.json").write_text(json.dumps(res))
-    _, row = report.collect([tmp_path])[0]
+    _, row = report_rows.collect([tmp_path])[0]
     assert row["label"] == "csvd K40" and row["method"] == "csvd"
 
 
@@ -336,5 +341,5 @@ def test_a_runs_conv_speedup_spread_and_unstable_flag_are_shown(tmp_path):
     res = json.loads(json.dumps(S1))
     res["speedup"] |= {"conv_iqr": {"cpu": [1.52, 1.68]}, "unstable": {"cpu": True}}
     (tmp_path / "results.json").write_text(json.dumps(res))
-    (row,) = [r for r in report.collect([tmp_path])[0] if r["kind"] == "job"]
-    assert row["conv_iqr_cpu"] == "1.52-1.68 unstable" and "| 1.52-1.68 unstable |" in report.table_markdown([row])
+    (row,) = [r for r in report_rows.collect([tmp_path])[0] if r["kind"] == "job"]
+    assert row["conv_iqr_cpu"] == "1.52-1.68 unstable" and "| 1.52-1.68 unstable |" in report_rows.table_markdown([row])

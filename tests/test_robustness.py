@@ -11,13 +11,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from lrx.baseline import load_state_dict
+from lrx.compress.planner import plan
 from lrx.io import write_json
 from lrx.lowrank import DecompositionError, decompose
-from lrx.lowrank.planner import plan
 from lrx.models import AlexNetCIFAR
-from lrx.pipeline import RESULTS, prepare
-from lrx.train import finished
+from lrx.results.files import RESULTS
+from lrx.run.baseline import load_state_dict
+from lrx.run.job import prepare
+from lrx.run.train import finished
 from tests.conftest import REPO, compose_cfg, run_train
 from tests.helpers.data import smoke_args
 

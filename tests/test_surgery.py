@@ -7,17 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from lrx.lowrank import (
-    METHODS,
-    DecompositionError,
-    LowRankExpConvV1,
-    LowRankExpConvV2,
-    decompose,
-    resolve_bases,
-    select_convs,
-    skipped_convs,
-    validate,
-)
+from lrx.lowrank import METHODS, DecompositionError, decompose, resolve_bases, select_convs, skipped_convs, validate
+from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
+from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
 from lrx.lowrank.surgery import layer_record
 from lrx.models import AlexNet, AlexNetCIFAR
 from tests.helpers.methods import one_thread  # noqa: F401

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, vgg11
 
-from lrx.lowrank import DecompositionError, LowRankExpConvV1, LowRankExpConvV2, decompose, validate
+from lrx.lowrank import DecompositionError, decompose, validate
+from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
+from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import logging
 import pytest
 from omegaconf import open_dict
 
-from lrx.tracking import LAYER_COLUMNS, layer_rows, log_results, make_loggers, run_name, summary_metrics
+from lrx.run.tracking import LAYER_COLUMNS, layer_rows, log_results, make_loggers, run_name, summary_metrics
 from tests.conftest import compose_cfg
 
 

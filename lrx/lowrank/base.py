@@ -222,18 +222,30 @@ class LowRankConv(nn.Module):
     ``_check_options``, ``valid_bases`` (when its bases are not one integer), ``bases_for_speedup``
     and ``planner_ranks``.
 
-    ``report`` (dict, filled by ``from_conv``): method, bases, rel_error (||W - W_hat||_F / ||W||_F),
-    macs_speedup (theoretical, per output pixel), solve_time_s, plus the method's own solver info.
+    ``report`` (dict, filled by ``from_conv``): method, its label and letter, bases, rel_error
+    (||W - W_hat||_F / ||W||_F), macs_speedup (theoretical, per output pixel), solve_time_s, plus
+    the method's own solver info.
     """
 
     method: str  # the registry name
     label: str  # short, for run names and reports
     letter: str  # what the method calls its bases (M, K, R)
+    order: int  # where listings show the method (then by name)
     options: dict = {}  # solver options (keywords of from_conv) and their defaults
     planner_targets: tuple = PLANNER_TARGETS
+    # A layer whose forward pass can run in more than one way (the same function, different speed)
+    # names its default here and its alternatives in :meth:`executions`; ``strategy`` is the one its
+    # forward uses. Fitting always uses the default: the executions agree only to float rounding.
+    default_strategy: str | None = None
 
     def __init_subclass__(
-        cls, method: str | None = None, label: str | None = None, letter: str = "R", aliases: tuple = (), **kwargs
+        cls,
+        method: str | None = None,
+        label: str | None = None,
+        letter: str = "R",
+        aliases: tuple = (),
+        order: int = 100,
+        **kwargs,
     ):
         super().__init_subclass__(**kwargs)
         if method is None:  # a shared base such as PointwiseOutConv, not a method
@@ -241,8 +253,11 @@ class LowRankConv(nn.Module):
         taken = [n for n in (method, *aliases) if n in METHODS or n in ALIASES]
         if taken:
             raise ValueError(f"{cls.__name__}: the method name or alias {taken[0]!r} is already registered")
-        cls.method, cls.label, cls.letter = method, label or method, letter
+        cls.method, cls.label, cls.letter, cls.order = method, label or method, letter, order
         METHODS[method] = cls
+        ranked = sorted(METHODS.items(), key=lambda item: (item[1].order, item[0]))
+        METHODS.clear()
+        METHODS.update(ranked)
         ALIASES.update({alias: method for alias in aliases})
 
     def __init__(
@@ -367,7 +382,7 @@ class LowRankConv(nn.Module):
     def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
         """Fold ``bn`` (eval mode, applied to this layer's output) into the last pass: with
         bn(y) = s * y + t per output channel and y = F z + b, the layer computes
-        (s F) z + (s b + t); the layer gains a bias where it had none (:mod:`lrx.fold`)."""
+        (s F) z + (s b + t); the layer gains a bias where it had none (:mod:`lrx.compress.fold`)."""
         raise NotImplementedError
 
     @classmethod
@@ -404,12 +419,54 @@ class LowRankConv(nn.Module):
             err = torch.linalg.norm(w.to(dtype) - layer.dense_weight().to(dtype)) / torch.linalg.norm(w.to(dtype))
         layer.report = dict(
             method=cls.method,
+            label=cls.label,
+            letter=cls.letter,
             bases=layer.bases,
             rel_error=float(err),
             macs_speedup=cls.theoretical_speedup(g, layer.bases),
             solve_time_s=solve_time,
             **info,
         )
+        return layer
+
+    def executions(self, x: torch.Tensor) -> dict:
+        """``{strategy: call}``: every way this layer can run on input ``x`` (B, C, H, W), each a
+        call without arguments computing the same function (or the part of it that differs);
+        empty for a layer with a single execution. :mod:`lrx.compress.execution` times them."""
+        return {}
+
+    def spec(self) -> dict:
+        """What rebuilds this layer (its weights aside): the method, nn.Conv2d's geometry, the
+        bases, whether it has a bias and the execution it runs (:mod:`lrx.results.saved`)."""
+        g = self.geometry
+        return {
+            "method": self.method,
+            "in_channels": g.in_channels,
+            "out_channels": g.out_channels,
+            "kernel_size": list(g.kernel_size),
+            "stride": list(g.stride),
+            "padding": g.padding if isinstance(g.padding, str) else list(g.padding),
+            "dilation": list(g.dilation),
+            "bases": list(self.bases) if isinstance(self.bases, (list, tuple)) else self.bases,
+            "bias": self.bias is not None,
+            "strategy": getattr(self, "strategy", None),
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "LowRankConv":
+        """An unfitted layer as :meth:`spec` describes it (load its weights after)."""
+        layer = method_class(spec["method"])(
+            spec["in_channels"],
+            spec["out_channels"],
+            spec["kernel_size"],
+            spec["bases"],
+            spec["stride"],
+            spec["padding"],
+            spec["dilation"],
+            bias=spec["bias"],
+        )
+        if spec["strategy"] is not None:
+            layer.strategy = spec["strategy"]
         return layer
 
     def extra_repr(self) -> str:

@@ -5,8 +5,9 @@ here needs nothing (a new method is tested by registering it)."""
 import pytest
 import torch
 
-from lrx.lowrank import METHODS, cp
+from lrx.lowrank import METHODS
 from lrx.lowrank.base import is_int
+from lrx.lowrank.methods import cp
 
 NAMES = list(METHODS)  # every registered method, as collected
 

@@ -33,7 +33,7 @@ def solve_channel_svd(weight: torch.Tensor, bases: int) -> tuple[torch.Tensor, t
     return (root[:, None] * vh[:bases]).reshape(bases, c, kh, kw), u[:, :bases] * root
 
 
-class ChannelSVDConv(PointwiseOutConv, method="channel_svd", label="csvd", letter="K"):
+class ChannelSVDConv(PointwiseOutConv, method="channel_svd", label="csvd", letter="K", order=5):
     """Channel SVD with K = ``bases``: ``conv`` nn.Conv2d C -> K (kh x kw, the original
     stride/padding/dilation, no bias), then ``pointwise_out`` nn.Conv2d K -> N (1x1, the bias).
 

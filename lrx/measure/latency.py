@@ -1,11 +1,11 @@
 """Measured latency: whole models and single layers, baseline and low-rank side by side.
 
-Every timing goes through :mod:`lrx.estimator` (warm-up by time, paired rounds in random order,
+Every timing goes through :mod:`lrx.measure.estimator` (warm-up by time, paired rounds in random order,
 the median of per-round ratios with its interquartile range, adaptive stopping), in eval mode
 and ``torch.inference_mode()``, at a given torch thread count.
 
 ``runtime="onnxruntime"`` times each module instead as its own ONNX graph in ONNX Runtime (CPU,
-every graph optimisation, the same thread count; :mod:`lrx.onnx_graphs`), on the same input.
+every graph optimisation, the same thread count; :mod:`lrx.runtime.onnxruntime`), on the same input.
 
 Two speed-ups are named the same everywhere (DESIGN.md, section 4):
 - conv speed-up: summed latency of ALL conv layers of the baseline / the same sum for the
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrx.estimator import DEFAULT_ESTIMATOR, Estimator, Ratio, Timing, measure
+from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Ratio, Timing, measure
 from lrx.modes import eval_mode
 from lrx.modes import memory_format as in_format
 
@@ -63,7 +63,7 @@ def setup_for(
 ) -> Setup:
     cuda, threads = device.type == "cuda", threads or default_threads()
     if runtime == "onnxruntime":
-        from lrx.onnx_graphs import runtime_name
+        from lrx.runtime.onnxruntime import runtime_name
 
         return Setup("cpu", threads, batch_size, runtime=runtime_name())
     return Setup(
@@ -113,7 +113,7 @@ def call_of(module: nn.Module, x: torch.Tensor, runtime: str = "torch", threads:
     ONNX Runtime graph with ``threads`` intra-op threads."""
     check_runtime(runtime, x.device)
     if runtime == "onnxruntime":
-        from lrx.onnx_graphs import graph_call
+        from lrx.runtime.onnxruntime import graph_call
 
         return graph_call(module, x, threads or default_threads())
     return partial(module, x)

@@ -34,8 +34,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrx.estimator import DEFAULT_ESTIMATOR, Estimator, Timing
-from lrx.latency import (
+from lrx.compress.data_recon import refit_final, relative_error
+from lrx.compress.execution import has_choice, select
+from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, is_int, method_class
+from lrx.lowrank.surgery import layer_record, select_convs
+from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing
+from lrx.measure.latency import (
     MEMORY_FORMATS,
     RUNTIMES,
     conv_names,
@@ -44,10 +48,7 @@ from lrx.latency import (
     layer_timings,
     time_modules,
 )
-from lrx.load import wait_for_quiet
-from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, is_int, method_class
-from lrx.lowrank.data_recon import refit_final, relative_error
-from lrx.lowrank.surgery import layer_record, select_convs
+from lrx.measure.load import wait_for_quiet
 from lrx.modes import eval_mode
 from lrx.modes import memory_format as in_format
 
@@ -247,7 +248,7 @@ def _output_error(net: nn.Module, names: list[str], images: torch.Tensor, kind: 
 class Timed:
     """How the planner times (metric=latency): at ``threads`` in ``runtime``, by ``estimator``,
     with weights and inputs in ``memory_format`` as the final timing runs them; before timing it
-    waits up to ``quiet_wait_s`` for other work to stop (:func:`lrx.load.wait_for_quiet`)."""
+    waits up to ``quiet_wait_s`` for other work to stop (:func:`lrx.measure.load.wait_for_quiet`)."""
 
     estimator: Estimator = DEFAULT_ESTIMATOR
     threads: int | None = None
@@ -264,8 +265,8 @@ class Timed:
         fmt = MEMORY_FORMATS[self.memory_format]
         with in_format(fmt, *modules.values()):
             x = x.contiguous(memory_format=fmt)
-            if hasattr(modules.get("lowrank"), "select_strategy"):
-                modules["lowrank"].select_strategy(x, self.estimator)
+            if has_choice(modules.get("lowrank")):
+                select(modules["lowrank"], x, self.estimator)
             if self.runtime == "torch":
                 return timing(x)
         return timing(x.contiguous())
@@ -390,7 +391,7 @@ TOLERANCE = 0.05  # the closed loop stops once the measured conv speed-up is wit
 
 def measured_conv_speedup(net: nn.Module, x: torch.Tensor, picks: list[Candidate], timed: Timed):
     """The conv speed-up of ``net`` with ``picks`` installed (a copy; ``net`` is untouched), measured
-    by ``timed`` on the network input ``x``: the ``Ratio`` of :func:`lrx.latency.layer_timings`."""
+    by ``timed`` on the network input ``x``: the ``Ratio`` of :func:`lrx.measure.latency.layer_timings`."""
     approx = copy.deepcopy(net)
     for c in picks:
         if c.method is not None:

@@ -27,7 +27,8 @@ from torch import nn
 
 from lrx.io import save_torch
 from lrx.modes import eval_mode
-from lrx.module import Classifier
+from lrx.results.saved import load_state_dict
+from lrx.run.module import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,6 @@ _TRAINER_NON_RECIPE = {
 }
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint that cannot be read, or whose tensors do not fit the model."""
-
-
 def recipe(cfg: DictConfig) -> dict:
     """Everything that determines the baseline's trained weights."""
     c = OmegaConf.to_container(cfg, resolve=True)
@@ -62,66 +59,6 @@ def recipe(cfg: DictConfig) -> dict:
 def recipe_key(cfg: DictConfig) -> str:
     blob = json.dumps(recipe(cfg), sort_keys=True, default=str)
     return f"{cfg.model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
-
-
-EXPECTED = "a torch state_dict (tensors by name), or a checkpoint holding one under 'state_dict'"
-
-
-def _read(path: Path, label: str):
-    """What ``torch.load`` finds in the file (tensors and plain values only); one clear error for
-    a missing path, a folder or any file that is not a torch file, whatever the unpickler raises."""
-    if not path.is_file():
-        raise CheckpointMismatchError(
-            f"{label} {'is a directory' if path.is_dir() else 'does not exist'}; expected {EXPECTED}"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # text, YAML, an empty or cut file, a pickle of other objects: each fails its own way
-        raise CheckpointMismatchError(
-            f"{label} cannot be read: truncated or not a torch checkpoint ({type(e).__name__}); expected {EXPECTED}"
-        ) from e
-
-
-def _state_of(obj, label: str) -> dict:
-    """The state_dict in a loaded file (raw, or under ``"state_dict"``), every entry a tensor by name."""
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    where = " under 'state_dict'" if state is not obj else ""
-    if not isinstance(state, dict) or not state:
-        found = "an empty dict" if isinstance(state, dict) else f"a value of type {type(state).__name__}"
-        raise CheckpointMismatchError(f"{label} holds {found}{where}; expected {EXPECTED}")
-    for k, v in state.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise CheckpointMismatchError(
-                f"{label} holds a dict{where} whose entry {k!r} is of type {type(v).__name__}; expected {EXPECTED}"
-            )
-    return state
-
-
-def load_state_dict(net: nn.Module, path: str | Path, key: str | None = None) -> dict:
-    """Load a state_dict (raw, or under ``"state_dict"``) into ``net``; returns the file's dict.
-
-    Raises CheckpointMismatchError naming the path (and the config ``key`` it came from, if
-    given) for anything that is not such a file, or naming the first missing, unexpected or
-    mis-shaped key.
-    """
-    path = Path(path)
-    label = f"{key}={str(path)!r}" if key else f"checkpoint {str(path)!r}"
-    obj = _read(path, label)
-    state = {k.removeprefix("net."): v for k, v in _state_of(obj, label).items()}  # Lightning checkpoints
-    own = net.state_dict()
-    for k, v in own.items():
-        if k not in state:
-            raise CheckpointMismatchError(f"{label} does not match the model: missing key {k!r}")
-        if state[k].shape != v.shape:
-            raise CheckpointMismatchError(
-                f"{label} does not match the model: key {k!r} has shape "
-                f"{tuple(state[k].shape)}, the model expects {tuple(v.shape)}"
-            )
-    for k in state:
-        if k not in own:
-            raise CheckpointMismatchError(f"{label} does not match the model: unexpected key {k!r}")
-    net.load_state_dict(state)
-    return obj
 
 
 class NonFiniteError(FloatingPointError):

@@ -2,9 +2,9 @@
 baseline's training, the fine-tuning of the approximated network).
 
 The pipeline reports the baseline and final models side by side in ``results.json`` and the run
-summary (lrx.tracking); this callback shows the same measures on the training dashboards, from
+summary (lrx.run.tracking); this callback shows the same measures on the training dashboards, from
 the same functions: fvcore MACs and params on the real input size, and the median latency of
-lrx.latency.
+lrx.measure.latency.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from lrx.complexity import complexity
-from lrx.estimator import Estimator
-from lrx.latency import MEMORY_FORMATS, time_modules
+from lrx.measure.complexity import complexity
+from lrx.measure.estimator import Estimator
+from lrx.measure.latency import MEMORY_FORMATS, time_modules
 
 
 class ModelCost(L.Callback):
@@ -22,7 +22,7 @@ class ModelCost(L.Callback):
 
     Latency: batch ``batch_size`` of ``(3, input_size, input_size)`` images in ``memory_format``,
     on the module's device, eval mode, timed by the estimator with the settings ``estimator``
-    (``latency.estimator``'s keys; default: :class:`lrx.estimator.Estimator`'s)."""
+    (``latency.estimator``'s keys; default: :class:`lrx.measure.estimator.Estimator`'s)."""
 
     def __init__(
         self,

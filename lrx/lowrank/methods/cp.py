@@ -7,7 +7,7 @@ depthwise 1 x kw conv (H, column stride/padding/dilation) and a 1x1 conv R -> N 
 The two depthwise passes can also run as ONE depthwise kh x kw conv whose kernels are the rank-1
 v_r h_r^T (the same function: more MACs, one pass over the R maps instead of two, and these
 passes are memory-bound); the layer times both on its real input and keeps the faster
-(``select_strategy``, as Scheme 1 does; :mod:`lrx.lowrank.execution`).
+(``executions``, as Scheme 1 does; :mod:`lrx.compress.execution`).
 
 Filter reconstruction by CP-ALS (no closed form; a local optimum). Each factor in turn is the exact
 ridge-regularised least-squares fit with the other three fixed,
@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lrx.estimator import DEFAULT_ESTIMATOR, Estimator, measure
 from lrx.lowrank.base import (
     ConvGeometry,
     PointwiseOutConv,
@@ -139,7 +138,7 @@ def _solve_cp(weight: torch.Tensor, rank: int, iters: int, tol: float, ridge: fl
     return factors, {"iters": len(history), "history": history}
 
 
-class CPConv(PointwiseOutConv, method="cp"):
+class CPConv(PointwiseOutConv, method="cp", order=4):
     """CP with R = ``bases`` terms: ``pointwise_in`` nn.Conv2d C -> R (1x1, no bias), ``vertical``
     depthwise R -> R (kh x 1, row stride/padding/dilation), ``horizontal`` depthwise R -> R (1 x kw,
     column stride/padding/dilation), ``pointwise_out`` nn.Conv2d R -> N (1x1, the bias).
@@ -201,11 +200,7 @@ class CPConv(PointwiseOutConv, method="cp"):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self._depthwise(self.pointwise_in(x), self.strategy)
 
-    @torch.inference_mode()
-    def select_strategy(self, x: torch.Tensor, estimator: Estimator = DEFAULT_ESTIMATOR) -> dict:
-        """Time both executions of the depthwise passes on the real input ``x`` (interleaved), keep
-        the faster; returns the choice and the times."""
+    def executions(self, x: torch.Tensor) -> dict:
+        """Both executions of the depthwise passes (the rest of the layer is the same in both)."""
         y = self.pointwise_in(x)
-        times = measure({s: partial(self._depthwise, y, s) for s in STRATEGIES}, estimator=estimator).ms
-        self.strategy = min(times, key=times.get)
-        return {"strategy": self.strategy, "times_ms": times}
+        return {s: partial(self._depthwise, y, s) for s in STRATEGIES}

@@ -23,7 +23,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from lrx.lowrank.base import LowRankConv
 
 FOLDABLE = (nn.Conv2d, LowRankConv)
-FOLDED = " (BN folded)"  # results.json: "<device> (BN folded)" holds the timings of both networks folded
 
 
 class FoldError(ValueError):

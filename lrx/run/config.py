@@ -20,15 +20,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lrx.estimator import FIELDS as ESTIMATOR_KEYS
-from lrx.latency import MEMORY_FORMATS, RUNTIMES, thread_counts
+from lrx.compress.data_recon import MODES, OPTIMIZERS
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
-from lrx.lowrank.data_recon import MODES, OPTIMIZERS
-from lrx.module import LOSSES
-from lrx.onnx_graphs import require_onnx
+from lrx.measure.estimator import FIELDS as ESTIMATOR_KEYS
+from lrx.measure.latency import MEMORY_FORMATS, RUNTIMES, thread_counts
+from lrx.run.module import LOSSES
+from lrx.runtime.onnxruntime import require_onnx
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
 DECOMP_KEYS = {"method", "layers", "bases", "rank_multiple"}  # any other key of a method's node: its option
 PLAN_ERRORS = ("data", "kl", "filter")
@@ -52,7 +52,7 @@ DECIDE_AT_KEYS = {"batch_size", "threads"}
 DEPLOY_KEYS = {"onnx", "opset", "check_images"}
 MIN_OPSET = 18  # the dynamo exporter's lowest
 BASELINE_KEYS = {"ckpt", "cache_dir"}
-MODEL_COST = "lrx.callbacks.ModelCost"  # the callback that times the network, as latency.* does
+MODEL_COST = "lrx.run.callbacks.ModelCost"  # the callback that times the network, as latency.* does
 MODEL_COST_KEYS = {"_target_", "input_size", "batch_size", "memory_format", "estimator"}
 TRAINER_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
@@ -317,7 +317,7 @@ def _check_decide_at(lat: Mapping) -> None:
 
 
 def _check_estimator(node, group: str) -> None:
-    """The estimator's settings (lrx.estimator.Estimator): times > 0, rounds >= 2 and ordered."""
+    """The estimator's settings (lrx.measure.estimator.Estimator): times > 0, rounds >= 2 and ordered."""
     if not isinstance(node, Mapping):
         raise _bad(group, node, f"a mapping with the keys {', '.join(ESTIMATOR_KEYS)}")
     _keys(node, group, set(ESTIMATOR_KEYS))
@@ -355,7 +355,7 @@ def _check_callbacks(c: dict) -> None:
 
 def _check_model(c: dict) -> None:
     """What the pipeline reads of the model group; the network's own arguments are checked by its
-    constructor, the first thing :func:`lrx.pipeline.prepare` does after the data module."""
+    constructor, the first thing :func:`lrx.run.job.prepare` does after the data module."""
     m = c["model"]
     _int(m, "model", "input_size", 1)
     _int(m, "model", "epochs", 1)

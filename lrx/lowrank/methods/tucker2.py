@@ -75,7 +75,7 @@ def _solve_tucker2(weight: torch.Tensor, r_in: int, r_out: int, iters: int, tol:
     return u_in, core, u_out, {"hooi_iters": len(history) - 1, "history": history}
 
 
-class Tucker2Conv(PointwiseOutConv, method="tucker2"):
+class Tucker2Conv(PointwiseOutConv, method="tucker2", order=3):
     """Tucker-2 with ``bases`` = (R_in, R_out) (one int: both): ``pointwise_in`` nn.Conv2d C -> R_in
     (1x1, no bias), ``core`` nn.Conv2d R_in -> R_out (kh x kw, the original stride/padding/dilation,
     no bias), ``pointwise_out`` nn.Conv2d R_out -> N (1x1, the bias).

@@ -30,7 +30,7 @@ import torch
 from torch.utils.benchmark.utils.common import set_torch_threads
 from torch.utils.benchmark.utils.timer import timer
 
-from lrx.load import Meter
+from lrx.measure.load import Meter
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class Timing:
     rounds: int
     seconds: float
     threads: int
-    busy_cores: float | None  # cores other processes kept busy meanwhile (lrx.load)
+    busy_cores: float | None  # cores other processes kept busy meanwhile (lrx.measure.load)
 
     def record(self) -> dict:
         return {

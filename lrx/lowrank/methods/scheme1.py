@@ -35,16 +35,33 @@ N*C; float64 on the weight's device):
      linear system), then all h; then the final A.
 
 Why these defaults: docs/SOLVERS.md.
+
+Execution strategies. All strategies compute the same function, y = sum_{c,m} a[n,c,m] (x_c * v_m h_m^T) + bias, with
+v (M, kh), h (M, kw), a (N, C, M), from standard conv ops only (so ONNX export works), but they
+move memory differently, which is what decides speed for the memory-bound depthwise passes:
+
+- ``textbook``: grouped vertical pass C -> C*M, depthwise horizontal pass, 1x1 C*M -> N;
+- ``textbook_cl``: the same in channels_last memory format (oneDNN's fast depthwise path);
+- ``shared_bases``: channels folded into the batch, so ONE conv with the M shared vertical bases
+  serves every channel (a dense conv with a single input channel instead of C groups), then a
+  grouped horizontal pass, then the 1x1 combination;
+- ``combine_first``: the 1x1 combination first, C -> N*M (one dense GEMM), then depthwise
+  vertical passes on the N*M maps, and a grouped horizontal pass (groups=N) that also sums over
+  the M bases. Cheaper than ``textbook`` when N < C, and its big op is a GEMM.
+- ``combine_first_cl``: the same in channels_last.
+
+:mod:`lrx.compress.execution` times them on the layer's real input and keeps the fastest.
 """
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lrx.estimator import DEFAULT_ESTIMATOR, Estimator
-from lrx.lowrank import scheme1_exec
 from lrx.lowrank.base import (
     ConvGeometry,
     DecompositionError,
@@ -219,7 +236,55 @@ def _solve_scheme1(weight: torch.Tensor, bases: int, o: dict):
     return v, h, a.reshape(n, c, bases), info
 
 
-class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", aliases=(1, "1")):
+CL = torch.channels_last
+
+
+def separable_maps(x, v, h, g):
+    """The C*M maps x_c * v_m h_m^T (channel c*M + m), by a grouped vertical and a depthwise
+    horizontal pass: (B, C*M, H', W')."""
+    c, m = x.shape[1], v.shape[0]
+    y = F.conv2d(x, v.repeat(c, 1)[:, None, :, None], groups=c, **g.vertical())  # (B, C*M, H', W)
+    return F.conv2d(y, h.repeat(c, 1)[:, None, None, :], groups=c * m, **g.horizontal())
+
+
+def textbook(x, v, h, a, bias, g):
+    n, c, m = a.shape
+    return F.conv2d(separable_maps(x, v, h, g), a.reshape(n, c * m, 1, 1), bias)  # (B, N, H', W')
+
+
+def textbook_cl(x, v, h, a, bias, g):
+    return textbook(x.contiguous(memory_format=CL), v, h, a, bias, g)
+
+
+def shared_bases(x, v, h, a, bias, g):
+    n, c, m = a.shape
+    b, _, height, width = x.shape
+    y = F.conv2d(x.reshape(b * c, 1, height, width), v[:, None, :, None], **g.vertical())  # (B*C, M, H', W)
+    y = F.conv2d(y, h[:, None, None, :], groups=m, **g.horizontal())  # (B*C, M, H', W')
+    y = y.reshape(b, c * m, *y.shape[-2:])  # channel c*M + m
+    return F.conv2d(y, a.reshape(n, c * m, 1, 1), bias)
+
+
+def combine_first(x, v, h, a, bias, g):
+    n, c, m = a.shape
+    kw = h.shape[1]
+    y = F.conv2d(x, a.permute(0, 2, 1).reshape(n * m, c, 1, 1))  # (B, N*M, H, W), channel n*M + m
+    y = F.conv2d(y, v.repeat(n, 1)[:, None, :, None], groups=n * m, **g.vertical())  # (B, N*M, H', W)
+    w_h = h[None].expand(n, m, kw)[:, :, None, :]  # (N, M, 1, kw): group n sums its M maps
+    return F.conv2d(y, w_h, bias, groups=n, **g.horizontal())  # (B, N, H', W')
+
+
+def combine_first_cl(x, v, h, a, bias, g):
+    return combine_first(x.contiguous(memory_format=CL), v, h, a, bias, g)
+
+
+STRATEGIES: dict[str, Callable] = {
+    f.__name__: f for f in (textbook, textbook_cl, shared_bases, combine_first, combine_first_cl)
+}
+DEFAULT = "textbook"
+
+
+class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", aliases=(1, "1"), order=1):
     """Scheme 1 with parameters v (M, kh), h (M, kw), a (N, C, M) and optional bias (N).
 
     Forward (textbook execution, three standard convs):
@@ -231,7 +296,7 @@ class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", al
     """
 
     options = DEFAULTS
-    default_strategy = scheme1_exec.DEFAULT
+    default_strategy = DEFAULT
 
     def build(self, g: ConvGeometry, bases: int, bias: bool, factory: dict) -> None:
         kh, kw = g.kernel_size
@@ -239,7 +304,7 @@ class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", al
         self.h = nn.Parameter(torch.empty(bases, kw, **factory))
         self.a = nn.Parameter(torch.empty(g.out_channels, g.in_channels, bases, **factory))
         self.bias = nn.Parameter(torch.empty(g.out_channels, **factory)) if bias else None
-        self.strategy = self.default_strategy  # execution strategy; see select_strategy
+        self.strategy = self.default_strategy  # the execution forward uses (see executions)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -295,15 +360,13 @@ class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", al
         # W[n, c, y, x] = sum_m a[n, c, m] v[m, y] h[m, x]
         return torch.einsum("ncm,my,mx->ncyx", self.a, self.v, self.h)
 
-    def select_strategy(self, x: torch.Tensor, estimator: Estimator = DEFAULT_ESTIMATOR) -> dict:
-        """Time every execution strategy on the real input ``x``, keep the fastest (cached per
-        device, layer shape and input shape); returns the choice and the times."""
-        self.strategy, times = scheme1_exec.choose(self, x, estimator)
-        return {"strategy": self.strategy, "times_ms": times}
+    def executions(self, x: torch.Tensor) -> dict:
+        args = (self.v, self.h, self.a, self.bias, self.geometry)
+        return {name: partial(f, x, *args) for name, f in STRATEGIES.items()}
 
     def final_features(self, x: torch.Tensor) -> torch.Tensor:
         # the C*M separable maps x_c * v_m h_m^T, channel c*M + m: (B, C*M, L)
-        return scheme1_exec.separable_maps(x, self.v, self.h, self.geometry).flatten(2)
+        return separable_maps(x, self.v, self.h, self.geometry).flatten(2)
 
     def set_final(self, final: torch.Tensor, bias: torch.Tensor | None) -> None:
         with torch.no_grad():
@@ -319,4 +382,4 @@ class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", al
         self.bias = nn.Parameter(s * (bias - bn.running_mean) + bn.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return scheme1_exec.STRATEGIES[self.strategy](x, self.v, self.h, self.a, self.bias, self.geometry)
+        return STRATEGIES[self.strategy](x, self.v, self.h, self.a, self.bias, self.geometry)

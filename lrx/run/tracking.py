@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lrx.report import bases_letter, lambda_text, method_label, method_of, rank_text
+from lrx.lowrank import method_class
+from lrx.results.text import lambda_text, rank_text
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def run_name(cfg: DictConfig) -> str:
         return f"{model} plan {p.target_speedup:g}x {p.metric} l{_layers_label(d['layers'])}"
     if d["method"] == "none":
         return f"{model} baseline"
-    bases = f"{bases_letter(d['method'])}{_bases_label(d['bases'])}"
-    return f"{model} {method_label(d['method'])} {bases} l{_layers_label(d['layers'])}"
+    bases = f"{method_class(d['method']).letter}{_bases_label(d['bases'])}"
+    return f"{model} {method_class(d['method']).label} {bases} l{_layers_label(d['layers'])}"
 
 
 def summary_metrics(results: dict) -> dict[str, float]:
@@ -106,7 +107,7 @@ def layer_rows(results: dict) -> list[list]:
             [
                 r["name"],
                 "x".join(map(str, r["shape"])),
-                method_of(r),
+                r["method"],
                 rank_text(r["bases"]),
                 lambda_text(r.get("lambda")),
                 r["rel_error"],
@@ -124,7 +125,7 @@ def run_kind(cfg: DictConfig) -> str:
     """``baseline``, ``plan`` or the method's label (``s1``, ``s2``, ``cp``, ...): a tag, and part
     of :func:`run_name`."""
     method = cfg.decomp.method
-    return {"none": "baseline", "plan": "plan"}.get(method) or method_label(method)
+    return {"none": "baseline", "plan": "plan"}.get(method) or method_class(method).label
 
 
 def make_loggers(cfg: DictConfig, group: str | None) -> list:

@@ -28,7 +28,6 @@ for _name in ("onnxscript", "onnx_ir"):  # their INFO lines, hundreds per export
 EXTRA = "onnx"  # pip install -e ".[onnx]"
 PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 OPSET = 18
-RUNTIME = "onnxruntime-cpu"  # the device key of ONNX Runtime timings in results.json
 PROVIDER = "CPUExecutionProvider"
 OPTIMIZATION = "ORT_ENABLE_ALL"
 

@@ -1,0 +1,27 @@
+"""The run folder's files and the keys results.json uses for where a network was timed; reading a
+results file needs neither torch nor Lightning (the report reads nothing else)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = "results.json"  # a run's results, written last (the run is finished once it exists)
+MODEL = "model.pt"  # the final network (lrx.results.saved)
+RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
+ORT = "onnxruntime-cpu"  # the device key of ONNX Runtime timings
+FOLDED = " (BN folded)"  # "<device> (BN folded)": the timings of both networks with their BatchNorms folded
+
+
+def read_finished(path: Path) -> tuple[dict | None, str]:
+    """``(results, "")`` if ``path`` is a complete results file, else ``(None, why not)``: the one
+    definition of "finished" that re-runs (lrx.train) and reports share."""
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None, "unparsable JSON"
+    if not isinstance(results, dict) or "status" not in results:
+        return None, "status missing"
+    if results["status"] != "complete":
+        return None, f"status {results['status']!r}"
+    return results, ""

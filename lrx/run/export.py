@@ -1,0 +1,78 @@
+"""Deploy a finished run: both networks as ONNX graphs, checked, and timed in ONNX Runtime.
+
+    python -m lrx.export RUN_DIR [--data-root DIR] [--opset N]
+
+Writes ``baseline.onnx``, ``model.onnx`` and ``deploy.json`` into the run directory
+(:mod:`lrx.deploy.onnx_export`). Needs the ``onnx`` extra: ``pip install -e ".[onnx]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lrx.compress.execution import reset_strategies
+from lrx.deploy.onnx_export import BASELINE_ONNX, MODEL_ONNX, ExportError, deploy
+from lrx.io import write_json
+from lrx.measure.estimator import Estimator
+from lrx.measure.latency import points
+from lrx.results.files import ORT
+from lrx.results.saved import load_models
+from lrx.runtime.onnxruntime import OPSET, require_onnx
+
+
+def _validation_images(results: dict, data_root: str | None, count: int) -> torch.Tensor:
+    data = OmegaConf.create(results["config"]["data"])
+    if data_root:
+        data.root = data_root
+    dm = instantiate(data)
+    dm.setup("fit")
+    return next(iter(dm.val_dataloader()))[0][:count]
+
+
+def main(argv: list[str] | None = None) -> int:
+
+    parser = argparse.ArgumentParser(prog="python -m lrx.export", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a finished run directory (results.json, model.pt)")
+    parser.add_argument("--data-root", help="where the run's dataset is, if not where the run read it")
+    parser.add_argument("--opset", type=int, default=OPSET)
+    parser.add_argument("--images", type=int, default=16, help="validation images the graphs are checked on")
+    args = parser.parse_args(argv)
+    try:
+        require_onnx("python -m lrx.export")
+        baseline, final, results = load_models(args.run_dir)
+        reset_strategies(final)
+        images = _validation_images(results, args.data_root, args.images)
+        lat = results["config"]["latency"]
+        exported, timings = deploy(
+            baseline,
+            final,
+            args.run_dir,
+            images,
+            results["config"]["model"]["input_size"],
+            lat["batch_sizes"],
+            lat.get("threads"),
+            Estimator.of(lat.get("estimator")),
+            args.opset,
+        )
+    except (ValueError, OSError, ImportError, ExportError) as e:
+        print(f"lrx.deploy.onnx_export: error: {e}", file=sys.stderr)
+        return 1
+    write_json(args.run_dir / "deploy.json", {"onnx": exported, ORT: timings})
+    print(
+        f"wrote {args.run_dir / BASELINE_ONNX}, {args.run_dir / MODEL_ONNX}, {args.run_dir / 'deploy.json'}; "
+        + "; ".join(
+            f"{where}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x"
+            for where, t in points({ORT: timings})
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

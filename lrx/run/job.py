@@ -1,0 +1,130 @@
+"""A checked job: :func:`prepare` checks the whole config (:mod:`lrx.run.config`), then builds the
+data module and the network and checks what needs them (data root, checkpoint and its NaN/Inf,
+layers, bases, the reach of a MAC target), before any training, solving or writing."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lrx.compress import fold, planner
+from lrx.lowrank import DecompositionError, method_class
+from lrx.lowrank.surgery import validate
+from lrx.run import config
+from lrx.run.baseline import check_finite_network, load_state_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """A checked run: its config, data module and (untrained) network, and the keys that have
+    no effect in it (a sweep's warning)."""
+
+    cfg: DictConfig
+    datamodule: L.LightningDataModule
+    net: torch.nn.Module
+    ignored_keys: list[str] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        return self.cfg.decomp.method
+
+    @property
+    def decomposes(self) -> bool:
+        return self.method != config.KEEP
+
+    @property
+    def plans(self) -> bool:
+        return self.method == config.PLAN
+
+    @property
+    def rank_multiple(self) -> int:
+        return self.cfg.decomp.get("rank_multiple", 1)
+
+    def layers_and_bases(self):
+        d = OmegaConf.to_container(self.cfg.decomp, resolve=True)
+        return d["layers"], d.get("bases")
+
+    def options(self) -> dict:
+        """The chosen method's solver options, from its decomp keys."""
+        return config.method_options(OmegaConf.to_container(self.cfg.decomp, resolve=True))
+
+    def planner_options(self) -> dict:
+        """Solver options of the planner's methods (those of other methods: a sweep's ignored keys)."""
+        p = OmegaConf.to_container(self.cfg.planner, resolve=True)
+        chosen = {method_class(m).method for m in p["methods"]}
+        return {
+            m: config.method_options({"method": m, **opts}, f"planner.options.{m}")
+            for m, opts in p["options"].items()
+            if method_class(m).method in chosen
+        }
+
+
+def _instantiate(node: DictConfig):
+    """Hydra's instantiate, with a constructor's own error (a bad argument, named by the
+    constructor) raised as itself rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(node)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (ValueError, OSError)):
+            raise e.__cause__ from None
+        raise
+
+
+def prepare(cfg: DictConfig, sweep: bool = False) -> Job:
+    """Check the config, build the data module and the network, check the request against them;
+    writes nothing. Keys without effect are an error, or (``sweep``) a warning kept in results."""
+    ignored = config.check(cfg)
+    if ignored and not sweep:
+        raise config.ConfigError(
+            f"{ignored[0]}: this key has no effect here; remove it"
+            + (f" (and {len(ignored) - 1} more: {', '.join(ignored[1:])})" if ignored[1:] else "")
+        )
+    if ignored:
+        log.warning("keys without effect in this job of the sweep: %s", "; ".join(ignored))
+    datamodule = _instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # reads and checks every data file
+    torch.manual_seed(cfg.seed)  # the initial weights of a baseline trained by this run
+    net = _instantiate(cfg.model.net)
+    if cfg.baseline.ckpt:
+        loaded = copy.deepcopy(net)
+        load_state_dict(loaded, cfg.baseline.ckpt, "baseline.ckpt")
+        check_finite_network(loaded, f"baseline (baseline.ckpt={cfg.baseline.ckpt})")
+    job = Job(cfg, datamodule, net, ignored)
+    if cfg.latency.fold_bn:
+        fold.foldable(net)  # a network torch.fx cannot read is refused now, not after the work
+    if job.decomposes:
+        _check_request(job)
+    return job
+
+
+def _check_request(job: Job) -> None:
+    """The layers and bases (or the planner's target) against the network, before any solving;
+    an error names the decomp keys."""
+    layers, bases = job.layers_and_bases()
+    keys = f"decomp.layers={layers!r}" + ("" if job.plans else f", decomp.bases={bases!r}")
+    try:
+        if job.plans:
+            p, options = job.cfg.planner, job.planner_options()
+            size = job.cfg.model.input_size
+            planner.check_request(
+                job.net, layers, p.target_speedup, p.metric, list(p.methods), options, size, job.rank_multiple
+            )
+        else:
+            validate(job.net, layers, job.method, bases, job.rank_multiple, **job.options())
+    except DecompositionError as e:
+        raise DecompositionError(f"{keys}: {e}") from None
+
+
+def first_val_images(job: Job) -> torch.Tensor:
+    """The first validation batch's images: the logits a broken network gives are checked on them."""
+    return next(iter(job.datamodule.val_dataloader()))[0]

@@ -1,0 +1,278 @@
+"""One lrx run, stage by stage: baseline -> filter reconstruction -> guard -> data reconstruction
+-> fine-tuning -> measurement -> results. :func:`run` does the expensive work of a job that
+:func:`lrx.run.job.prepare` checked, and writes ``model.pt`` and ``results.json`` atomically at the
+very end. A baseline or final network with NaN/Inf in its weights, buffers or logits stops the run
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.utils.benchmark.utils.common import set_torch_threads
+
+from lrx.compress import fold, planner
+from lrx.compress.data_recon import reconstruct
+from lrx.compress.execution import reset_strategies, tune
+from lrx.compress.guard import put_back_slower
+from lrx.deploy import onnx_export as export
+from lrx.io import write_json
+from lrx.lowrank.surgery import decompose
+from lrx.measure.accuracy import accuracy
+from lrx.measure.complexity import complexity
+from lrx.measure.estimator import Estimator
+from lrx.measure.latency import compare_at, decide_point, devices, point_label
+from lrx.measure.load import wait_for_quiet
+from lrx.results.files import FOLDED, MODEL, ORT, RESULTS
+from lrx.results.saved import save_network
+from lrx.run.baseline import check_finite_network, get_baseline
+from lrx.run.job import Job, first_val_images
+from lrx.run.module import Classifier
+from lrx.run.summary import State, results_of
+
+log = logging.getLogger(__name__)
+
+
+def _limit(value) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _accuracies(job: Job, net: torch.nn.Module, tag: str) -> dict:
+    dm, t = job.datamodule, job.cfg.trainer
+    return {
+        "acc1": accuracy(net, dm.val_dataloader(), _limit(t.get("limit_val_batches")), desc=f"{tag} val acc@1"),
+        "acc1_test": accuracy(net, dm.test_dataloader(), _limit(t.get("limit_test_batches")), desc=f"{tag} test acc@1"),
+    }
+
+
+def _baseline(s: State, logger, callbacks) -> None:
+    """Train, load or reuse the baseline; stop if it is broken (NaN/Inf); evaluate it."""
+    origin = get_baseline(s.job.cfg, s.net, s.job.datamodule, logger, callbacks)
+    check_finite_network(s.net, f"baseline ({origin['source']} {origin['path']})", first_val_images(s.job))
+    s.net.eval()
+    s.baseline = {
+        **_accuracies(s.job, s.net, "baseline"),
+        **complexity(s.net, s.job.cfg.model.input_size),
+        "origin": origin,
+    }
+
+
+def _filter_reconstruction(s: State) -> None:
+    """Replace the selected convs of the approximation: explicit bases, or the planner's choice."""
+    job, lat = s.job, s.job.cfg.latency
+    s.approx = copy.deepcopy(s.net)
+    layers, bases = job.layers_and_bases()
+    if not job.plans:
+        s.records = decompose(s.approx, layers, job.method, bases, job.rank_multiple, **job.options())
+    else:
+        p, lat = job.cfg.planner, job.cfg.latency
+        batch_size, threads = decide_point(lat)
+        calibration = None
+        if p.error != "filter":  # real training images, never validation or test
+            calibration = next(iter(job.datamodule.calibration_dataloader(p.samples, seed=job.cfg.seed)))[0]
+        chosen, s.plan = planner.plan(
+            s.approx,
+            layers,
+            p.target_speedup,
+            p.metric,
+            job.cfg.model.input_size,
+            batch_size,
+            list(p.methods),
+            calibration=calibration,
+            error=p.error if calibration is not None else "data",
+            options=job.planner_options(),
+            rank_multiple=job.rank_multiple,
+            timed=planner.Timed(Estimator.of(lat.estimator), threads, lat.runtime, lat.memory_format, lat.quiet_wait_s),
+            closed_loop_rounds=p.closed_loop_rounds,
+        )
+        log.info(
+            "plan (%s, predicted conv speed-up %.2fx): %s", p.metric, s.plan["predicted_conv_speedup"], s.plan["plan"]
+        )
+        s.records = planner.apply(s.approx, chosen)
+    s.stages["filter"] = _accuracies(job, s.approx, "filter")
+
+
+def _timings(
+    job: Job,
+    baseline: torch.nn.Module,
+    approx: torch.nn.Module,
+    on=None,
+    batch_sizes=None,
+    threads=None,
+    runtime: str = "torch",
+    folded: bool = False,
+) -> dict:
+    """``{device: {threads: {batch size: compare(...)}}}`` for the devices ``on`` (default: every
+    device), the ``batch_sizes`` and ``threads`` (default: every configured one), in ``runtime``;
+    with ``folded``, also both networks with their BatchNorms folded (:mod:`lrx.compress.fold`), under
+    ``"<device> (BN folded)"``. Scheme 1's and CP's executions are chosen on each device at the
+    decide_at point."""
+    lat, size = job.cfg.latency, job.cfg.model.input_size
+    estimator, (decide_bs, decide_threads) = Estimator.of(lat.estimator), decide_point(lat)
+    out = {}
+    for d in on or devices():
+        x = torch.randn(decide_bs, 3, size, size, device=d)
+        with set_torch_threads(decide_threads):
+            tune(approx.to(d), x, estimator, lat.memory_format)
+        at = (batch_sizes or lat.batch_sizes, threads or lat.threads, d, estimator, lat.memory_format, runtime)
+        out[d.type] = compare_at(baseline, approx, size, *at)
+        if folded:
+            out[f"{d.type}{FOLDED}"] = compare_at(fold.fold_bn(baseline), fold.fold_bn(approx), size, *at)
+    approx.to("cpu", memory_format=torch.contiguous_format)
+    return out
+
+
+def _guard(s: State) -> None:
+    """The latency guard, right after filter reconstruction (a layer's speed depends on its shape,
+    not its weights), so that the fitting stages fit the layers that stay: every replaced layer
+    that is not faster where the model would run gets its original conv back. That is
+    ``latency.runtime``: torch (on CUDA when present, else the CPU) or ONNX Runtime on the CPU,
+    each layer as its own graph; at ``latency.decide_at``. A layer stays only if the lower
+    quartile of its measured speed-up is above 1."""
+    lat = s.job.cfg.latency
+    if not lat.guard:
+        return
+    device = devices()[-1] if lat.runtime == "torch" else torch.device("cpu")
+    batch_size, threads = decide_point(lat)
+    s.load["guard"] = wait_for_quiet(lat.quiet_wait_s, "the guard's layers")
+    timed = _timings(s.job, s.net, s.approx, [device], [batch_size], [threads], lat.runtime)
+    timings = timed[device.type][threads][batch_size]
+    where = point_label(device.type if lat.runtime == "torch" else ORT, threads, batch_size)
+    put_back = put_back_slower(s.approx, s.net, s.records, timings["layers"], where)
+    reset_strategies(s.approx)  # timing chose the executions; fitting computes the same numbers in every run
+    if put_back:
+        log.warning("put back the original conv of %s: not faster at %s", put_back, where)
+        s.stages["guard"] = _accuracies(s.job, s.approx, "guard")
+    if not s.kept:
+        log.warning(
+            "no replaced layer is left: the model is the baseline; data reconstruction and fine-tuning are skipped"
+        )
+
+
+def _data_reconstruction(s: State) -> None:
+    dr, job = s.job.cfg.get("data_recon"), s.job
+    if dr is None or not s.kept:
+        return
+    loader = job.datamodule.calibration_dataloader(dr.batch_size, seed=job.cfg.seed)
+    batches = [x for (x, _), _ in zip(loader, range(dr.batches))]
+    fitted = reconstruct(
+        s.net,
+        s.approx,
+        s.kept,
+        batches,
+        mode=dr.mode,
+        lstsq=dr.lstsq,
+        steps=dr.steps,
+        lr=dr.lr,
+        optimizer=dr.optimizer,
+        holdout_batches=dr.holdout_batches,
+        batch_size=dr.batch_size,
+        seed=job.cfg.seed,
+    )
+    by_name = {r["name"]: r for r in fitted}
+    for rec in s.records:
+        if rec["name"] in by_name:
+            rec["data_recon"] = by_name[rec["name"]]
+    s.stages["data"] = _accuracies(job, s.approx, "data")
+
+
+def _fit_approximation(job: Job, teacher: torch.nn.Module, approx: torch.nn.Module, logger, callbacks) -> None:
+    """Lightning fit of the approximation with the finetune group's recipe."""
+    ft = job.cfg.finetune
+    module = Classifier(
+        approx,
+        optimizer=instantiate(ft.optimizer),
+        scheduler=instantiate(ft.scheduler) if ft.get("scheduler") else None,
+        channels_last=job.cfg.model.get("channels_last", False),
+        loss=ft.loss,
+        teacher=teacher if ft.loss == "kd" else None,
+        temperature=ft.get("temperature", 1.0),
+        kd_alpha=ft.get("kd_alpha", 0.0),
+    )
+    trainer = instantiate(
+        job.cfg.trainer, max_epochs=ft.epochs, logger=logger or False, callbacks=list(callbacks), num_sanity_val_steps=0
+    )
+    trainer.fit(module, datamodule=job.datamodule)
+    approx.to(memory_format=torch.contiguous_format)
+
+
+def _finetune(s: State, logger, callbacks) -> None:
+    """Fine-tune the approximation; weights that lower validation acc@1 are not kept."""
+    if s.job.cfg.get("finetune") is None or not s.kept:
+        return
+    before, before_acc1 = copy.deepcopy(s.approx.state_dict()), list(s.stages.values())[-1]["acc1"]
+    _fit_approximation(s.job, s.net, s.approx, logger, callbacks)
+    s.stages["finetune"] = _accuracies(s.job, s.approx, "finetune")
+    if s.stages["finetune"]["acc1"] < before_acc1:  # validation is the selection split
+        s.approx.load_state_dict(before)
+        s.finetune_reverted = True
+        log.warning(
+            "fine-tuning lowered validation acc@1 from %.2f to %.2f: the weights from before it are kept",
+            before_acc1,
+            s.stages["finetune"]["acc1"],
+        )
+
+
+def _deploy(s: State, run_dir: Path, images: torch.Tensor, timings: dict) -> None:
+    """deploy.onnx: both networks exported and checked on validation images, then timed in ONNX
+    Runtime, under its own key of ``timings``."""
+    dep, lat = s.job.cfg.deploy, s.job.cfg.latency
+    if not dep.onnx:
+        return
+    images = images[: dep.check_images]
+    exported, timings[ORT] = export.deploy(
+        s.net,
+        s.approx,
+        run_dir,
+        images,
+        s.job.cfg.model.input_size,
+        lat.batch_sizes,
+        lat.threads,
+        Estimator.of(lat.estimator),
+        dep.opset,
+    )
+    s.deployed = {"onnx": exported}
+    for record in exported.values():
+        log.info(
+            "%s: %s exporter, opset %d, max relative error %.1e against torch",
+            record["file"],
+            record["exporter"],
+            record["opset"],
+            record["max_rel_error"],
+        )
+
+
+def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
+    """Run the stages; write the final network to ``run_dir/model.pt`` (:mod:`lrx.results.saved`),
+    then ``run_dir/results.json``, both atomically; returns the results."""
+    L.seed_everything(job.cfg.seed, workers=True)
+    s = State(job, job.net, job.net)
+    _baseline(s, logger, callbacks)
+    if job.decomposes:
+        _filter_reconstruction(s)
+        _guard(s)
+        _data_reconstruction(s)
+        _finetune(s, logger, callbacks)
+    images = first_val_images(job)
+    check_finite_network(s.approx, "final network", images)  # never timed, reported or saved if broken
+    s.load["final"] = wait_for_quiet(job.cfg.latency.quiet_wait_s, "the final networks")
+    timings = _timings(job, s.net, s.approx, folded=job.cfg.latency.fold_bn)
+    _deploy(s, run_dir, images, timings)
+    results = results_of(s, timings)
+    # before results.json: a results.json that exists has its model
+    save_network(run_dir / MODEL, s.approx.eval(), OmegaConf.to_container(job.cfg.model.net, resolve=True))
+    write_json(run_dir / RESULTS, results)
+    log.info(
+        "final acc@1 %.2f (baseline %.2f); conv speed-up %s; results in %s",
+        results["final"]["acc1"],
+        results["baseline"]["acc1"],
+        results["speedup"]["conv"],
+        run_dir / RESULTS,
+    )
+    return results
