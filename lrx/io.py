@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+PROJECT = Path(__file__).resolve().parents[1]  # the project: conf/, checkpoints/, outputs/, results/
+
 
 class WriteError(OSError):
     """A file or folder that cannot be written, named with the reason."""

@@ -12,6 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+import lrx.run.schema  # noqa: F401  (the ConfigStore schemas that conf/ extends)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 DATA_ROOT = Path(os.environ.get("LRX_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()

@@ -9,7 +9,10 @@ from PIL import Image
 from lrx.run.job import prepare
 from lrx.run.stages import run
 from tests.conftest import compose_cfg
+from tests.helpers.methods import one_thread  # noqa: F401
 from tests.helpers.timing import QUICK_OVERRIDES
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: a second thread only waits for its turn
 
 FEW = [
     "model.epochs=1",

@@ -4,7 +4,6 @@ shares is in test_lowrank_layers.py; data reconstruction of it is in test_data_r
 
 import json
 import re
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lrx.lowrank import METHODS, DecompositionError, decompose, validate
 from lrx.lowrank.methods.channel_svd import ChannelSVDConv, solve_channel_svd
 from lrx.lowrank.methods.tucker2 import Tucker2Conv
-from tests.helpers.convs import GEOMETRIES, geometry_of, make_conv
+from tests.helpers.convs import GEOMETRIES, geometry_of, make_conv, small_model
 from tests.helpers.methods import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,17 +27,6 @@ def tail(weight: torch.Tensor, k: int) -> float:
     """sqrt(sum_{i > k} s_i^2) / ||W||: the least error of any rank-k factorisation (Eckart-Young)."""
     s = torch.linalg.svdvals(weight.detach().double().reshape(weight.shape[0], -1))
     return (s[k:].square().sum().sqrt() / s.norm()).item()
-
-
-def small_model():
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(3, 8, 3, padding=1),
-            act=nn.ReLU(),
-            reduce=nn.Conv2d(8, 6, 1),  # 1x1: no method decomposes it
-            conv2=nn.Conv2d(6, 12, 3, stride=2, padding=1, bias=False),
-        )
-    )
 
 
 def test_registered_as_channel_svd():
@@ -140,7 +128,7 @@ def test_decompose():
     # at full rank the network is unchanged
     model = small_model().eval()
     before = model(x).detach()
-    decompose(model, ["conv1", "conv2"], "channel_svd", [8, 12])  # min(8, 27), min(12, 54)
+    decompose(model, ["conv1", "conv2"], "channel_svd", [8, 12])  # min(8, 27), min(12, 72)
     torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-4)
 
 

@@ -1,16 +1,21 @@
-"""Config composition: every group option composes and instantiates, the user's own command
-resolves to the earlier attempt's row, and a key that has no effect is refused."""
+"""Config composition: every group option composes, extends its schema (lrx/run/schema.py) and
+instantiates, a value of the wrong type or range is refused naming the key, the value and what is
+valid, the user's own command resolves to the earlier attempt's row, the baseline defaults to the
+model's shipped checkpoint, paths resolve against the project, and a key that has no effect is refused."""
 
+import shutil
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 
 from lrx.lowrank import METHODS
-from lrx.run import config
-from tests.conftest import CONF, compose_cfg, run_train
+from lrx.run import config, schema
+from tests.conftest import CONF, REPO, compose_cfg, run_train
 
 GROUPS = [
     "data",
@@ -28,7 +33,7 @@ GROUPS = [
 
 
 # what an option needs the user to give (the ??? of its file)
-REQUIRED = {"imagefolder": ["data.num_classes=3"], "custom": ["model.net._target_=torchvision.models.vgg11"]}
+REQUIRED = {"custom": ["model.net._target_=torchvision.models.vgg11"]}
 
 
 def _options(group: str) -> list[str]:
@@ -90,7 +95,7 @@ def test_the_users_command_runs_the_earlier_attempts_alexnet2_row(tmp_path):
     assert d["method"] == "scheme1" and d["layers"] == ["conv2"] and d["bases"] == 8
     assert d["lam"]["schedule"] == "fixed" and d["lam"]["start"] == 1e-4
     assert c["data"]["resize"] == 224 and "data_recon" not in c and "finetune" not in c
-    assert Path(compose_cfg(["model=alexnet"], tmp_path).hydra.sweep.dir).parts[0] == "outputs"
+    assert Path(compose_cfg(["model=alexnet"], tmp_path).hydra.sweep.dir).is_relative_to(REPO / "outputs")
 
 
 def test_a_model_without_default_layers_decomposes_every_conv(tmp_path):
@@ -101,6 +106,158 @@ def test_paths_live_in_one_group(tmp_path):
     c = _resolved(["paths.data=/somewhere", "paths.baseline_cache=/cache", "paths.outputs=/out"], tmp_path)
     assert c["data"]["root"] == "/somewhere" and c["baseline"]["cache_dir"] == "/cache"
     assert c["hydra"]["run"]["dir"].startswith("/out/runs/")
+
+
+# every option of a typed group, and the schema it extends
+TYPED = {
+    "decomp=none": ("decomp", schema.Decomp),
+    "decomp=plan": ("planner", schema.Planner),
+    **{f"decomp={m}": ("decomp", schema.DecompMethod) for m in METHODS},
+    "data_recon=default": ("data_recon", schema.DataRecon),
+    "data_recon=lstsq": ("data_recon", schema.DataRecon),
+    "finetune=ce": ("finetune", schema.Finetune),
+    "finetune=kd": ("finetune", schema.FinetuneKD),
+    "latency=default": ("latency", schema.Latency),
+    "deploy=default": ("deploy", schema.Deploy),
+}
+
+
+def test_every_option_of_a_typed_group_is_in_the_table():
+    groups = {o.split("=")[0] for o in TYPED}
+    assert {f"{g}={o}" for g in groups for o in _options(g)} == set(TYPED)
+
+
+@pytest.mark.parametrize("option", sorted(TYPED))
+def test_every_option_of_a_typed_group_extends_its_schema(option, tmp_path):
+    cfg = compose_cfg([option], tmp_path)
+    group, node = TYPED[option]
+    assert OmegaConf.get_type(cfg[group]) is node
+    assert OmegaConf.get_type(cfg.baseline) is schema.Baseline
+    if option == "decomp=plan":
+        assert OmegaConf.get_type(cfg.decomp) is schema.DecompPlan
+
+
+def _stated(*files: str, key: str | None = None) -> dict:
+    """The keys and values the YAML files state (their own text, no defaults list), later files winning."""
+    stated = {}
+    for f in files:
+        text = OmegaConf.to_container(OmegaConf.load(CONF / f))
+        stated.update({k: v for k, v in (text[key] if key else text).items() if k != "defaults"})
+    return stated
+
+
+@pytest.mark.parametrize(
+    "stated, node",
+    [
+        (_stated("planner/default.yaml"), schema.Planner),
+        (_stated("data_recon/default.yaml"), schema.DataRecon),
+        (_stated("finetune/ce.yaml"), schema.Finetune),
+        (_stated("finetune/ce.yaml", "finetune/kd.yaml"), schema.FinetuneKD),
+        (_stated("latency/default.yaml"), schema.Latency),
+        (_stated("deploy/default.yaml"), schema.Deploy),
+        (_stated("train.yaml", key="baseline"), schema.Baseline),
+    ],
+    ids=lambda x: getattr(x, "__name__", ""),
+)
+def test_the_yaml_users_read_states_every_key_of_its_schema_at_its_default(stated, node):
+    defaults = OmegaConf.to_container(OmegaConf.structured(node))
+    assert set(stated) == set(defaults)
+    assert {k: v for k, v in stated.items() if defaults[k] != "???"} == {
+        k: v for k, v in defaults.items() if v != "???"
+    }
+
+
+def test_the_decomp_options_leave_the_shared_keys_to_the_schema(tmp_path):
+    shared = {f.name for f in fields(schema.DecompMethod)} - {"method"}
+    for option in _options("decomp"):
+        assert not shared & set(_stated(f"decomp/{option}.yaml")), option
+    d = _resolved(["decomp=cp"], tmp_path)["decomp"]
+    assert d == {"method": "cp", "layers": ["conv2"], "bases": 8, "rank_multiple": 1}
+    assert _resolved(["decomp=plan"], tmp_path)["decomp"] == {"method": "plan", "layers": "all", "rank_multiple": 1}
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["latency.guard=maybe"], ["latency.guard=maybe", "not a valid bool", "full_key: latency.guard"]),
+        (["deploy.onnx=perhaps"], ["deploy.onnx=perhaps", "not a valid bool"]),
+        (["latency.batch_sizes=32"], ["latency.batch_sizes=32", "not a ListConfig, list or tuple"]),
+        (["latency.estimator.min_rounds=few"], ["estimator.min_rounds=few", "'few'", "converted to Integer"]),
+        (["latency.decide_at.threads=1.5"], ["latency.decide_at.threads=1.5", "converted to Integer"]),
+        (["decomp.rank_multiple=eight"], ["decomp.rank_multiple=eight", "converted to Integer"]),
+        (["decomp=plan", "planner.target_speedup=fast"], ["planner.target_speedup=fast", "converted to Float"]),
+        (["data_recon=default", "data_recon.batches=1.5"], ["data_recon.batches=1.5", "converted to Integer"]),
+        (["finetune=kd", "finetune.kd_alpha=half"], ["finetune.kd_alpha=half", "converted to Float"]),
+        (["latency.estimator.repeats=3"], ["latency.estimator.repeats", "not in 'Estimator'"]),
+        (["deploy.fp16=true"], ["deploy.fp16", "not in 'Deploy'"]),
+    ],
+)
+def test_a_value_of_the_wrong_type_fails_at_composition_naming_key_value_and_type(overrides, words, tmp_path):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(overrides, tmp_path)
+    message = f"{info.value} {info.value.__cause__}"
+    assert all(w in message for w in words), message
+
+
+@pytest.mark.parametrize(
+    "overrides, ckpt",
+    [
+        ([], "alexnet_cifar.pt"),
+        (["model=resnet20_cifar"], "resnet20_cifar.pt"),
+        (["experiment=quickstart"], "alexnet_cifar.pt"),
+        (["experiment=resnet20_table"], "resnet20_cifar.pt"),
+        (["data=cifar100"], None),  # shipped for CIFAR-10 only: trained
+        (["data=fake"], None),
+        (["model=alexnet"], None),  # ships none
+        (["baseline.ckpt=null"], None),  # train (or reuse the cached training)
+        (["experiment=smoke"], None),  # the whole pipeline, the baseline's training included
+    ],
+)
+def test_the_baseline_is_the_models_shipped_checkpoint_for_its_data(overrides, ckpt, tmp_path):
+    path = _resolved(overrides, tmp_path)["baseline"]["ckpt"]
+    assert path == (ckpt and str(REPO / "checkpoints" / ckpt))
+    assert ckpt is None or Path(path).is_file()
+
+
+def test_paths_resolve_against_the_project_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LRX_BASELINE_CACHE", raising=False)
+    c = _resolved([], tmp_path)
+    assert c["paths"]["root"] == str(REPO) and (REPO / "conf" / "train.yaml").is_file()
+    assert c["baseline"]["cache_dir"] == str(REPO / "outputs" / "baselines")
+    assert Path(c["hydra"]["run"]["dir"]).is_relative_to(REPO / "outputs" / "runs")
+    assert Path(c["baseline"]["ckpt"]).is_file()
+
+
+@pytest.mark.slow
+def test_the_cli_resolves_the_shipped_checkpoint_from_another_folder(tmp_path):
+    res = run_train(["--cfg", "job", "--resolve"], cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert OmegaConf.create(res.stdout).baseline.ckpt == str(REPO / "checkpoints" / "alexnet_cifar.pt")
+
+
+def test_the_baseline_origin_is_project_relative_inside_the_project_else_absolute(tmp_path):
+    from lrx.models import AlexNetCIFAR
+    from lrx.run.baseline import get_baseline, recipe_key
+
+    cfg = compose_cfg([], tmp_path)
+    assert get_baseline(cfg, AlexNetCIFAR(), None) == {"source": "checkpoint", "path": "checkpoints/alexnet_cifar.pt"}
+    outside = tmp_path / "mine.pt"
+    shutil.copy(REPO / "checkpoints" / "alexnet_cifar.pt", outside)
+    origin = get_baseline(compose_cfg([f"baseline.ckpt={outside}"], tmp_path), AlexNetCIFAR(), None)
+    assert origin["path"] == str(outside.resolve())
+    with open_dict(cfg):
+        del cfg["hydra"]
+    key = recipe_key(cfg)  # the shipped checkpoints are no part of a trained baseline's recipe
+    with open_dict(cfg):
+        del cfg.model["checkpoints"]
+    assert recipe_key(cfg) == key
+
+
+def test_imagefolder_counts_its_classes_unless_given(tmp_path):
+    c = _resolved(["data=imagefolder"], tmp_path)
+    assert c["data"]["num_classes"] is None and c["model"]["net"]["num_classes"] is None
+    assert _resolved(["data=imagefolder", "data.num_classes=3"], tmp_path)["model"]["net"]["num_classes"] == 3
 
 
 @pytest.mark.parametrize(
@@ -127,6 +284,9 @@ def test_a_key_of_a_group_that_is_off_fails_at_composition_naming_it(overrides, 
         (["decomp=scheme2", "+decomp.lam.start=0.1"], ["decomp.lam.start", "scheme2", "none"]),
         (["+planner.target_speedup=3"], ["planner.", "decomp=plan"]),
         (["+data_recon.steps=10"], ["data_recon.", "missing", "data_recon=default"]),
+        (["+latency.estimator.repeats=3"], ["latency.estimator.repeats is not a setting", "min_rounds"]),
+        (["finetune=ce", "+finetune.temperature=2"], ["finetune.temperature", "finetune.loss=ce", "epochs"]),
+        (["+deploy.fp16=true"], ["deploy.fp16 is not a setting of deploy", "check_images, onnx, opset"]),
     ],
 )
 def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
@@ -147,6 +307,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
         (["data_recon=lstsq", "data_recon.lr=0.1"], "data_recon.lr"),  # no gradient steps
         (["latency.guard=false", "latency.runtime=onnxruntime"], "latency.runtime"),  # nothing times candidates
         (["decomp=plan", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),  # a MAC plan is not timed
+        (["deploy.opset=20"], "deploy.opset"),  # nothing is exported
     ],
 )
 def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(overrides, ignored, tmp_path, tiny_root):

@@ -7,7 +7,9 @@ from torch import nn
 from lrx.compress.fold import FoldError, fold_bn, foldable
 from lrx.lowrank import METHODS
 from lrx.models import AlexNetCIFAR, ResNet20CIFAR
-from tests.helpers.methods import NAMES, fast_options
+from tests.helpers.methods import NAMES, fast_options, one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_bn(channels: int) -> nn.BatchNorm2d:

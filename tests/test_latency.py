@@ -7,13 +7,20 @@ from torch import nn
 from lrx.compress.guard import put_back_slower
 from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
 from lrx.measure.estimator import Estimator
-from lrx.measure.latency import compare, decide_point, layer_inputs, points
+from lrx.measure.latency import compare, conv_names, decide_point, layer_inputs, points
 from lrx.models import AlexNetCIFAR
 from lrx.modes import eval_mode, memory_format
+from tests.helpers.convs import small_model
 from tests.helpers.methods import one_thread  # noqa: F401
-from tests.helpers.timing import QUICK
+from tests.helpers.timing import ON_PARAM_CLOCK, QUICK, param_clock, size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    with param_clock(monkeypatch) as c:
+        yield c
 
 
 def test_layer_inputs_are_the_real_inputs():
@@ -24,41 +31,58 @@ def test_layer_inputs_are_the_real_inputs():
     assert inputs["conv3"].shape == (2, 128, 8, 8)
 
 
-@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
-def test_compare_reports_layers_and_both_speedups(memory_format):
-    net = AlexNetCIFAR().eval()
+def _net_and_approx() -> tuple[nn.Module, nn.Module]:
+    """A small AlexNetCIFAR, and a copy of it with conv3 replaced by Scheme 2."""
+    torch.manual_seed(0)
+    net = AlexNetCIFAR(widths=(16, 24, 32, 32, 24)).eval()
     approx = copy.deepcopy(net)
-    approx.conv3 = LowRankExpConvV2.from_conv(net.conv3, 8)
-    out = compare(net, approx, 32, batch_size=2, estimator=QUICK, memory_format=memory_format)
+    approx.conv3 = LowRankExpConvV2.from_conv(net.conv3, 4)
+    return net, approx
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_compare_reports_every_conv_and_both_speedups(clock, memory_format):
+    """On the parameter clock a module's time is its parameter count, so every speed-up is known."""
+    net, approx = _net_and_approx()
+    out = compare(net, approx, 32, batch_size=2, estimator=ON_PARAM_CLOCK, memory_format=memory_format)
     assert out["setup"]["batch_size"] == 2 and out["setup"]["memory_format"] == memory_format
     assert out["setup"]["device"] == "cpu" and out["setup"]["threads"] == torch.get_num_threads()
+    names = conv_names(net)
     assert [k for k, v in out["layers"].items() if v["replaced"]] == ["conv3"]
-    untouched = out["layers"]["conv1"]
-    assert untouched["baseline_ms"] == untouched["approx_ms"]
-    assert untouched["speedup"] == 1.0 and untouched["speedup_iqr"] == [1.0, 1.0]
-    for rec in (out["layers"]["conv3"], {k[5:]: v for k, v in out.items() if k.startswith("conv_")}):
-        low, high = rec["speedup_iqr"]
-        assert low <= rec["speedup"] <= high and isinstance(rec["unstable"], bool)
-    assert out["model_speedup_iqr"][0] <= out["model_speedup"] <= out["model_speedup_iqr"][1]
-    for timing in (out["conv_timing"], out["model_timing"]):
-        assert QUICK.min_rounds <= timing["rounds"] <= QUICK.max_rounds and timing["threads"] == torch.get_num_threads()
-        assert timing["busy_cores"] is None or timing["busy_cores"] >= 0
+    conv3 = out["layers"]["conv3"]
+    assert conv3["baseline_ms"] == 1e3 * size(net.conv3) and conv3["approx_ms"] == 1e3 * size(approx.conv3)
+    assert conv3["speedup"] == size(net.conv3) / size(approx.conv3) > 1
+    for name in names:  # each conv timed on its own input; an untouched one once, counting on both sides
+        layer = out["layers"][name]
+        assert layer["baseline_ms"] == 1e3 * size(net.get_submodule(name))
+        assert name == "conv3" or layer["approx_ms"] == layer["baseline_ms"]
+    convs = [sum(size(m.get_submodule(n)) for n in names) for m in (net, approx)]
+    assert out["conv_ms"] == {"baseline": 1e3 * convs[0], "approx": 1e3 * convs[1]}
+    assert out["conv_speedup"] == convs[0] / convs[1] and out["conv_speedup_iqr"] == [out["conv_speedup"]] * 2
+    assert out["model_speedup"] == size(net) / size(approx) < out["conv_speedup"]  # the rest of the network counts
+    assert out["model_ms"] == {"baseline": 1e3 * size(net), "approx": 1e3 * size(approx)}
+    assert not out["conv_unstable"] and not out["model_unstable"]
+    for timing in (out["conv_timing"], out["model_timing"]):  # settled at once: every round reads the same
+        assert timing["rounds"] == ON_PARAM_CLOCK.min_rounds and timing["threads"] == torch.get_num_threads()
     assert net.conv1.weight.is_contiguous()  # memory format restored
 
 
-def test_a_network_timed_against_an_exact_copy_of_itself_reads_one_within_its_spread():
-    net = AlexNetCIFAR().eval()
-    estimator = Estimator(warmup_s=0.05, block_s=0.002, min_rounds=40, max_rounds=40)
-    out = compare(net, copy.deepcopy(net), 32, batch_size=2, estimator=estimator)
-    low, high = out["model_speedup_iqr"]
-    assert low <= 1.0 <= high and out["conv_speedup"] == 1.0  # no conv replaced: the same timings on both sides
-    assert out["model_timing"]["rounds"] == 40
+def test_an_exact_copy_reads_one_while_the_machine_changes_speed_between_rounds(clock):
+    """Each round times both networks, so a machine three times slower for a while slows both sides
+    of the rounds it lasts: the speed-up of a network over its exact copy stays 1.0, with no spread."""
+    net = AlexNetCIFAR(widths=(16, 24, 32, 32, 24)).eval()
+    period = 30 * size(net)  # about 15 rounds at full speed, then 5 at a third of it, and so on
+    clock.speed = lambda now: 3 if (now // period) % 2 else 1
+    rounds = Estimator(warmup_s=0.0, block_s=1e-9, min_rounds=40, max_rounds=40)
+    out = compare(net, copy.deepcopy(net), 32, batch_size=2, estimator=rounds)
+    assert out["model_speedup"] == 1.0 and out["model_speedup_iqr"] == [1.0, 1.0]
+    assert out["model_timing"]["rounds"] == 40 and clock.speeds == {1, 3}
 
 
-def test_compare_times_at_the_thread_count_asked_and_restores_torchs():
-    net = AlexNetCIFAR().eval()
+def test_compare_times_at_the_thread_count_asked_and_restores_torchs(clock):
+    net = small_model().eval()
     before = torch.get_num_threads()
-    out = compare(net, net, 32, batch_size=1, estimator=QUICK, threads=before + 1)
+    out = compare(net, net, 8, batch_size=1, estimator=ON_PARAM_CLOCK, threads=before + 1)
     assert out["setup"]["threads"] == before + 1 and out["model_timing"]["threads"] == before + 1
     assert torch.get_num_threads() == before
 

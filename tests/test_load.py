@@ -1,30 +1,88 @@
-"""Other work on the machine: sampling it, and waiting for it to stop before timing."""
+"""Other work on the machine: sampling it, and waiting for it to stop before timing. The machine is
+faked (its CPU ticks, this process's CPU time and the clock), so what is computed is checked exactly."""
 
 import itertools
 import logging
 import os
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from lrx.measure import load
 
 
-def test_busy_cores_sees_a_spinning_process_and_not_its_own_sleep():
-    quiet = load.busy_cores(0.3)
-    with load.busy_neighbours(1):
-        busy = load.busy_cores(0.5)
-    assert 0 <= quiet <= os.cpu_count() and busy >= 0.7
+class FakeMachine:
+    """/proc/stat's busy seconds of all cores, this process's CPU seconds and the clock, advanced by
+    :meth:`run` (and by lrx.measure.load's sleeps, while other processes keep ``others`` cores busy)."""
+
+    def __init__(self, monkeypatch):
+        self.busy_s, self.own_s, self.now, self.others = 100.0, 10.0, 1000.0, 0.0
+        monkeypatch.setattr(load, "_busy_ticks", lambda: (self.busy_s, self.now))
+        monkeypatch.setattr(load, "_own_cpu_s", lambda: self.own_s)
+        clock = SimpleNamespace(monotonic=lambda: self.now, sleep=lambda seconds: self.run(seconds, self.others))
+        monkeypatch.setattr(load, "time", clock)
+
+    def run(self, seconds: float, others: float, own: float = 0.0) -> None:
+        """``seconds`` pass while other processes keep ``others`` cores busy and this one ``own``."""
+        self.now += seconds
+        self.busy_s += (others + own) * seconds
+        self.own_s += own * seconds
 
 
-def test_a_meter_counts_other_processes_but_not_this_ones_own_work():
+@pytest.fixture
+def machine(monkeypatch):
+    return FakeMachine(monkeypatch)
+
+
+def test_a_meter_counts_other_processes_but_not_this_ones_own_work(machine):
     meter = load.Meter().start()
-    sum(i * i for i in range(3_000_000))  # this process keeps a core busy
-    own = meter.busy()
-    with load.busy_neighbours(1):
-        meter = load.Meter().start()
-        sum(i * i for i in range(3_000_000))
-        others = meter.busy()
-    assert own < 0.5 and others >= 0.5
+    machine.run(2.0, others=0.0, own=1.0)  # this process keeps a core busy, alone
+    assert meter.busy() == 0.0
+    meter = load.Meter().start()
+    machine.run(2.0, others=1.5, own=1.0)
+    assert meter.busy() == 1.5
+
+
+def test_a_meter_reads_at_most_every_core_and_never_below_zero(machine):
+    meter = load.Meter().start()
+    machine.run(1.0, others=os.cpu_count() + 3)
+    assert meter.busy() == load.cores()
+    meter = load.Meter().start()
+    machine.run(1.0, others=0.0, own=1.0)
+    machine.own_s += 0.5  # CPU time counted for this process before /proc/stat has it
+    assert meter.busy() == 0.0
+
+
+def test_busy_cores_samples_other_processes_while_this_one_sleeps(machine):
+    machine.others = 0.75
+    assert load.busy_cores(0.5) == 0.75 and machine.now == 1000.5
+
+
+def test_without_proc_stat_the_load_is_unknown(machine, monkeypatch):
+    monkeypatch.setattr(load, "_busy_ticks", lambda: None)
+    assert load.Meter().start().busy() is None
+    assert load.wait_for_quiet(60, "anything") == {"busy_cores": [None], "waited_s": 0.5, "quiet": True}
+
+
+def test_proc_stat_is_read_as_busy_seconds_of_all_cores(monkeypatch, tmp_path):
+    """user nice system idle iowait irq softirq steal: everything but idle and iowait is busy."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  300 20 100 5000 80 5 7 0 0 0\ncpu0 150 10 50 2500 40 2 3 0 0 0\n")
+    real_open = open
+    monkeypatch.setattr(
+        load, "open", lambda path, *a: real_open(stat if path == "/proc/stat" else path, *a), raising=False
+    )
+    busy, _ = load._busy_ticks()
+    assert busy == pytest.approx(432 / os.sysconf("SC_CLK_TCK"))
+    stat.unlink()
+    assert load._busy_ticks() is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs /proc/stat (Linux)")
+def test_the_real_proc_stat_is_read():
+    before, after = load._busy_ticks(), load._busy_ticks()
+    assert 0 < before[0] <= after[0] and before[1] <= after[1]
 
 
 @pytest.mark.parametrize(

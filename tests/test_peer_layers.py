@@ -4,7 +4,6 @@ test_lowrank_layers.py.)"""
 
 import json
 import re
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -15,20 +14,10 @@ from lrx.lowrank import METHODS, DecompositionError, decompose, validate
 from lrx.lowrank.methods.cp import CPConv, solve_cp
 from lrx.lowrank.methods.tucker2 import Tucker2Conv, solve_tucker2
 from lrx.lowrank.vbmf import evbmf_rank, tucker2_ranks
+from tests.helpers.convs import small_model
 from tests.helpers.methods import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def small_model():
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(3, 8, 3, padding=1),
-            act=nn.ReLU(),
-            conv2=nn.Conv2d(8, 12, 3, stride=2, padding=1),
-            pool=nn.AdaptiveAvgPool2d(1),
-        )
-    )
 
 
 def test_error_non_increasing_in_rank_and_over_rounds():

@@ -2,6 +2,7 @@
 reconstruction and fine-tuning fit only the layers that stay."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from torch import nn
 
 import lrx.measure.latency
 import lrx.run.stages
+from lrx.io import PROJECT
 from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
 from lrx.measure.complexity import complexity
 from lrx.measure.latency import conv_names
@@ -20,6 +22,11 @@ from lrx.run.job import prepare
 from lrx.run.stages import run
 from tests.conftest import REPO, compose_cfg
 from tests.helpers.data import smoke_args
+from tests.helpers.methods import one_thread  # noqa: F401
+from tests.helpers.timing import QUICK, QUICK_OVERRIDES, param_clock, size
+
+# The networks are tiny: on a CPU shared with other work, a second thread only waits for its turn.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _exact(speedup: float, prefix: str = "") -> dict:
@@ -54,18 +61,34 @@ def _threads() -> str:
     return f"{n} thread{'s' if n > 1 else ''}"
 
 
-def _run(tmp_path, root, *overrides) -> dict:
-    """The pipeline in-process on experiment=smoke over ``root``, as lrx.train runs it."""
-    cfg = compose_cfg([*smoke_args(root), *overrides, f"baseline.cache_dir={tmp_path}"], run_dir=tmp_path)
-    with open_dict(cfg):
-        del cfg["hydra"]  # as lrx.train receives it
-    return run(prepare(cfg), tmp_path)
+# Fewer data-reconstruction steps and quick timings: the tests check what the stages do and record.
+FEW = ["model.net.widths=[16,24,32,32,24]", "data_recon.steps=2", *QUICK_OVERRIDES]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One baseline cache for the module: the baseline is trained once, by the first run."""
+    return tmp_path_factory.mktemp("baselines")
+
+
+@pytest.fixture
+def run_in(tmp_path, tiny_root, cache_dir):
+    """The pipeline in-process on experiment=smoke over the tiny data, as lrx.train runs it; returns
+    its results (its folder: ``tmp_path``)."""
+
+    def run_with(*overrides) -> dict:
+        cfg = compose_cfg([*smoke_args(tiny_root), *FEW, *overrides, f"baseline.cache_dir={cache_dir}"], tmp_path)
+        with open_dict(cfg):
+            del cfg["hydra"]  # as lrx.train receives it
+        return run(prepare(cfg), tmp_path)
+
+    return run_with
 
 
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
-def test_guard_decides_before_data_reconstruction_and_finetuning(tmp_path, monkeypatch, tiny_root, conv2_speedup):
+def test_guard_decides_before_data_reconstruction_and_finetuning(monkeypatch, run_in, conv2_speedup):
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(conv2_speedup))
-    results = _run(tmp_path, tiny_root)
+    results = run_in()
     (layer,) = results["layers"]
     if conv2_speedup < 1:  # put back: the fitting stages have nothing left to fit, the model is the baseline
         assert list(results["stages"]) == ["filter", "guard"]
@@ -78,7 +101,7 @@ def test_guard_decides_before_data_reconstruction_and_finetuning(tmp_path, monke
         assert results["final"]["macs"] < results["baseline"]["macs"]
 
 
-def test_the_guard_decides_in_the_configured_runtime(tmp_path, monkeypatch, tiny_root):
+def test_the_guard_decides_in_the_configured_runtime(monkeypatch, run_in):
     pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
     fake, runtimes = _fake_compare(0.5), []
 
@@ -87,7 +110,7 @@ def test_the_guard_decides_in_the_configured_runtime(tmp_path, monkeypatch, tiny
         return fake(*args, **kwargs)
 
     monkeypatch.setattr(lrx.measure.latency, "compare", compare)
-    results = _run(tmp_path, tiny_root, "latency.runtime=onnxruntime", "latency.batch_sizes=[1,4]")
+    results = run_in("latency.runtime=onnxruntime", "latency.batch_sizes=[1,4]")
     (layer,) = results["layers"]
     at = f"onnxruntime-cpu, {_threads()}, batch 4"
     assert layer["guard"] == {"speedup": 0.5, "speedup_iqr": [0.5, 0.5], "at": at} and layer["kept"] is False
@@ -95,7 +118,7 @@ def test_the_guard_decides_in_the_configured_runtime(tmp_path, monkeypatch, tiny
     assert runtimes == ["onnxruntime", "torch", "torch"]  # the guard, then the final timing at each batch size
 
 
-def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypatch, tiny_root):
+def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(monkeypatch, run_in):
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
     acc1 = {"baseline": 90.0, "filter": 70.0, "data": 85.0, "finetune": 40.0}  # fine-tuning diverged
     monkeypatch.setattr(
@@ -116,20 +139,26 @@ def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(tmp_path, monkeypa
     real_timings = lrx.run.stages._timings
     monkeypatch.setattr(lrx.run.stages, "_fit_approximation", ruinous_finetune)
     monkeypatch.setattr(lrx.run.stages, "_timings", timings)
-    results = _run(tmp_path, tiny_root, "latency.guard=false")
+    results = run_in("latency.guard=false")
     assert list(results["stages"]) == ["filter", "data", "finetune"] and results["finetune_reverted"] is True
     assert results["final"]["acc1"] == 85.0  # the model handed back is the one from before fine-tuning
     assert before and all(torch.equal(timed[k], v) for k, v in before.items())
 
 
-def test_the_final_network_is_saved_and_can_be_timed_again(tmp_path, monkeypatch, tiny_root):
+def test_the_final_network_is_saved_and_loads_back(tmp_path, monkeypatch, run_in):
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
-    results = _run(tmp_path, tiny_root)
+    results = run_in()
     baseline, final, loaded = load_models(tmp_path)
     assert isinstance(final.conv2, LowRankExpConvV1) and type(baseline.conv2) is nn.Conv2d
     assert not final.training and not baseline.training
     assert complexity(final, 32)["macs"] == results["final"]["macs"] == loaded["final"]["macs"]
     assert complexity(baseline, 32)["macs"] == results["baseline"]["macs"]
+
+
+@pytest.mark.slow
+def test_a_finished_run_can_be_timed_again(tmp_path, monkeypatch, run_in):
+    monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
+    results = run_in()
     recorded = (tmp_path / "results.json").read_text()
     res = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "retime.py"), str(tmp_path), "--rounds", "2"],
@@ -141,6 +170,7 @@ def test_the_final_network_is_saved_and_can_be_timed_again(tmp_path, monkeypatch
     retimed = json.loads((tmp_path / "retime.json").read_text())
     assert len(retimed["conv_speedup"]["rounds"]) == 2 and retimed["conv_speedup"]["min"] > 0
     (point,) = retimed["points"].values()
+    baseline, _, _ = load_models(tmp_path)
     assert set(point["layers"]) == set(conv_names(baseline)) and len(point["conv_speedup_iqr"]) == 2
     assert retimed["recorded"]["conv"] == results["speedup"]["conv"]["cpu"]  # the fake timing the run recorded
     assert (tmp_path / "results.json").read_text() == recorded  # left as it was
@@ -153,38 +183,49 @@ def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_pa
     (tmp_path / "results.json").write_text(
         json.dumps({"status": "complete", "baseline": {"origin": {"path": "gone.pt"}}})
     )
-    with pytest.raises(ValueError, match="'gone.pt', is not there"):
+    with pytest.raises(ValueError, match=re.escape(f"{str(PROJECT / 'gone.pt')!r}, is not there")):  # under the project
         load_models(tmp_path)
 
 
 @pytest.mark.parametrize("conv2_speedup", [0.5, 2.0])
-def test_every_setting_where_the_final_model_is_slower_is_named(tmp_path, monkeypatch, tiny_root, conv2_speedup):
+def test_every_setting_where_the_final_model_is_slower_is_named(monkeypatch, run_in, conv2_speedup):
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(conv2_speedup))
-    results = _run(tmp_path, tiny_root, "latency.guard=false")  # conv2 stays, even when slower
+    results = run_in("latency.guard=false")  # conv2 stays, even when slower
     conv = 5 / (4 + 1 / conv2_speedup)  # five convs of 1 ms, conv2 replaced
     slower = f"cpu, {_threads()}, batch {{}}: conv {conv:.2f}x, model 1.00x; layers slower: conv2 {conv2_speedup:.2f}x"
     expected = [slower.format(bs) for bs in (1, 32)] if conv2_speedup < 1 else []
     assert results["slower_than_baseline"] == expected
 
 
-def test_a_smoke_run_with_nothing_replaced_reads_one_within_its_spread_at_every_point(tmp_path, tiny_root):
-    """The baseline timed against itself: every conv counts on both sides (exactly 1.00x) and the
-    whole model reads 1.00x inside its interquartile range, with how it was measured."""
-    rounds = ["latency.estimator.min_rounds=30", "latency.estimator.max_rounds=30", "latency.estimator.block_s=0.002"]
-    results = _run(tmp_path, tiny_root, "decomp=none", "latency.batch_sizes=[2]", "callbacks.cost=null", *rounds)
+def test_every_point_records_the_speedups_its_timings_give(tmp_path, monkeypatch, run_in):
+    """On the parameter clock (a module takes its parameter count in seconds) the final timings are
+    known exactly: at every point, conv2's speed-up is its parameter ratio, the conv speed-up the
+    convs' (the untouched ones counting on both sides) and the model's the networks', without spread."""
+    with param_clock(monkeypatch):  # Scheme 2: no execution to choose, so nothing else is timed
+        results = run_in("decomp=scheme2", "latency.guard=false", "latency.batch_sizes=[1,2]", "callbacks.cost=null")
+    baseline, final, _ = load_models(tmp_path)
+    names = conv_names(baseline)
+    convs = [sum(size(net.get_submodule(n)) for n in names) for net in (baseline, final)]
+    expected = {
+        "conv2": size(baseline.conv2) / size(final.conv2),
+        "conv": convs[0] / convs[1],
+        "model": size(baseline) / size(final),
+    }
+    assert expected["conv2"] > expected["conv"] > expected["model"] > 1
     recorded = json.loads((tmp_path / "results.json").read_text())
-    assert results["slower_than_baseline"] == [] and recorded["load"]["final"]["busy_cores"]
-    for where, t in lrx.measure.latency.points(recorded["latency"]):
-        assert t["conv_speedup"] == 1.0 and t["conv_speedup_iqr"] == [1.0, 1.0], where
-        low, high = t["model_speedup_iqr"]
-        assert low <= 1.0 <= high, (where, t["model_speedup"], low, high)
+    points = lrx.measure.latency.points(recorded["latency"])
+    assert [where for where, _ in points] == [f"cpu, {_threads()}, batch {bs}" for bs in (1, 2)]
+    for where, t in points:
+        measured = {"conv2": t["layers"]["conv2"]["speedup"], "conv": t["conv_speedup"], "model": t["model_speedup"]}
+        assert measured == expected, where
+        assert t["conv_speedup_iqr"] == [expected["conv"]] * 2 and t["model_speedup_iqr"] == [expected["model"]] * 2
+        assert all(t["layers"][n]["speedup"] == 1.0 for n in names if n != "conv2")
         for timing in (t["conv_timing"], t["model_timing"]):
-            assert timing["rounds"] == 30 and timing["threads"] == torch.get_num_threads() and "busy_cores" in timing
-        for layer in t["layers"].values():
-            assert {"speedup", "speedup_iqr", "unstable", "rounds"} <= set(layer)
+            assert timing["rounds"] == QUICK.min_rounds and timing["threads"] == torch.get_num_threads()
+    assert results["speedup"]["conv"]["cpu"] == expected["conv"] and results["slower_than_baseline"] == []
 
 
-def test_with_fold_bn_both_networks_are_also_timed_folded_beside_the_unfolded_figures(tmp_path, monkeypatch, tiny_root):
+def test_with_fold_bn_both_networks_are_also_timed_folded_beside_the_unfolded_figures(monkeypatch, run_in):
     timed = []
     fake = _fake_compare(2.0)
 
@@ -193,7 +234,7 @@ def test_with_fold_bn_both_networks_are_also_timed_folded_beside_the_unfolded_fi
         return fake(baseline, approx, *args, **kwargs)
 
     monkeypatch.setattr(lrx.measure.latency, "compare", compare)
-    results = _run(tmp_path, tiny_root, "latency.fold_bn=true", "latency.guard=false")
+    results = run_in("latency.fold_bn=true", "latency.guard=false")
     folded = "cpu (BN folded)"
     assert set(results["latency"]) == {"cpu", folded} and set(results["speedup"]["conv"]) == {"cpu", folded}
     assert results["speedup"]["model"][folded] == 1.0 and timed == [True, True, False, False]  # batch 1 and 32

@@ -6,6 +6,9 @@ from lrx.compress.planner import _grid, plan
 from lrx.lowrank import METHODS, ConvGeometry, DecompositionError, decompose, method_class, validate
 from lrx.models import AlexNetCIFAR
 from tests.conftest import compose_cfg
+from tests.helpers.methods import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ranks(bases) -> list[int]:
@@ -35,7 +38,7 @@ def test_the_rounded_bases_are_what_is_installed():
     assert [r["bases"] for r in records] == [32, 96]
 
 
-@pytest.mark.parametrize("method", ["scheme2", "tucker2", "cp", "channel_svd"])
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_planner_candidate_is_a_multiple(method):
     conv = AlexNetCIFAR().conv4
     grid = _grid(conv, [method], 8)

@@ -2,7 +2,6 @@
 and a method defined here registering itself and being used by surgery like the built-in ones."""
 
 import copy
-from collections import OrderedDict
 from contextlib import contextmanager
 
 import pytest
@@ -19,6 +18,7 @@ from lrx.lowrank.methods.cp import CPConv
 from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
 from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
 from lrx.lowrank.methods.tucker2 import Tucker2Conv
+from tests.helpers.convs import small_model
 
 BUILT_IN = {
     "scheme1": LowRankExpConvV1,
@@ -92,16 +92,6 @@ def define_toy(name: str = "toy_dense", aliases: tuple = ("toy",)) -> type[LowRa
             return self.conv(x)
 
     return ToyDense
-
-
-def small_model():
-    return nn.Sequential(
-        OrderedDict(
-            conv1=nn.Conv2d(3, 8, 3, padding=1),
-            act=nn.ReLU(),
-            conv2=nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False),
-        )
-    )
 
 
 def test_the_built_in_methods_in_their_order():

@@ -21,6 +21,7 @@ from lrx.run.job import prepare
 from lrx.run.train import finished
 from tests.conftest import REPO, compose_cfg, run_train
 from tests.helpers.data import smoke_args
+from tests.helpers.methods import NAMES, fast_options
 
 RESNET18 = ["model.net._target_=torchvision.models.resnet18", "~model.net.widths"]
 
@@ -108,16 +109,17 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, tiny_root, m
     assert not list(tmp_path.rglob(RESULTS)) and not (tmp_path / "baselines").exists()
 
 
-@pytest.mark.parametrize("method", ["scheme1", "scheme2"])
+@pytest.mark.parametrize("method", NAMES)
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_baseline_weight_stops_filter_reconstruction(tmp_path, method, value):
-    state = AlexNetCIFAR().state_dict()
+    small = (16, 24, 32, 32, 24)
+    state = AlexNetCIFAR(widths=small).state_dict()
     state["conv3.weight"][5, 7, 1, 1] = value
     torch.save(state, tmp_path / "baseline.pt")
-    net = AlexNetCIFAR()
+    net = AlexNetCIFAR(widths=small)
     load_state_dict(net, tmp_path / "baseline.pt")
     with pytest.raises(DecompositionError, match=r"filter reconstruction of layer 'conv3'.*NaN/Inf"):
-        decompose(net, ["conv2", "conv3"], method, 4, **({"lam_steps": 2} if method == "scheme1" else {}))
+        decompose(net, ["conv2", "conv3"], method, 4, **fast_options(method))
     assert type(net.conv2) is nn.Conv2d and type(net.conv3) is nn.Conv2d  # nothing replaced
 
 

@@ -9,6 +9,9 @@ from torchvision.models import resnet18, vgg11
 from lrx.lowrank import DecompositionError, decompose, validate
 from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
 from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from tests.helpers.methods import one_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Data reconstruction (DESIGN.md section 3): optimise each approximated layer so that it
+"""Data reconstruction (docs/DESIGN.md, section 2): optimise each approximated layer so that it
 reproduces the ORIGINAL layer's outputs on training data, one layer at a time, in network order.
 
 Filter reconstruction fits the approximation to the original kernel and ignores the data; here

@@ -93,8 +93,9 @@ class ImageFolderDataModule(ImageDataModule):
 
     Training images: ``RandomResizedCrop(input_size)`` + horizontal flip (``augment=False``: the
     evaluation transform instead); validation, test and calibration images: ``Resize(resize_size)``
-    (shorter side) + ``CenterCrop(input_size)``. ``num_classes`` is required and must equal the
-    number of class folders, so that a config's model and data agree before training. ``val_size``
+    (shorter side) + ``CenterCrop(input_size)``. ``num_classes`` is the number of class folders:
+    None counts them at setup; a number given must equal it, so that a config's model and data agree
+    before training. ``val_size``
     (single layout only): a number of images (int >= 1) or a fraction of them (float in (0, 1));
     either way at least one image must be left to train on. ``verify_images=False`` skips the
     per-file check of setup (it opens every file once: minutes for ImageNet on a slow disk).
@@ -104,7 +105,7 @@ class ImageFolderDataModule(ImageDataModule):
         self,
         root: str | None = None,
         *,
-        num_classes: int,
+        num_classes: int | None = None,
         name: str = "imagefolder",
         input_size: int = 224,
         resize_size: int = 256,
@@ -118,7 +119,7 @@ class ImageFolderDataModule(ImageDataModule):
     ):
         super().__init__(
             name=name,
-            num_classes=num_classes,
+            num_classes=2 if num_classes is None else num_classes,  # checked now if given, else counted
             input_size=input_size,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
@@ -136,6 +137,7 @@ class ImageFolderDataModule(ImageDataModule):
                 f"an integer >= data.input_size={input_size} (images are "
                 "resized to it, then centre-cropped to input_size)",
             )
+        self.num_classes = num_classes
         self.root = Path(root or default_root()).expanduser()
         self.resize_size, self.augment, self.verify_images = resize_size, augment, verify_images
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
@@ -180,6 +182,8 @@ class ImageFolderDataModule(ImageDataModule):
 
     def build_datasets(self) -> Splits:
         folder, classes, train, val, test = self._samples()
+        if self.num_classes is None:
+            self.num_classes = len(classes)
         if len(classes) != self.num_classes:
             raise invalid(
                 "num_classes",

@@ -8,12 +8,16 @@ Every error is a DecompositionError (a ValueError) naming the bad value and what
 raised before any layer is solved or replaced.
 """
 
+import logging
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 
 from torch import nn
+from tqdm.auto import tqdm
 
 from lrx.lowrank.base import ConvGeometry, DecompositionError, check_conv, check_finite, is_decomposable, method_class
+
+log = logging.getLogger(__name__)
 
 
 def _convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
@@ -141,10 +145,20 @@ def decompose(model: nn.Module, layers, method, bases, rank_multiple: int = 1, *
         check_finite(conv, name)
     cls = method_class(method)
     records = []
-    for name, conv, b in plan:
+    for name, conv, b in tqdm(plan, desc=f"filter reconstruction ({cls.method})", unit="layer", leave=False):
         layer = cls.from_conv(conv, b, **options)
         model.set_submodule(name, layer)
         records.append(layer_record(name, conv, layer))
+        r = records[-1]
+        log.info(
+            "filter reconstruction of %s: %s %s, relative error %.3f, %.2fx fewer MACs, %.2f s",
+            name,
+            cls.method,
+            r["bases"],
+            r["rel_error"],
+            r["macs_speedup"],
+            r["solve_time_s"],
+        )
     return records
 
 

@@ -7,7 +7,7 @@ and ``torch.inference_mode()``, at a given torch thread count.
 ``runtime="onnxruntime"`` times each module instead as its own ONNX graph in ONNX Runtime (CPU,
 every graph optimisation, the same thread count; :mod:`lrx.runtime.onnxruntime`), on the same input.
 
-Two speed-ups are named the same everywhere (DESIGN.md, section 4):
+Two speed-ups are named the same everywhere (docs/DESIGN.md, section 3):
 - conv speed-up: summed latency of ALL conv layers of the baseline / the same sum for the
   approximated model, each layer timed on its real input shape (a replaced layer as its whole
   low-rank module; an untouched conv is timed once and counts on both sides), per round;

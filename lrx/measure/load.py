@@ -20,6 +20,8 @@ import sys
 import time
 from contextlib import contextmanager
 
+from tqdm.auto import tqdm
+
 log = logging.getLogger(__name__)
 
 QUIET = 0.5  # busy cores below this count as a quiet machine
@@ -74,9 +76,21 @@ def wait_for_quiet(max_wait_s: float, what: str) -> dict:
     Returns ``{"busy_cores": [samples], "waited_s", "quiet"}``; when the machine stays busy, logs
     a warning that says so (the measurement goes ahead and its record carries ``quiet: false``)."""
     start, samples = time.monotonic(), [busy_cores(0.5 if max_wait_s > 0 else 0.1)]
-    while samples[-1] is not None and samples[-1] >= QUIET and time.monotonic() - start < max_wait_s:
-        samples.append(busy_cores(1.0))
-    quiet = samples[-1] is None or samples[-1] < QUIET
+    busy = lambda: samples[-1] is not None and samples[-1] >= QUIET
+    if busy() and max_wait_s > 0:
+        log.info(
+            "other work keeps %.1f of %d cores busy: waiting up to %.0f s for a quiet machine before timing %s",
+            samples[-1],
+            cores(),
+            max_wait_s,
+            what,
+        )
+        with tqdm(total=round(max_wait_s), desc=f"waiting for a quiet machine ({what})", unit="s", leave=False) as bar:
+            while busy() and time.monotonic() - start < max_wait_s:
+                samples.append(busy_cores(1.0))
+                bar.update(1)
+                bar.set_postfix(busy_cores=f"{samples[-1]:.1f}" if samples[-1] is not None else "?")
+    quiet = not busy()
     waited = round(time.monotonic() - start, 1)
     if not quiet:
         log.warning(

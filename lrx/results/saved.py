@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from lrx.io import save_torch
+from lrx.io import PROJECT, save_torch
 from lrx.lowrank import LowRankConv
 from lrx.results.files import MODEL, RESULTS, read_finished
 
@@ -124,12 +124,9 @@ def load_models(run_dir: str | Path) -> tuple[nn.Module, nn.Module, dict]:
         raise ValueError(f"{run_dir} holds no finished run: {why}")
     if not (run_dir / MODEL).is_file():
         raise ValueError(f"{run_dir} has no {MODEL} (runs made before lrx saved the final network have none)")
-    checkpoint = Path(results["baseline"]["origin"]["path"])
+    checkpoint = PROJECT / results["baseline"]["origin"]["path"]  # an absolute path stays as it is
     if not checkpoint.is_file():
-        raise ValueError(
-            f"the baseline of {run_dir}, {str(checkpoint)!r}, is not there; a relative path is "
-            f"relative to the directory the run was started in: run from there"
-        )
+        raise ValueError(f"the baseline of {run_dir}, {str(checkpoint)!r}, is not there")
     final = load_network(run_dir / MODEL)
     baseline = instantiate(OmegaConf.create(results["config"]["model"]["net"]))
     load_state_dict(baseline, checkpoint)

@@ -29,11 +29,12 @@ from lrx.io import save_torch
 from lrx.modes import eval_mode
 from lrx.results.saved import load_state_dict
 from lrx.run.module import Classifier
+from lrx.run.schema import project_path
 
 log = logging.getLogger(__name__)
 
 # Keys that do not change the trained weights, left out of the cache key.
-_MODEL_NON_RECIPE = {"default_layers"}
+_MODEL_NON_RECIPE = {"default_layers", "checkpoints"}
 _DATA_NON_RECIPE = {"root", "num_workers", "download", "eval_batch_size"}
 _TRAINER_NON_RECIPE = {
     "accelerator",
@@ -142,10 +143,11 @@ def train(cfg: DictConfig, net: nn.Module, datamodule, logger, callbacks, checkp
 
 
 def get_baseline(cfg: DictConfig, net: nn.Module, datamodule, logger=None, callbacks=()) -> dict:
-    """Fill ``net`` with baseline weights; returns where they came from and how they were made."""
+    """Fill ``net`` with baseline weights; returns where they came from (``path``: relative to the
+    project when inside it, else absolute) and how they were made."""
     if cfg.baseline.ckpt:
         load_state_dict(net, cfg.baseline.ckpt, "baseline.ckpt")
-        return {"source": "checkpoint", "path": str(cfg.baseline.ckpt)}
+        return {"source": "checkpoint", "path": project_path(cfg.baseline.ckpt)}
     key = recipe_key(cfg)
     folder = Path(cfg.baseline.cache_dir) / key
     path = folder / "baseline.pt"
@@ -154,10 +156,10 @@ def get_baseline(cfg: DictConfig, net: nn.Module, datamodule, logger=None, callb
         meta = _load_cached(net, path, key)
         if meta is not None:
             log.info("baseline loaded from cache %s", path)
-            return {"source": "cache", "path": str(path), **meta}
+            return {"source": "cache", "path": project_path(path), **meta}
         log.info("training baseline %s (cached at %s)", key, path)
         torch.manual_seed(cfg.seed)
         meta = train(cfg, net, datamodule, logger, list(callbacks), folder)
         check_finite_network(net, f"baseline {key}, just trained (not cached)")  # a diverged training is not kept
         save_torch(path, {"key": key, "recipe": recipe(cfg), "meta": meta, "state_dict": net.state_dict()})
-    return {"source": "trained", "path": str(path), **meta}
+    return {"source": "trained", "path": project_path(path), **meta}

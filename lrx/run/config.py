@@ -1,11 +1,12 @@
-"""The config's schema, checked before any work: every group's keys, types, ranges and allowed
-values, and the combinations.
+"""The config's checks before any work, beyond its schema: ranges, allowed values, the
+combinations, and the options of each method (through the method registry).
 
-:func:`check` runs first in every run (nothing is read, trained, solved or written before it).
-A bad value is a :class:`ConfigError` that names the full key, the value and what would be
-valid. A key that has no effect in the chosen combination is an error too; in a sweep, where one
-config drives several methods, it is instead one warning that lists the ignored keys (the run
-keeps them in ``results.json`` as ``ignored_keys``).
+The keys, types and defaults of the groups are :mod:`lrx.run.schema`'s, which Hydra applies at
+composition. :func:`check` runs first in every run (nothing is read, trained, solved or written
+before it). A bad value is a :class:`ConfigError` that names the full key, the value and what
+would be valid. A key that has no effect in the chosen combination is an error too; in a sweep,
+where one config drives several methods, it is instead one warning that lists the ignored keys
+(the run keeps them in ``results.json`` as ``ignored_keys``).
 
 Groups that are off are absent (``decomp=none`` has no ``decomp.bases``, ``data_recon`` and
 ``finetune`` are absent unless selected, ``planner`` comes only with ``decomp=plan``), so Hydra
@@ -14,8 +15,9 @@ itself refuses a key set for them; the checks here catch what gets in through ``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import fields
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -25,35 +27,17 @@ from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.measure.estimator import FIELDS as ESTIMATOR_KEYS
 from lrx.measure.latency import MEMORY_FORMATS, RUNTIMES, thread_counts
+from lrx.run import schema
+from lrx.run.callbacks import ModelCost
 from lrx.run.module import LOSSES
 from lrx.runtime.onnxruntime import require_onnx
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
-DECOMP_KEYS = {"method", "layers", "bases", "rank_multiple"}  # any other key of a method's node: its option
 PLAN_ERRORS = ("data", "kl", "filter")
 PLAN_METRICS = ("macs", "latency")
-PLANNER_KEYS = {"target_speedup", "metric", "closed_loop_rounds", "error", "samples", "methods", "options"}
-DATA_RECON_KEYS = {"mode", "batches", "holdout_batches", "lstsq", "batch_size", "steps", "lr", "optimizer"}
-FINETUNE_KEYS = {"epochs", "loss", "optimizer", "scheduler"}
-KD_KEYS = {"temperature", "kd_alpha"}
-LATENCY_KEYS = {
-    "batch_sizes",
-    "threads",
-    "decide_at",
-    "memory_format",
-    "estimator",
-    "quiet_wait_s",
-    "guard",
-    "fold_bn",
-    "runtime",
-}
-DECIDE_AT_KEYS = {"batch_size", "threads"}
-DEPLOY_KEYS = {"onnx", "opset", "check_images"}
 MIN_OPSET = 18  # the dynamo exporter's lowest
-BASELINE_KEYS = {"ckpt", "cache_dir"}
-MODEL_COST = "lrx.run.callbacks.ModelCost"  # the callback that times the network, as latency.* does
-MODEL_COST_KEYS = {"_target_", "input_size", "batch_size", "memory_format", "estimator"}
+MODEL_COST = f"{ModelCost.__module__}.{ModelCost.__qualname__}"  # the callback that times the network, as latency.*
+MODEL_COST_KEYS = {"_target_", *inspect.signature(ModelCost).parameters}
 TRAINER_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
 
 
@@ -83,13 +67,14 @@ def _choice(node: Mapping, group: str, key: str, valid) -> None:
         raise _bad(f"{group}.{key}", node[key], ", ".join(map(str, valid)))
 
 
-def _bool(node: Mapping, group: str, key: str) -> None:
-    if not isinstance(node[key], bool):
-        raise _bad(f"{group}.{key}", node[key], "true or false")
+def _names(dataclass: type) -> set[str]:
+    """The keys of a schema (:mod:`lrx.run.schema`)."""
+    return {f.name for f in fields(dataclass)}
 
 
 def _keys(node: Mapping, group: str, allowed: set, why: str = "") -> None:
-    """Every key present and none unknown: an unknown one would be silently ignored."""
+    """Every key present and none unknown: one added with ``+`` would be silently ignored, and a
+    group assembled from ``+`` keys misses the others."""
     unknown = sorted(set(node) - allowed)
     if unknown:
         raise ConfigError(
@@ -121,11 +106,12 @@ def flat_options(node: Mapping, prefix: str) -> tuple[dict, dict]:
 
 
 def _checked_options(node: Mapping, prefix: str) -> tuple[dict, list[str]]:
-    """The solver options of the method ``node`` configures (its keys but method, layers, bases,
-    rank_multiple), checked by the method itself (errors name the config keys), and those of them
-    that have no effect given the others (each with the reason)."""
+    """The solver options of the method ``node`` configures (its keys but those of the schema
+    every method shares), checked by the method itself (errors name the config keys), and those
+    of them that have no effect given the others (each with the reason)."""
     cls = method_class(node["method"])
-    options, names = flat_options({k: v for k, v in node.items() if k not in DECOMP_KEYS}, prefix)
+    shared = _names(schema.DecompMethod)
+    options, names = flat_options({k: v for k, v in node.items() if k not in shared}, prefix)
     try:
         merged = cls.check_options(options, names)
     except DecompositionError as e:
@@ -138,16 +124,11 @@ def method_options(node: Mapping, prefix: str = "decomp") -> dict:
     return _checked_options(node, prefix)[0]
 
 
-def _defaults(group: str, option: str) -> dict:
-    """The values of ``conf/<group>/<option>.yaml`` (what a key is when nobody set it)."""
-    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"))
-
-
-def _changed_from_defaults(node: Mapping, group: str, option: str, keys, why: str) -> list[str]:
-    """``group.key (why)`` for each of ``keys`` whose value differs from ``conf/<group>/<option>.yaml``'s:
-    a key somebody set, in a combination where it has no effect."""
-    defaults = _defaults(group, option)
-    return [f"{group}.{k} ({why})" for k in keys if k in node and k in defaults and node[k] != defaults[k]]
+def _changed_from_defaults(node: Mapping, group: str, defaults: type, keys, why: str) -> list[str]:
+    """``group.key (why)`` for each of ``keys`` whose value differs from its default in the schema
+    ``defaults``: a key somebody set, in a combination where it has no effect."""
+    default = defaults()
+    return [f"{group}.{k} ({why})" for k in keys if node[k] != getattr(default, k)]
 
 
 def _check_decomp(c: dict, ignored: list[str]) -> None:
@@ -155,15 +136,10 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
     method = d.get("method")
     valid = f"{', '.join(METHODS)}, {PLAN} or {KEEP}"
     if method == KEEP:
-        _keys(d, "decomp", {"method"}, " with decomp=none (the baseline is kept, nothing is replaced)")
+        _keys(d, "decomp", _names(schema.Decomp), " with decomp=none (the baseline is kept, nothing is replaced)")
         return
     if method == PLAN:
-        _keys(
-            d,
-            "decomp",
-            {"method", "layers", "rank_multiple"},
-            " with decomp=plan (the planner chooses methods and bases)",
-        )
+        _keys(d, "decomp", _names(schema.DecompPlan), " with decomp=plan (the planner chooses methods and bases)")
         _int(d, "decomp", "rank_multiple", 1)
         if "planner" not in c:
             raise ConfigError("decomp=plan needs the planner group (select decomp=plan, which adds it)")
@@ -172,9 +148,9 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
         method_class(method)
     except DecompositionError:
         raise _bad("decomp.method", method, valid) from None
-    for key in ("layers", "bases", "rank_multiple"):
-        if key not in d:
-            raise ConfigError(f"decomp.{key} is missing for decomp.method={method}")
+    missing = sorted(_names(schema.DecompMethod) - set(d))
+    if missing:
+        raise ConfigError(f"decomp.{missing[0]} is missing for decomp.method={method}")
     _int(d, "decomp", "rank_multiple", 1)
     ignored += _checked_options(d, "decomp")[1]
 
@@ -187,46 +163,46 @@ def _check_planner(c: dict, ignored: list[str]) -> None:
         raise ConfigError(
             f"planner.* is set but decomp={c['decomp'].get('method')}: the planner runs with decomp=plan only"
         )
-    _keys(p, "planner", PLANNER_KEYS)
-    t = p["target_speedup"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 1:
-        raise _bad("planner.target_speedup", t, "a number > 1")
+    _keys(p, "planner", _names(schema.Planner))
+    _number(p, "planner", "target_speedup", 1, strict=True)
     _choice(p, "planner", "metric", PLAN_METRICS)
     _int(p, "planner", "closed_loop_rounds", 0)
     if p["metric"] != "latency":
         ignored += _changed_from_defaults(
-            p, "planner", "default", ["closed_loop_rounds"], "only a latency plan is measured and re-aimed"
+            p, "planner", schema.Planner, ["closed_loop_rounds"], "only a latency plan is measured and re-aimed"
         )
     _choice(p, "planner", "error", PLAN_ERRORS)
     _int(p, "planner", "samples", 1)
     methods = p["methods"]
-    if not isinstance(methods, list) or not methods:
+    if not methods or not all(map(_is_method, methods)):
         raise _bad("planner.methods", methods, f"a non-empty list of {', '.join(METHODS)}")
-    for m in methods:
-        try:
-            method_class(m)
-        except DecompositionError:
-            raise _bad("planner.methods", methods, f"a non-empty list of {', '.join(METHODS)}") from None
     chosen = {method_class(m).method for m in methods}
-    if not isinstance(p["options"], Mapping):
-        raise _bad("planner.options", p["options"], "a mapping {method: {option: value}}")
     for name, opts in p["options"].items():
-        try:
-            cls = method_class(name)
-        except DecompositionError:
-            raise _bad("planner.options", name, f"options keyed by method: {', '.join(METHODS)}") from None
+        if not _is_method(name):
+            raise _bad("planner.options", name, f"options keyed by method: {', '.join(METHODS)}")
         ignored += _checked_options({"method": name, **opts}, f"planner.options.{name}")[1]
-        if cls.method not in chosen:
+        if method_class(name).method not in chosen:
             ignored.append(f"planner.options.{name} ({name} is not among planner.methods={methods})")
     if p["error"] == "filter":
-        ignored += _changed_from_defaults(p, "planner", "default", ["samples"], "planner.error=filter uses no images")
+        ignored += _changed_from_defaults(
+            p, "planner", schema.Planner, ["samples"], "planner.error=filter uses no images"
+        )
+
+
+def _is_method(name) -> bool:
+    """Whether the registry knows ``name`` (a method or an alias of one)."""
+    try:
+        method_class(name)
+    except DecompositionError:
+        return False
+    return True
 
 
 def _check_data_recon(c: dict, ignored: list[str]) -> None:
     r = c.get("data_recon")
     if r is None:
         return
-    _keys(r, "data_recon", DATA_RECON_KEYS)
+    _keys(r, "data_recon", _names(schema.DataRecon))
     _choice(r, "data_recon", "mode", MODES)
     _choice(r, "data_recon", "optimizer", OPTIMIZERS)
     _int(r, "data_recon", "batches", 1)
@@ -239,14 +215,13 @@ def _check_data_recon(c: dict, ignored: list[str]) -> None:
     _int(r, "data_recon", "batch_size", 1)
     _int(r, "data_recon", "steps", 0)
     _number(r, "data_recon", "lr", 0, strict=True)
-    _bool(r, "data_recon", "lstsq")
     if not r["lstsq"] and r["steps"] == 0:
         raise ConfigError(
             "data_recon.lstsq=false with data_recon.steps=0 does nothing; valid: lstsq=true or steps >= 1"
         )
     if r["steps"] == 0:
         ignored += _changed_from_defaults(
-            r, "data_recon", "default", ["lr", "optimizer"], "data_recon.steps=0: no gradient steps"
+            r, "data_recon", schema.DataRecon, ["lr", "optimizer"], "data_recon.steps=0: no gradient steps"
         )
 
 
@@ -255,18 +230,13 @@ def _check_finetune(c: dict) -> None:
     if f is None:
         return
     _choice(f, "finetune", "loss", LOSSES)
-    _keys(
-        f,
-        "finetune",
-        FINETUNE_KEYS | (KD_KEYS if f["loss"] == "kd" else set()),
-        " with finetune.loss=ce" if f["loss"] == "ce" else "",
-    )
+    kd = f["loss"] == "kd"
+    _keys(f, "finetune", _names(schema.FinetuneKD if kd else schema.Finetune), "" if kd else " with finetune.loss=ce")
     _int(f, "finetune", "epochs", 1)
-    if f["loss"] == "kd":
+    if kd:
         _number(f, "finetune", "temperature", 0, strict=True)
-        a = f["kd_alpha"]
-        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 <= a <= 1:
-            raise _bad("finetune.kd_alpha", a, "a number in [0, 1]")
+        if not 0 <= f["kd_alpha"] <= 1:
+            raise _bad("finetune.kd_alpha", f["kd_alpha"], "a number in [0, 1]")
     for key in ("optimizer", "scheduler"):
         optional = key == "scheduler" and f[key] is None
         if not optional and (not isinstance(f[key], Mapping) or "_target_" not in f[key]):
@@ -275,27 +245,23 @@ def _check_finetune(c: dict) -> None:
 
 def _check_latency(c: dict, ignored: list[str]) -> None:
     lat = c["latency"]
-    _keys(lat, "latency", LATENCY_KEYS)
+    _keys(lat, "latency", _names(schema.Latency))
     sizes = lat["batch_sizes"]
-    if not isinstance(sizes, list) or not sizes or not all(is_int(b) and b >= 1 for b in sizes):
+    if not sizes or min(sizes) < 1:
         raise _bad("latency.batch_sizes", sizes, "a non-empty list of integers >= 1, e.g. [1, 32]")
     threads = lat["threads"]
-    if threads is not None and (
-        not isinstance(threads, list) or not threads or not all(is_int(t) and t >= 1 for t in threads)
-    ):
+    if threads is not None and (not threads or min(threads) < 1):
         raise _bad("latency.threads", threads, "null (the cores torch uses) or a non-empty list of integers >= 1")
     _check_decide_at(lat)
     _choice(lat, "latency", "memory_format", tuple(MEMORY_FORMATS))
     _check_estimator(lat["estimator"], "latency.estimator")
     _number(lat, "latency", "quiet_wait_s", 0)
-    _bool(lat, "latency", "guard")
-    _bool(lat, "latency", "fold_bn")
     _choice(lat, "latency", "runtime", RUNTIMES)
     planner = c.get("planner")
     decides = c["decomp"].get("method") != KEEP and (lat["guard"] or (planner or {}).get("metric") == "latency")
     if not decides:
         ignored += _changed_from_defaults(
-            lat, "latency", "default", ["runtime"], "neither the guard nor a latency plan times candidates"
+            lat, "latency", schema.Latency, ["runtime"], "neither the guard nor a latency plan times candidates"
         )
     elif lat["runtime"] == "onnxruntime":
         _require_onnx("latency.runtime=onnxruntime")
@@ -304,9 +270,7 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
 def _check_decide_at(lat: Mapping) -> None:
     """``latency.decide_at``: each of its values null or one of the measured points."""
     at = lat["decide_at"]
-    if not isinstance(at, Mapping):
-        raise _bad("latency.decide_at", at, "a mapping {batch_size: ..., threads: ...}")
-    _keys(at, "latency.decide_at", DECIDE_AT_KEYS)
+    _keys(at, "latency.decide_at", _names(schema.DecideAt))
     measured = {
         "batch_size": ("batch_sizes", lat["batch_sizes"]),
         "threads": ("threads", thread_counts(lat["threads"])),
@@ -378,10 +342,10 @@ def _check_run(c: dict) -> None:
     if not is_int(c["seed"]) or c["seed"] < 0:
         raise _bad("seed", c["seed"], "an integer >= 0")
     b = c["baseline"]
-    _keys(b, "baseline", BASELINE_KEYS)
-    if b["ckpt"] is not None and (not isinstance(b["ckpt"], str) or not b["ckpt"]):
+    _keys(b, "baseline", _names(schema.Baseline))
+    if b["ckpt"] == "":
         raise _bad("baseline.ckpt", b["ckpt"], "null (train or reuse the cached one) or the path of a state_dict")
-    if not isinstance(b["cache_dir"], str) or not b["cache_dir"]:
+    if not b["cache_dir"]:
         raise _bad("baseline.cache_dir", b["cache_dir"], "a folder path")
 
 
@@ -389,15 +353,14 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
     dep = c.get("deploy")
     if dep is None:
         return
-    _keys(dep, "deploy", DEPLOY_KEYS)
-    _bool(dep, "deploy", "onnx")
+    _keys(dep, "deploy", _names(schema.Deploy))
     _int(dep, "deploy", "opset", MIN_OPSET)
     _int(dep, "deploy", "check_images", 1)
     if dep["onnx"]:
         _require_onnx("deploy.onnx=true")
     else:
         ignored += _changed_from_defaults(
-            dep, "deploy", "default", ["opset", "check_images"], "deploy.onnx=false: nothing is exported"
+            dep, "deploy", schema.Deploy, ["opset", "check_images"], "deploy.onnx=false: nothing is exported"
         )
 
 

@@ -12,11 +12,12 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lrx.compress import fold, planner
 from lrx.lowrank import DecompositionError, method_class
 from lrx.lowrank.surgery import validate
+from lrx.modes import eval_mode
 from lrx.run import config
 from lrx.run.baseline import check_finite_network, load_state_dict
 
@@ -91,10 +92,14 @@ def prepare(cfg: DictConfig, sweep: bool = False) -> Job:
     if ignored:
         log.warning("keys without effect in this job of the sweep: %s", "; ".join(ignored))
     datamodule = _instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")  # reads and checks every data file
+    if cfg.data.get("num_classes") is None:  # counted from the data (ImageFolder's class folders)
+        _set_up(datamodule)
+        with open_dict(cfg):
+            cfg.data.num_classes = datamodule.num_classes
     torch.manual_seed(cfg.seed)  # the initial weights of a baseline trained by this run
     net = _instantiate(cfg.model.net)
+    check_input_size(net, cfg.model.get("name", "the model"), cfg.model.input_size)
+    _set_up(datamodule)
     if cfg.baseline.ckpt:
         loaded = copy.deepcopy(net)
         load_state_dict(loaded, cfg.baseline.ckpt, "baseline.ckpt")
@@ -105,6 +110,27 @@ def prepare(cfg: DictConfig, sweep: bool = False) -> Job:
     if job.decomposes:
         _check_request(job)
     return job
+
+
+def _set_up(datamodule: L.LightningDataModule) -> None:
+    """Read and check every data file (once)."""
+    if datamodule.train_set is None:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+
+
+def check_input_size(net: torch.nn.Module, name: str, input_size: int) -> None:
+    """One forward pass of one blank image: a network that cannot take ``input_size`` (too small
+    for its pooling, a classifier sized for another input) is refused in one line now, not after
+    the data is loaded."""
+    try:
+        with eval_mode(net), torch.no_grad():
+            net(torch.zeros(1, 3, input_size, input_size))
+    except RuntimeError as e:
+        raise config.ConfigError(
+            f"model.input_size={input_size}: model {name!r} cannot take {input_size}x{input_size} images "
+            f"({str(e).splitlines()[0]}); valid: an input size the architecture accepts"
+        ) from None
 
 
 def _check_request(job: Job) -> None:

@@ -9,7 +9,6 @@ every graph optimisation. onnx, onnxscript and onnxruntime are the ``onnx`` extr
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from lrx.modes import eval_mode
+from lrx.runtime import extras
 
 log = logging.getLogger(__name__)
 for _name in ("onnxscript", "onnx_ir"):  # their INFO lines, hundreds per export, would drown a run's log
@@ -33,14 +33,12 @@ OPTIMIZATION = "ORT_ENABLE_ALL"
 
 
 def missing_packages() -> list[str]:
-    return [p for p in PACKAGES if importlib.util.find_spec(p) is None]
+    return extras.missing(PACKAGES)
 
 
 def require_onnx(key: str = "deploy.onnx=true") -> None:
     """A clear error, before any work, when the onnx extra is not installed."""
-    missing = missing_packages()
-    if missing:
-        raise ImportError(f'{key} needs {", ".join(missing)}: install the extra with pip install -e ".[{EXTRA}]"')
+    extras.require(missing_packages(), EXTRA, key)
 
 
 def write_graph(net: nn.Module, x: torch.Tensor, path: Path, opset: int = OPSET) -> str:
@@ -113,4 +111,9 @@ def graph_call(module: nn.Module, x: torch.Tensor, threads: int, opset: int = OP
         with eval_mode(module), torch.no_grad():
             write_graph(module, x.detach().cpu(), path, opset)
         sess = session(path, threads)  # the session holds the graph in memory
+    return session_call(sess, x)
+
+
+def session_call(sess, x: torch.Tensor) -> Callable[[], object]:
+    """A zero-argument call that runs ``sess`` on ``x``."""
     return partial(sess.run, None, _feed(sess, x))

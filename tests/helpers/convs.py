@@ -1,4 +1,7 @@
-"""Convs to decompose: a seeded nn.Conv2d and the geometries the layer tests run over."""
+"""Convs to decompose: a seeded nn.Conv2d, the geometries the layer tests run over, and a small
+network for surgery."""
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -45,3 +48,16 @@ def conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) 
         if bias is not None:
             dense.bias.copy_(bias)
     return dense
+
+
+def small_model() -> nn.Sequential:
+    """Two 3x3 convs to decompose (conv2 strided, without bias, the last layer) around a 1x1 conv
+    that no method decomposes."""
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 8, 3, padding=1),
+            act=nn.ReLU(),
+            reduce=nn.Conv2d(8, 8, 1),
+            conv2=nn.Conv2d(8, 12, 3, stride=2, padding=1, bias=False),
+        )
+    )

@@ -14,3 +14,10 @@ class TinyNet(nn.Sequential):
             nn.Flatten(),
             nn.Linear(64, num_classes),
         )
+
+
+class BrokenNet(TinyNet):
+    """A network with a bug in its forward pass (tests/test_failures.py)."""
+
+    def forward(self, x):
+        raise KeyError("a bug")
