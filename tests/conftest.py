@@ -37,10 +37,12 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None):
 
 
 def run_train(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m lrx.train ARGS`` in ``cwd`` with the data root set; returns the result."""
+    """Run ``python -m lrx.train ARGS`` in ``cwd`` with the data root set, its outputs (runs, sweeps,
+    the baseline cache) under ``cwd/outputs`` unless ARGS say where; returns the result."""
     full_env = {**os.environ, "LRX_DATA_ROOT": str(DATA_ROOT), "WANDB_SILENT": "true", **(env or {})}
+    outputs = [] if any(a.startswith("paths.outputs=") for a in args) else [f"paths.outputs={Path(cwd) / 'outputs'}"]
     return subprocess.run(
-        [sys.executable, "-m", "lrx.train", *args],
+        [sys.executable, "-m", "lrx.train", *outputs, *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
