@@ -1,0 +1,204 @@
+"""Deployment targets: a network served by a runtime in a precision, checked against its torch
+network, evaluated where it runs, and timed side by side with the other networks.
+
+A target is named ``<runtime>-<precision>``:
+
+- ``torch-fp32``: PyTorch eager, float32, in the latency memory format;
+- ``torch-bf16``: PyTorch eager under CPU autocast to bfloat16 (oneDNN's bf16 kernels: AVX-512 BF16
+  or AMX);
+- ``onnxruntime-fp32``: the ONNX graph in ONNX Runtime (:mod:`lrx.runtime.onnxruntime`);
+- ``openvino-fp32``, ``openvino-bf16``, ``openvino-int8``: OpenVINO's CPU plugin; int8 is NNCF
+  post-training quantization on calibration images from the training split
+  (:mod:`lrx.runtime.openvino`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lrx.modes import eval_mode
+from lrx.runtime import onnxruntime as ort
+from lrx.runtime import openvino as ov
+
+RUNTIME_PRECISIONS = {
+    "torch": ("fp32", "bf16"),
+    "onnxruntime": ("fp32",),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+TARGETS = tuple(f"{r}-{p}" for r, ps in RUNTIME_PRECISIONS.items() for p in ps)
+# A deployed network agrees with its torch network on the check images within this share of the
+# largest |logit|: float32 to rounding, bf16 to its 8-bit mantissa, int8 to its quantization steps.
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2, "int8": 0.25}
+
+
+class TargetError(ValueError):
+    """A target that is unknown, or that this machine or installation cannot serve."""
+
+
+@dataclass(frozen=True)
+class Target:
+    runtime: str
+    precision: str
+
+    @classmethod
+    def of(cls, name: str, key: str = "deploy.targets") -> Target:
+        """The target called ``name``; a TargetError naming ``key`` and the valid names."""
+        runtime, _, precision = str(name).rpartition("-")
+        if precision not in RUNTIME_PRECISIONS.get(runtime, ()):
+            raise TargetError(f"{key}: {name!r} is not a deployment target; valid: {', '.join(TARGETS)}")
+        return cls(runtime, precision)
+
+    @property
+    def name(self) -> str:
+        return f"{self.runtime}-{self.precision}"
+
+    def require(self, key: str = "deploy.targets") -> None:
+        """A TargetError, before any work, when this installation or CPU cannot serve the target:
+        a missing extra, or a precision the CPU lacks (where the runtime would silently fall back)."""
+        try:
+            if self.runtime == "onnxruntime":
+                ort.require_onnx(f"{key}: {self.name}")
+            if self.runtime == "openvino":
+                ov.require_openvino(f"{key}: {self.name}")
+        except ImportError as e:
+            raise TargetError(str(e)) from None
+        support = _supports(self)
+        if not support:
+            raise TargetError(f"{key}: {self.name} is not served natively on this CPU: {support}")
+
+
+def _supports(target: Target) -> bool | str:
+    """True, or why this CPU does not run ``target``'s precision natively."""
+    if target.runtime == "openvino":
+        support = ov.cpu_supports(_ov_precision(target.precision))
+        return True if support else support.reason
+    if target.runtime == "torch" and target.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "oneDNN reports no bfloat16 support (it needs AVX-512 BF16 or AMX); torch would emulate it, slowly"
+    return True
+
+
+def _ov_precision(precision: str) -> str:
+    return "f32" if precision == "fp32" else precision
+
+
+@dataclass
+class Deployed:
+    """A network in a target: ``run(x)`` gives its logits (float32), ``timer(x)`` a call without
+    arguments for the estimator, ``files`` what :func:`save` keeps of it."""
+
+    target: Target
+    run: Callable[[torch.Tensor], torch.Tensor]
+    timer: Callable[[torch.Tensor], Callable[[], object]]
+    save: Callable[[Path], list[str]] = lambda folder: []
+    info: dict = field(default_factory=dict)
+
+
+def _torch(net: nn.Module, precision: str, memory_format: torch.memory_format) -> Deployed:
+    net = net.eval().to(memory_format=memory_format)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            return net(x.contiguous(memory_format=memory_format)).float()
+
+    def timer(x: torch.Tensor) -> Callable[[], object]:
+        return partial(run, x.contiguous(memory_format=memory_format))
+
+    return Deployed(Target("torch", precision), run, timer)
+
+
+def _onnxruntime(net: nn.Module, example: torch.Tensor, threads: int, folder: Path) -> Deployed:
+    path = folder / "graph.onnx"
+    with eval_mode(net), torch.no_grad():
+        exporter = ort.write_graph(net.cpu(), example, path)
+    sess = ort.session(path, threads)
+    graph = path.read_bytes()
+
+    def save(dest: Path) -> list[str]:
+        (dest / "model.onnx").write_bytes(graph)
+        return ["model.onnx"]
+
+    return Deployed(
+        Target("onnxruntime", "fp32"),
+        partial(ort.run, sess),
+        partial(ort.session_call, sess),
+        save,
+        {"exporter": exporter, "runtime": ort.runtime_name()},
+    )
+
+
+def _openvino(net: nn.Module, precision: str, example: torch.Tensor, threads: int, calibration, images: int):
+    model = ov.convert(net, example)
+    if precision == "int8":
+        model = ov.quantize(model, calibration, images)
+    compiled = ov.compile(model, _ov_precision(precision), threads)
+
+    def save(dest: Path) -> list[str]:
+        xml = ov.save(model, dest / "model.xml")
+        return [xml.name, xml.with_suffix(".bin").name]
+
+    return Deployed(
+        Target("openvino", precision),
+        partial(ov.run, compiled),
+        partial(ov.graph_call, compiled),
+        save,
+        {"runtime": ov.runtime_name(_ov_precision(precision))},
+    )
+
+
+def deploy(
+    net: nn.Module,
+    target: Target,
+    example: torch.Tensor,
+    threads: int,
+    workdir: Path,
+    memory_format: torch.memory_format = torch.channels_last,
+    calibration: Iterable | None = None,
+    calibration_images: int = 300,
+) -> Deployed:
+    """``net`` (eval mode, CPU, float32) served by ``target`` for inputs shaped like ``example``
+    (any batch size), with ``threads`` threads; int8 calibrates on ``calibration`` (training
+    images, never validation or test). ``workdir`` holds intermediate files."""
+    if target.runtime == "torch":
+        return _torch(net, target.precision, memory_format)
+    if target.runtime == "onnxruntime":
+        return _onnxruntime(net, example, threads, Path(workdir))
+    if target.precision == "int8" and calibration is None:
+        raise TargetError(f"{target.name} needs calibration images (training images for NNCF's quantization)")
+    return _openvino(net, target.precision, example, threads, calibration, calibration_images)
+
+
+def check(deployed: Deployed, net: nn.Module, images: torch.Tensor) -> dict:
+    """The deployed network against its torch network (float32, eval) on ``images``: the largest
+    |difference| relative to the largest |logit|, and the share of images whose top-1 class
+    agrees; a TargetError where the difference exceeds the target precision's tolerance."""
+    with eval_mode(net), torch.no_grad():
+        ref = net(images)
+    out = deployed.run(images)
+    rel = float((out - ref).abs().max()) / max(float(ref.abs().max()), torch.finfo(ref.dtype).tiny)
+    agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
+    tolerance = TOLERANCE[deployed.target.precision]
+    if not rel <= tolerance:
+        raise TargetError(
+            f"{deployed.target.name} disagrees with its torch network on {len(images)} validation images: "
+            f"max relative error {rel:.2e} > {tolerance:g}"
+        )
+    return {"max_rel_error": rel, "top1_agreement": agree, "tolerance": tolerance, "check_images": len(images)}
+
+
+def accuracy(deployed: Deployed, loader, max_batches: int | None = None, desc: str = "acc@1") -> float:
+    """acc@1 in percent of the deployed network over ``loader``, computed where it runs."""
+    correct = total = 0
+    n = len(loader) if max_batches is None else min(max_batches, len(loader))
+    for i, (x, y) in enumerate(tqdm(loader, total=n, desc=desc, leave=False)):
+        if i == n:
+            break
+        correct += int((deployed.run(x).argmax(1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / total

@@ -1,0 +1,122 @@
+"""Deploy finished runs' baseline and final network to every target, and compare them: each graph
+checked against torch, its acc@1 measured on the validation split where it runs, every graph of
+both networks timed in the same paired rounds, and the speed-up against the best dense deployment
+(lrx.deploy.compare).
+
+    python scripts/deploy_table.py RUN_DIR [RUN_DIR ...] [--targets T ...] [--threads N] [--batch-size B]
+
+Both networks are BatchNorm-folded first (what a deployment serves; fair to both). int8 calibrates
+on ``--calibration-images`` training images (never validation or test). Writes
+``RUN_DIR/deploy_targets.json`` (atomically) and prints one markdown table per run. Run it on a
+machine doing nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lrx.compress.execution import tune
+from lrx.compress.fold import fold_bn
+from lrx.deploy.compare import deploy_both, evaluate_all, table, time_all
+from lrx.deploy.targets import TARGETS, Target, TargetError
+from lrx.io import write_json
+from lrx.measure.estimator import Estimator
+from lrx.measure.latency import machine
+from lrx.measure.load import wait_for_quiet
+from lrx.results.saved import load_models
+
+OUT = "deploy_targets.json"
+
+
+def _data(results: dict, data_root: str | None):
+    data = OmegaConf.create(results["config"]["data"])
+    if data_root:
+        data.root = data_root
+    dm = instantiate(data)
+    dm.setup("fit")
+    return dm
+
+
+def deploy_run(run_dir: Path, targets: list[Target], args) -> dict:
+    baseline, final, results = load_models(run_dir)
+    dm = _data(results, args.data_root)
+    size = results["config"]["model"]["input_size"]
+    x = torch.randn(args.batch_size, 3, size, size)
+    with torch.no_grad():
+        tune(final, x, Estimator.of(results["config"]["latency"].get("estimator")), "channels_last")
+    nets = {"baseline": fold_bn(baseline), "final": fold_bn(final)}
+    images = next(iter(dm.val_dataloader()))[0][:16]
+    calibration = dm.calibration_dataloader(args.calibration_images, seed=0)
+    deployed = deploy_both(
+        nets, targets, images, args.threads, torch.channels_last, calibration, args.calibration_images
+    )
+    acc1 = evaluate_all(deployed, dm.val_dataloader())
+    load = wait_for_quiet(60, f"the deployed networks of {run_dir}")
+    timing = time_all(deployed, x, Estimator(max_s=60.0), args.threads)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "bn_folded": True,
+        "reference_acc1": results["baseline"]["acc1"],
+        "load": load,
+        **table(deployed, timing, acc1, results["baseline"]["acc1"]),
+    }
+
+
+def markdown(run_dir: Path, out: dict) -> str:
+    lines = [
+        f"{run_dir} ({out['machine']}, {out['date']}, batch {out['batch_size']}, {out['threads']} threads, "
+        f"BN folded, busy cores while timing {out['busy_cores']})",
+        "",
+        "| target | dense ms | dense acc@1 | final ms | final acc@1 | speed-up (IQR) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t, row in out["targets"].items():
+        b, f = row["baseline"], row["final"]
+        iqr = "-".join(f"{v:.2f}" for v in row["speedup_iqr"])
+        cells = [t, f"{b['ms']:.2f}", f"{b['acc1']:.2f}", f"{f['ms']:.2f}", f"{f['acc1']:.2f}"]
+        lines.append(f"| {' | '.join(cells)} | {row['speedup']:.2f}x ({iqr}) |")
+    best = out["best"]
+    if best:
+        iqr = "-".join(f"{v:.2f}" for v in best["speedup_iqr"])
+        lines.append(
+            f"\nbest dense: {best['dense']} {best['dense_ms']:.2f} ms ({best['dense_acc1']:.2f}%); best final: "
+            f"{best['final']} {best['final_ms']:.2f} ms ({best['final_acc1']:.2f}%): **{best['speedup']:.2f}x** ({iqr})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), help=f"of {', '.join(TARGETS)}")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--data-root", help="where the runs' dataset is, if not where they read it")
+    args = parser.parse_args(argv)
+    try:
+        targets = [Target.of(t, "--targets") for t in args.targets]
+        for t in targets:
+            t.require("--targets")
+    except TargetError as e:
+        print(f"deploy_table.py: error: {e}", file=sys.stderr)
+        return 2
+    for run_dir in args.run_dirs:
+        out = deploy_run(run_dir, targets, args)
+        write_json(run_dir / OUT, out)
+        print(markdown(run_dir, out), "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
