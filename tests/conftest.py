@@ -42,7 +42,7 @@ def run_train(args: list[str], cwd: Path, env: dict | None = None, timeout: int 
     full_env = {**os.environ, "LRX_DATA_ROOT": str(DATA_ROOT), "WANDB_SILENT": "true", **(env or {})}
     outputs = [] if any(a.startswith("paths.outputs=") for a in args) else [f"paths.outputs={Path(cwd) / 'outputs'}"]
     return subprocess.run(
-        [sys.executable, "-m", "lrx.train", *outputs, *args],
+        [sys.executable, "-m", "lrx.train", *args, *outputs],
         cwd=cwd,
         env=full_env,
         capture_output=True,
