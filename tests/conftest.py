@@ -41,8 +41,9 @@ def run_train(args: list[str], cwd: Path, env: dict | None = None, timeout: int 
     the baseline cache) under ``cwd/outputs`` unless ARGS say where; returns the result."""
     full_env = {**os.environ, "LRX_DATA_ROOT": str(DATA_ROOT), "WANDB_SILENT": "true", **(env or {})}
     outputs = [] if any(a.startswith("paths.outputs=") for a in args) else [f"paths.outputs={Path(cwd) / 'outputs'}"]
+    multirun = [a for a in args if a in ("-m", "--multirun")]  # Hydra takes the overrides as one run of words
     return subprocess.run(
-        [sys.executable, "-m", "lrx.train", *args, *outputs],
+        [sys.executable, "-m", "lrx.train", *multirun, *[a for a in args if a not in multirun], *outputs],
         cwd=cwd,
         env=full_env,
         capture_output=True,
