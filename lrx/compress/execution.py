@@ -34,14 +34,12 @@ def _cache_key(layer: torch.nn.Module, x: torch.Tensor) -> tuple:
 def select(layer: torch.nn.Module, x: torch.Tensor, estimator: Estimator = DEFAULT_ESTIMATOR) -> dict:
     """Time every execution of ``layer`` on its real input ``x``, keep the fastest; returns
     ``{"strategy": ..., "times_ms": {...}}`` (no times where the choice was cached)."""
-    key = _cache_key(layer, x)
+    key, times = _cache_key(layer, x), {}
     if key not in _chosen:
         times = measure(layer.executions(x), estimator=estimator).ms
         _chosen[key] = min(times, key=times.get)
-        layer.strategy = _chosen[key]
-        return {"strategy": layer.strategy, "times_ms": times}
     layer.strategy = _chosen[key]
-    return {"strategy": layer.strategy, "times_ms": {}}
+    return {"strategy": layer.strategy, "times_ms": times}
 
 
 def _choosers(net: torch.nn.Module) -> dict[str, torch.nn.Module]:
