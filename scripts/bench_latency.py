@@ -110,8 +110,8 @@ def main() -> None:
                     )
                     lines.append(line)
                     print(line, flush=True)
-    if args.out:
-        write_text(args.out, "\n".join(lines) + "\n")
+        if args.out:  # after each model: a run cut short keeps what it measured
+            write_text(args.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
