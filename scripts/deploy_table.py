@@ -14,7 +14,6 @@ machine doing nothing else.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -23,13 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from lrx.compress.execution import tune
-from lrx.compress.fold import fold_bn
-from lrx.deploy.compare import deploy_both, evaluate_all, table, time_all
+from lrx.deploy.compare import compare_deployments
 from lrx.deploy.targets import TARGETS, Target, TargetError
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
-from lrx.measure.latency import machine
-from lrx.measure.load import wait_for_quiet
 from lrx.results.saved import load_models
 
 OUT = "deploy_targets.json"
@@ -51,25 +47,18 @@ def deploy_run(run_dir: Path, targets: list[Target], args) -> dict:
     x = torch.randn(args.batch_size, 3, size, size)
     with torch.no_grad():
         tune(final, x, Estimator.of(results["config"]["latency"].get("estimator")), "channels_last")
-    nets = {"baseline": fold_bn(baseline), "final": fold_bn(final)}
-    images = next(iter(dm.val_dataloader()))[0][:16]
-    calibration = dm.calibration_dataloader(args.calibration_images, seed=0)
-    deployed = deploy_both(
-        nets, targets, images, args.threads, torch.channels_last, calibration, args.calibration_images
+    return compare_deployments(
+        {"baseline": baseline, "final": final},
+        targets,
+        x,
+        next(iter(dm.val_dataloader()))[0][:16],
+        dm.val_dataloader(),
+        results["baseline"]["acc1"],
+        args.threads,
+        Estimator(max_s=60.0),
+        calibration=dm.calibration_dataloader(args.calibration_images, seed=0),
+        calibration_images=args.calibration_images,
     )
-    acc1 = evaluate_all(deployed, dm.val_dataloader())
-    load = wait_for_quiet(60, f"the deployed networks of {run_dir}")
-    timing = time_all(deployed, x, Estimator(max_s=60.0), args.threads)
-    return {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "threads": args.threads,
-        "batch_size": args.batch_size,
-        "bn_folded": True,
-        "reference_acc1": results["baseline"]["acc1"],
-        "load": load,
-        **table(deployed, timing, acc1, results["baseline"]["acc1"]),
-    }
 
 
 def markdown(run_dir: Path, out: dict) -> str:

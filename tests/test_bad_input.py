@@ -169,6 +169,11 @@ CASES = [
         error=NonFiniteError,
     ),
     p("baseline.ckpt={files}/inf_bn.pt", "bn1.running_var holds 1 NaN/Inf", error=NonFiniteError),
+    # deploy
+    p("deploy.targets=[openvino-fp16]", "deploy.targets: 'openvino-fp16' is not a deployment target", "openvino-int8"),
+    p("deploy.targets=fast", "deploy.targets='fast'", '"auto"', "torch-bf16"),
+    p("deploy.targets=[torch-fp32,torch-fp32]", "deploy.targets=['torch-fp32', 'torch-fp32']", "distinct"),
+    p("deploy.targets=[openvino-int8] deploy.calibration_images=0", "deploy.calibration_images=0", "openvino-int8"),
 ]
 
 

@@ -45,7 +45,7 @@ def test_every_target_runs_the_network_within_its_tolerance(name, nets, tmp_path
     for net in nets.values():
         d = deploy(net, target, images, 1, tmp_path, calibration=calibration, calibration_images=16)
         record = check(d, net, images)
-        assert record["max_rel_error"] <= TOLERANCE[target.precision]
+        assert record["rel_error"] <= TOLERANCE[target.precision]
         assert d.run(torch.randn(3, 3, 32, 32)).shape == (3, 10)  # any batch size
 
 
@@ -66,7 +66,7 @@ def test_int8_without_calibration_images_is_refused(nets, tmp_path):
 def test_a_graph_that_disagrees_with_its_network_is_refused(nets, tmp_path):
     d = deploy(nets["baseline"], Target.of("torch-fp32"), torch.randn(2, 3, 32, 32), 1, tmp_path)
     d.run = lambda x: torch.zeros(len(x), 10)
-    with pytest.raises(TargetError, match="torch-fp32 disagrees with its torch network.*max relative error"):
+    with pytest.raises(TargetError, match="torch-fp32 disagrees with its torch network.*relative error"):
         check(d, nets["baseline"], torch.randn(4, 3, 32, 32))
 
 
@@ -96,3 +96,89 @@ def test_the_reference_is_the_fastest_dense_target_that_keeps_the_accuracy():
     assert (best["dense"], best["final"]) == (names[1], names[2]) and best["speedup"] == pytest.approx(2.0)
     assert out["targets"][names[0]]["speedup"] == pytest.approx(2.5)
     assert compare.table(deployed, _timing(ms), acc1, reference_acc1=99.0)["best"] is None
+
+
+def test_a_target_that_fails_its_check_is_left_out_and_the_others_go_on(nets, monkeypatch, caplog):
+    def check_fails_in_bf16(d, net, images):
+        if d.target.precision == "bf16":
+            raise TargetError(f"{d.target.name} disagrees")
+        return {"rel_error": 0.0}
+
+    monkeypatch.setattr(compare, "check", check_fails_in_bf16)
+    targets = [Target.of("torch-fp32"), Target.of("torch-bf16")]
+    deployed, failed = compare.deploy_both(nets, targets, torch.randn(2, 3, 32, 32), 1, torch.channels_last, None, 0)
+    assert list(deployed) == ["torch-fp32"] and set(deployed["torch-fp32"]) == {"baseline", "final"}
+    assert failed == {"torch-bf16": "baseline network: torch-bf16 disagrees"}
+    assert "torch-bf16 is left out" in caplog.text
+
+
+def _deploy_cfg(tmp_path, *overrides):
+    from lrx.run.config import check as check_config
+    from tests.conftest import compose_cfg
+
+    return lambda: check_config(compose_cfg(["decomp=none", *overrides], tmp_path))
+
+
+def test_a_run_refuses_openvino_targets_without_the_extra_naming_the_key(tmp_path, monkeypatch):
+    from lrx.run.config import ConfigError
+    from lrx.runtime import openvino as ovr
+
+    monkeypatch.setattr(ovr, "missing_packages", lambda: ["openvino", "nncf"])
+    with pytest.raises(ConfigError, match=r"deploy.targets: openvino-fp32 needs openvino, nncf: install the extra"):
+        _deploy_cfg(tmp_path, "deploy.targets=[torch-fp32,openvino-fp32]")()
+    _deploy_cfg(tmp_path, "deploy.targets=auto")()  # auto leaves out what is not installed
+    assert "openvino-fp32" not in [t.name for t in compare.available_targets()]
+
+
+def test_a_run_refuses_bf16_where_the_cpu_would_fall_back_to_f32(tmp_path, monkeypatch):
+    from lrx.run.config import ConfigError
+    from lrx.runtime import openvino as ovr
+
+    class NoBF16:
+        def get_property(self, device, name):
+            return {"OPTIMIZATION_CAPABILITIES": ["FP32", "INT8"], "FULL_DEVICE_NAME": "Old CPU"}[name]
+
+    monkeypatch.setattr(ovr, "_core", NoBF16)
+    with pytest.raises(ConfigError, match="deploy.targets: openvino-bf16 is not served natively on this CPU.*Old CPU"):
+        _deploy_cfg(tmp_path, "deploy.targets=[openvino-bf16]")()
+    assert "openvino-bf16" not in [t.name for t in compare.available_targets()]
+
+
+@pytest.mark.slow
+def test_a_run_deploys_both_networks_keeps_the_graphs_and_reports_the_best_dense(tmp_path, tiny_root):
+    import json
+
+    from omegaconf import open_dict
+
+    from lrx.compress.fold import fold_bn
+    from lrx.results.saved import load_models
+    from lrx.run.job import prepare
+    from lrx.run.stages import run
+    from lrx.runtime import openvino as ovr
+    from tests.conftest import compose_cfg
+    from tests.helpers.data import smoke_args
+
+    overrides = ["deploy.targets=[torch-fp32,openvino-fp32]", "latency.guard=false", "finetune.epochs=1"]
+    cfg = compose_cfg([*smoke_args(tiny_root), *overrides, f"baseline.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    results = run(prepare(cfg), tmp_path)
+    dep = json.loads((tmp_path / "results.json").read_text())["deploy"]
+    assert set(dep["targets"]) == {"torch-fp32", "openvino-fp32"} and dep["failed"] == {}
+    for row in dep["targets"].values():
+        for side in ("baseline", "final"):
+            assert row[side]["ms"] > 0 and 0 <= row[side]["acc1"] <= 100
+            assert row[side]["check"]["rel_error"] <= TOLERANCE["fp32"]
+    assert dep["reference_acc1"] == results["baseline"]["acc1"] and dep["bn_folded"]
+    best = dep["best"]
+    assert results["speedup"]["vs_best_dense"] == (best and best["speedup"])
+    assert best is None or (best["dense"] in dep["targets"] and best["final"] in dep["targets"])
+    # the kept OpenVINO graph of the final network is the saved final network, BatchNorm folded
+    assert dep["files"]["openvino-fp32"]["final"] == ["openvino-fp32/final/model.xml", "openvino-fp32/final/model.bin"]
+    model = ovr.load(tmp_path / "deployed" / "openvino-fp32" / "final" / "model.xml")
+    _, final, _ = load_models(tmp_path)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = fold_bn(final)(x)
+    out = ovr.run(ovr.compile(model, "f32", 1), x)
+    assert float((out - ref).norm()) <= 1e-4 * float(ref.norm())

@@ -12,7 +12,7 @@ from matplotlib.image import imread
 from lrx.lowrank import method_class
 from lrx.report import cli, plot
 from lrx.report import rows as report_rows
-from lrx.results.files import RETIMED
+from lrx.results.files import DEPLOYED, RETIMED
 
 BASELINE = {
     "acc1": 87.56,
@@ -154,6 +154,10 @@ def test_table_columns_and_rows(sweep):
         "ONNX Runtime time(ms)",
         "conv speed-up (ONNX Runtime)",
         "model speed-up (ONNX Runtime)",
+        "best dense deployment (ms)",
+        "best final deployment (ms)",
+        "speed-up vs best dense",
+        "its IQR (vs best dense)",
         "conv speed-up re-timed (CPU, median [range])",
         "solve time(s)",
     ]
@@ -162,12 +166,13 @@ def test_table_columns_and_rows(sweep):
     assert {r[1] for r in cells[2:]} == {"cifar10"}
     assert len(body) == 4 and [r[1] for r in body] == ["baseline", "s1", "planner 2.5x latency (s1+s2)", "s2"]
     assert body[0][5:14] == ["92.78", "0.934", "40.00", "4.00", "87.56", "87.50", "-", "1.00", "1.00"]  # CUDA: s2's
-    assert body[0][22] == "-" and body[1][8] == "-" and body[1][21] == "-"  # not re-timed
+    assert body[0][26] == "-" and body[1][8] == "-" and body[1][25] == "-"  # not re-timed
     assert body[1][14] == "-"  # made before lrx recorded the spread
     assert body[1][16:18] == ["-", "-"]  # BatchNorm folding not measured
     assert body[1][18:21] == ["-", "-", "-"]  # not deployed: no ONNX Runtime figures
-    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][22] == "0.01"
-    assert body[3][22] == "0.04"  # four layers at 0.01 s
+    assert all(r[21:25] == ["-"] * 4 for r in body)  # nor to targets: no deployment headline
+    assert body[1][11] == "filter 60.00 → data 80.00 → finetune 84.00" and body[1][26] == "0.01"
+    assert body[3][26] == "0.04"  # four layers at 0.01 s
     assert body[3][2:5] == ["-", "conv2-conv5", "32"] and body[3][8] == "1.38"  # 4.00 / 2.9
 
 
@@ -210,6 +215,14 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
             "ort_ms",
             "conv_speedup_ort",
             "model_speedup_ort",
+            "best_dense",
+            "best_dense_ms",
+            "best_dense_acc1",
+            "best_final",
+            "best_final_ms",
+            "best_final_acc1",
+            "speedup_vs_best_dense",
+            "speedup_vs_best_dense_iqr",
         ]
         table = list(reader)
     assert [(r["method"], r["stage"], r["acc1"]) for r in table] == [
@@ -225,6 +238,8 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
     s1 = table[1]
     assert s1["baseline_acc1"] == "87.56" and s1["macs_m"] == "20.0" and s1["measured_speedup_cpu"] == "1.6"
     assert s1["cuda_ms"] == "" and table[-1]["cuda_ms"] != "" and s1["lambda_schedule"] == "0.01"
+    assert all(r["best_dense"] == r["speedup_vs_best_dense"] == "" for r in table)  # none deployed to targets
+    assert "## Deployments" not in md and not (out / "deploy.png").exists()
 
     plot_path = tmp_path / "docs" / "tradeoff.png"
     assert cli.main([str(sweep), "--out", str(tmp_path / "out2"), "--plot", str(plot_path)]) == 0
@@ -325,6 +340,11 @@ def test_every_committed_run_is_reported():
     rows, unfinished = report_rows.collect([runs])
     assert finished and not unfinished
     assert len([r for r in rows if r["kind"] == "job"]) == len([1 for _, res in finished if res["layers"]])
+    deployed = {
+        p.parent for p, res in finished if (p.parent / DEPLOYED).is_file() or (res.get("deploy") or {}).get("targets")
+    }
+    assert deployed and {r["run"] for r in rows if r["deploy"]} == deployed  # the file beside them is read
+    assert all(r["best_dense_text"].startswith(r["best_dense"]) for r in rows if r["deploy"] and r["deploy"]["best"])
     labels = " ".join(r["label"] for r in rows).replace("+", " ").split()
     assert {"s1", "s2", "tucker2", "cp"} <= set(labels)
 
@@ -343,3 +363,205 @@ def test_a_runs_conv_speedup_spread_and_unstable_flag_are_shown(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(res))
     (row,) = [r for r in report_rows.collect([tmp_path])[0] if r["kind"] == "job"]
     assert row["conv_iqr_cpu"] == "1.52-1.68 unstable" and "| 1.52-1.68 unstable |" in report_rows.table_markdown([row])
+
+
+def deployment(targets: dict, best: tuple[str, str] | None, reference: float = 87.56) -> dict:
+    """``results["deploy"]`` as lrx.deploy.compare writes it, for ``targets`` {name: (dense ms, dense
+    acc@1, final ms, final acc@1)} and the ``best`` (dense, final) targets; None: no best dense."""
+
+    def side(ms, acc1):
+        return {"ms": ms, "acc1": acc1, "runtime": "test", "check": {"max_rel_error": 0.0, "top1_agreement": 1.0}}
+
+    table = {
+        name: {
+            "baseline": side(dms, dacc),
+            "final": side(fms, facc),
+            "speedup": dms / fms,
+            "speedup_iqr": [dms / fms - 0.1, dms / fms + 0.1],
+            "unstable": False,
+        }
+        for name, (dms, dacc, fms, facc) in targets.items()
+    }
+    headline = None
+    if best:
+        dense, final = table[best[0]]["baseline"], table[best[1]]["final"]
+        ratio = dense["ms"] / final["ms"]
+        headline = {
+            "dense": best[0],
+            "final": best[1],
+            "dense_ms": dense["ms"],
+            "final_ms": final["ms"],
+            "dense_acc1": dense["acc1"],
+            "final_acc1": final["acc1"],
+            "within": 0.5,
+            "speedup": ratio,
+            "speedup_iqr": [ratio - 0.2, ratio + 0.3],
+            "unstable": True,
+        }
+    return {
+        "date": "2026-12-06",
+        "machine": "test machine",
+        "threads": 2,
+        "batch_size": 32,
+        "bn_folded": True,
+        "reference_acc1": reference,
+        "calibration_images": 300,
+        "load": {"busy_cores": [0.0], "waited_s": 0.0, "quiet": True},
+        "targets": table,
+        "best": headline,
+        "rounds": 10,
+        "seconds": 1.0,
+        "busy_cores": 0.0,
+    }
+
+
+TARGETS = {  # openvino-int8's dense network lost too much: torch-bf16 is the best dense
+    "torch-fp32": (30.0, 87.56, 12.0, 86.9),
+    "torch-bf16": (20.0, 87.3, 8.0, 86.8),
+    "openvino-int8": (10.0, 86.0, 5.0, 85.5),
+}
+DEPLOYMENT = deployment(TARGETS, ("torch-bf16", "openvino-int8"))
+
+
+def with_deployment(res: dict, deploy: dict | None) -> dict:
+    """``res`` deployed to targets: ``results["deploy"]`` (an ONNX export beside it) and the speed-up."""
+    best = (deploy or {}).get("best")
+    speedup = {
+        **res["speedup"],
+        "vs_best_dense": best and best["speedup"],
+        "vs_best_dense_iqr": best and best["speedup_iqr"],
+    }
+    return {**res, "deploy": {"onnx": {"exported": True}, **(deploy or {})}, "speedup": speedup}
+
+
+@pytest.fixture
+def deployed_sweep(sweep) -> Path:
+    """The sweep with S2 (job 1) deployed to targets in its results.json; S1 and PLAN not."""
+    (sweep / "1" / "results.json").write_text(json.dumps(with_deployment(S2, DEPLOYMENT)))
+    return sweep
+
+
+def test_a_deployed_run_shows_its_headline_and_the_others_blank_cells(deployed_sweep):
+    rows, _ = report_rows.collect([deployed_sweep])
+    base, s1, plan, s2 = rows
+    assert (s2["best_dense"], s2["best_dense_ms"], s2["best_dense_acc1"]) == ("torch-bf16", 20.0, 87.3)
+    assert (s2["best_final"], s2["best_final_ms"], s2["best_final_acc1"]) == ("openvino-int8", 5.0, 85.5)
+    assert s2["vs_best_dense"] == pytest.approx(4.0) and s2["vs_best_dense_iqr"] == "3.80-4.30 unstable"
+    assert all(r["deploy"] is None and r["best_dense"] is None and r["vs_best_dense"] is None for r in (base, s1, plan))
+    lines = report_rows.table_markdown(rows).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    at = cells[0].index("best dense deployment (ms)")
+    assert cells[0][at : at + 4] == [
+        "best dense deployment (ms)",
+        "best final deployment (ms)",
+        "speed-up vs best dense",
+        "its IQR (vs best dense)",
+    ]
+    assert cells[-1][at : at + 4] == ["torch-bf16 20.00", "openvino-int8 5.00", "4.00", "3.80-4.30 unstable"]
+    assert all(c[at : at + 4] == ["-"] * 4 for c in cells[2:-1])
+
+
+def test_the_report_lists_every_target_of_the_deployed_runs(deployed_sweep, tmp_path):
+    out, csv_path = tmp_path / "out", tmp_path / "summary.csv"
+    assert cli.main([str(deployed_sweep), "--out", str(out), "--csv", str(csv_path)]) == 0
+    md = (out / "report.md").read_text()
+    section = md[md.index("## Deployments") :]
+    assert section.count("### ") == 1 and "### s2 K32: alexnet_cifar on cifar10" in section
+    assert str(deployed_sweep / "1") in section and "test machine, 2026-12-06, batch 32, 2 threads" in section
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "target" not in line]
+    assert rows == [
+        "| torch-fp32 | 30.00 | 87.56 | 12.00 | 86.90 | 2.50 (2.40-2.60) |",
+        "| torch-bf16 (best dense) | 20.00 | 87.30 | 8.00 | 86.80 | 2.50 (2.40-2.60) |",
+        "| openvino-int8 (best final) | 10.00 | 86.00 | 5.00 | 85.50 | 2.00 (1.90-2.10) |",
+    ]
+    assert "**4.00x** (3.80-4.30 unstable)" in section and "within 0.5 point of the reference 87.56%" in section
+    with open(csv_path, newline="") as f:
+        table = list(csv.DictReader(f))
+    s2 = [r for r in table if r["method"] == "s2"]
+    assert s2 and all(
+        (r["best_dense"], r["best_final"], r["best_dense_ms"]) == ("torch-bf16", "openvino-int8", "20.0") for r in s2
+    )
+    assert all(r["speedup_vs_best_dense"] == "" for r in table if r["method"] != "s2")
+
+
+def test_older_runs_are_read_from_the_file_beside_results_json(sweep):
+    (sweep / "0" / DEPLOYED).write_text(json.dumps(DEPLOYMENT))  # S1: results.json has no deploy
+    other = deployment({"torch-fp32": (30.0, 87.56, 15.0, 87.0)}, ("torch-fp32", "torch-fp32"))
+    (sweep / "1").joinpath("results.json").write_text(json.dumps(with_deployment(S2, other)))
+    (sweep / "1" / DEPLOYED).write_text(json.dumps(DEPLOYMENT))  # results.json's own wins
+    (sweep / "2" / "results.json").write_text(json.dumps({**PLAN, "deploy": {"onnx": {"exported": True}}}))
+    rows = {r["label"]: r for r in report_rows.collect([sweep])[0]}
+    assert rows["s1 M8"]["deploy"] == DEPLOYMENT and rows["s1 M8"]["best_dense"] == "torch-bf16"
+    assert rows["s2 K32"]["best_dense"] == "torch-fp32" and rows["s2 K32"]["vs_best_dense"] == pytest.approx(2.0)
+    assert rows["plan 2.5x s1+s2"]["deploy"] is None and rows["plan 2.5x s1+s2"]["best_dense_text"] is None
+
+
+def test_a_deployment_without_a_best_dense_leaves_the_headline_blank(sweep, tmp_path):
+    lossy = {
+        **deployment({"openvino-int8": (10.0, 80.0, 5.0, 79.0)}, None),
+        "calibration_images": None,  # as a run with no int8 target records it
+        "failed": {"torch-bf16": "final network: top-1 agreement 0.5"},
+    }
+    (sweep / "0" / "results.json").write_text(json.dumps(with_deployment(S1, lossy)))
+    rows, _ = report_rows.collect([sweep])
+    (s1,) = [r for r in rows if r["label"] == "s1 M8"]
+    assert s1["deploy"] == {"onnx": {"exported": True}, **lossy}
+    assert all(s1[k] is None for k in report_rows.HEADLINE)
+    section = report_rows.deployment_markdown(rows)
+    assert "| openvino-int8 | 10.00 | 80.00 | 5.00 | 79.00 | 2.00 (1.90-2.10) |" in section
+    assert "no best dense" in section and "calibrated" not in section
+    assert "Left out: torch-bf16 (final network: top-1 agreement 0.5)." in section
+    assert cli.main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "deploy.png").is_file()
+
+
+def test_the_deployment_plot_is_written_only_where_a_run_was_deployed(deployed_sweep, tmp_path):
+    plot_path = tmp_path / "docs" / "tradeoff.png"
+    assert cli.main([str(deployed_sweep), "--out", str(tmp_path / "out"), "--plot", str(plot_path)]) == 0
+    image = imread(tmp_path / "docs" / "deploy.png")  # beside the plot
+    assert image.shape[0] >= 400 and image.shape[1] >= 400
+    explicit = tmp_path / "elsewhere" / "targets.png"
+    assert cli.main([str(deployed_sweep), "--out", str(tmp_path / "out"), "--deploy-plot", str(explicit)]) == 0
+    assert explicit.is_file() and not (tmp_path / "out" / "deploy.png").exists()
+    rows, _ = report_rows.collect([deployed_sweep])
+    assert plot.deploy_plot([r for r in rows if not r["deploy"]], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_the_deployment_plot_shows_both_networks_in_every_target(deployed_sweep):
+    rows, _ = report_rows.collect([deployed_sweep])
+    fig = plot.deploy_figure(rows)
+    (ax,) = [a for a in fig.axes if a.axison]  # one panel: one run deployed
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:3] == list(TARGETS) and {"dense network", "final network", "Pareto front"} <= set(legend)
+    drawn = {}  # (ms, acc1) -> (marker, colour) of every point drawn
+    for c in ax.collections:
+        if len(c.get_offsets()) == 1:
+            drawn[tuple(c.get_offsets()[0])] = (
+                c.get_paths()[0].vertices.round(3).tobytes(),
+                tuple(c.get_facecolors()[0]),
+            )
+    dense = [drawn[(ms, acc1)] for ms, acc1, _, _ in TARGETS.values()]
+    final = [drawn[(ms, acc1)] for _, _, ms, acc1 in TARGETS.values()]
+    assert (
+        len({m for m, _ in dense}) == len({m for m, _ in final}) == 1 and dense[0][0] != final[0][0]
+    )  # marker per side
+    assert [c for _, c in dense] == [c for _, c in final] and len({c for _, c in dense}) == len(
+        TARGETS
+    )  # colour per target
+    (ring,) = [c for c in ax.collections if c.get_gid() == "pareto"]
+    front = [(float(x), float(y)) for x, y in ring.get_offsets()]
+    assert front == [
+        (5.0, 85.5),
+        (8.0, 86.8),
+        (12.0, 86.9),
+        (20.0, 87.3),
+        (30.0, 87.56),
+    ]  # dense int8 beaten by final bf16
+    assert sorted(t.get_text() for t in ax.texts) == ["best dense", "best final"]
+
+
+def test_pareto_front_by_latency():
+    pts = [{"ms": ms, "acc1": a} for ms, a in [(10.0, 86.0), (5.0, 85.5), (8.0, 85.0), (20.0, 87.3), (30.0, 87.0)]]
+    front = plot.pareto(pts, speed=lambda p: -p["ms"])
+    assert [(p["ms"], p["acc1"]) for p in front] == [(20.0, 87.3), (10.0, 86.0), (5.0, 85.5)]

@@ -62,6 +62,47 @@ def test_summary_metrics_are_flat_and_named_once():
     assert all(isinstance(v, float) for v in s.values())
 
 
+def _deployed(best: bool = True) -> dict:
+    """:func:`_results` deployed to two targets (an ONNX export beside them), with or without a best dense."""
+    res = _results()
+
+    def sides(dense_ms, final_ms):
+        return {
+            "baseline": {"ms": dense_ms, "acc1": 80.0, "check": {}},
+            "final": {"ms": final_ms, "acc1": 79.5, "check": {}},
+            "speedup": dense_ms / final_ms,
+            "speedup_iqr": [1.0, 3.0],
+            "unstable": False,
+        }
+
+    targets = {"torch-fp32": sides(4.0, 2.0), "openvino-int8": sides(2.0, 1.6)}
+    res["deploy"] = {"onnx": {"exported": True}, "targets": targets, "best": None, "batch_size": 32}
+    res["speedup"] |= {"vs_best_dense": 1.25 if best else None, "vs_best_dense_iqr": [1.1, 1.4] if best else None}
+    return res
+
+
+def test_summary_metrics_of_a_deployed_run():
+    s = summary_metrics(_deployed())
+    assert s["speedup/vs_best_dense"] == 1.25
+    assert s["deploy/torch-fp32/baseline/ms"] == 4.0 and s["deploy/torch-fp32/final/ms"] == 2.0
+    assert s["deploy/openvino-int8/baseline/ms"] == 2.0 and s["deploy/openvino-int8/final/acc1"] == 79.5
+    assert {k for k in s if k.startswith("deploy/")} == {
+        f"deploy/{t}/{side}/{key}"
+        for t in ("torch-fp32", "openvino-int8")
+        for side in ("baseline", "final")
+        for key in ("ms", "acc1")
+    }
+    assert all(isinstance(v, float) for v in s.values())
+    assert "speedup/vs_best_dense" not in summary_metrics(_deployed(best=False))  # no dense target kept its acc@1
+
+
+@pytest.mark.parametrize("deploy", [None, {"onnx": {"exported": True}}])
+def test_summary_metrics_of_a_run_not_deployed_to_targets(deploy):
+    s = summary_metrics({**_results(), "deploy": deploy})
+    assert not [k for k in s if k.startswith("deploy/") or k == "speedup/vs_best_dense"]
+    assert s == summary_metrics(_results())
+
+
 def test_layer_table_has_one_row_per_layer():
     (row,) = layer_rows(_results())
     assert dict(zip(LAYER_COLUMNS, row)) == {

@@ -5,20 +5,31 @@ timed in the same paired rounds, and the headline speed-up against the best dens
 The best dense deployment is the fastest baseline target whose acc@1 is within ``within`` points
 (0.5) of the baseline's float32 acc@1 in PyTorch; the final network's is its fastest target. The
 speed-up is the median over rounds of best dense ms / best final ms, with its IQR (both measured
-in the same rounds, in this process).
+in the same rounds, in this process). :func:`compare_deployments` does it all, for a run's stage and
+for ``scripts/deploy_table.py``.
 """
 
 from __future__ import annotations
 
+import datetime
+import logging
+import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from lrx.deploy.targets import Deployed, Target, accuracy, check, deploy
+from lrx.compress.fold import fold_bn
+from lrx.deploy.targets import TARGETS, Deployed, Target, TargetError, accuracy, check, deploy
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, measure
+from lrx.measure.latency import machine
+from lrx.measure.load import wait_for_quiet
+
+log = logging.getLogger(__name__)
 
 SIDES = ("baseline", "final")
 WITHIN = 0.5  # points of acc@1 a dense deployment may lose and still count as the reference
@@ -32,20 +43,30 @@ def deploy_both(
     memory_format: torch.memory_format,
     calibration: Iterable | None,
     calibration_images: int,
-) -> dict[str, dict[str, Deployed]]:
-    """``{target: {side: Deployed}}`` for both networks, each checked against its torch network on
-    ``images`` (validation images; the check is kept in ``Deployed.info["check"]``)."""
+) -> tuple[dict[str, dict[str, Deployed]], dict[str, str]]:
+    """``({target: {side: Deployed}}, {target: why it failed})`` for both networks: each deployed
+    graph is checked against its torch network on ``images`` (validation images; the check is kept
+    in ``Deployed.info["check"]``); a target where either network fails its check is left out,
+    with a warning, and the other targets go on."""
     out: dict[str, dict[str, Deployed]] = {}
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="lrx-deploy-") as work:
-        for target in targets:
-            out[target.name] = {}
+        for target in tqdm(targets, desc="deploy", leave=False):
+            sides = {}
             for side, net in nets.items():
                 folder = Path(work) / target.name / side
                 folder.mkdir(parents=True)
                 d = deploy(net, target, images, threads, folder, memory_format, calibration, calibration_images)
-                d.info["check"] = check(d, net, images)
-                out[target.name][side] = d
-    return out
+                try:
+                    d.info["check"] = check(d, net, images)
+                except TargetError as e:
+                    failed[target.name] = f"{side} network: {e}"
+                    log.warning("%s is left out: the %s", target.name, failed[target.name])
+                    break
+                sides[side] = d
+            else:
+                out[target.name] = sides
+    return out, failed
 
 
 def _pair(a: str, b: str) -> str:
@@ -104,4 +125,80 @@ def evaluate_all(deployed: dict[str, dict[str, Deployed]], loader, max_batches=N
     return {
         t: {side: accuracy(d, loader, max_batches, desc=f"{side} acc@1 in {t}") for side, d in sides.items()}
         for t, sides in deployed.items()
+    }
+
+
+def available_targets(key: str = "deploy.targets") -> list[Target]:
+    """Every target this installation and CPU serve (``deploy.targets=auto``); each one left out is
+    logged with the reason."""
+    out = []
+    for name in TARGETS:
+        target = Target.of(name, key)
+        try:
+            target.require(key)
+        except TargetError as e:
+            log.info("not deployed to %s: %s", name, e)
+            continue
+        out.append(target)
+    return out
+
+
+def keep(deployed: dict[str, dict[str, Deployed]], folder: Path) -> dict[str, dict[str, list[str]]]:
+    """Every deployed graph's files under ``folder/<target>/<side>/``, written to a sibling folder
+    first and renamed at the end (no half-written folder is left); ``{target: {side: [files]}}``."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = {}
+    for t, sides in deployed.items():
+        files[t] = {}
+        for side, d in sides.items():
+            dest = tmp / t / side
+            dest.mkdir(parents=True)
+            files[t][side] = [f"{t}/{side}/{name}" for name in d.save(dest)]
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return files
+
+
+def compare_deployments(
+    nets: dict[str, nn.Module],
+    targets: list[Target],
+    x: torch.Tensor,
+    check_images: torch.Tensor,
+    val_loader,
+    reference_acc1: float,
+    threads: int,
+    estimator: Estimator = DEFAULT_ESTIMATOR,
+    memory_format: torch.memory_format = torch.channels_last,
+    calibration: Iterable | None = None,
+    calibration_images: int = 300,
+    quiet_wait_s: float = 60.0,
+    keep_in: Path | None = None,
+    max_batches: int | None = None,
+) -> dict:
+    """Both ``nets`` (``{"baseline", "final"}``, eval, CPU, float32), their BatchNorms folded as a
+    deployment serves them, deployed to every target and checked on ``check_images``; acc@1 of each
+    on ``val_loader`` where it runs; every graph timed on ``x`` in the same paired rounds after a
+    wait for a quiet machine; the graphs' files kept under ``keep_in`` when given. Returns what
+    results.json keeps under ``deploy`` (:func:`table`, plus the setup and load)."""
+    nets = {side: fold_bn(net) for side, net in nets.items()}
+    deployed, failed = deploy_both(nets, targets, check_images, threads, memory_format, calibration, calibration_images)
+    if not deployed:
+        return {"failed": failed, "targets": {}, "best": None}
+    acc1 = evaluate_all(deployed, val_loader, max_batches)
+    files = keep(deployed, keep_in) if keep_in is not None else None
+    load = wait_for_quiet(quiet_wait_s, "the deployed networks")
+    timing = time_all(deployed, x, estimator, threads)
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "batch_size": len(x),
+        "bn_folded": True,
+        "calibration_images": calibration_images if any(t.precision == "int8" for t in targets) else None,
+        "reference_acc1": reference_acc1,
+        "load": load,
+        "files": files,
+        "failed": failed,
+        **table(deployed, timing, acc1, reference_acc1),
     }

@@ -1,6 +1,7 @@
-"""Sweep report from ``results.json`` files: a markdown table, an acc@1 / speed-up plot, a CSV.
+"""Sweep report from ``results.json`` files: a markdown table, an acc@1 / speed-up plot, a CSV; for
+runs deployed to targets, a table per run and an acc@1 / latency plot.
 
-python -m lrx.report SWEEP_DIR [SWEEP_DIR ...] [--csv PATH] [--out DIR] [--plot PATH]
+python -m lrx.report SWEEP_DIR [SWEEP_DIR ...] [--csv PATH] [--out DIR] [--plot PATH] [--deploy-plot PATH]
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import sys
 from pathlib import Path
 
 from lrx.io import write_text
-from lrx.report.plot import plot
-from lrx.report.rows import ReportError, collect, table_markdown, write_csv
+from lrx.report.plot import deploy_plot, plot
+from lrx.report.rows import ReportError, collect, deployment_markdown, table_markdown, write_csv
+from lrx.results.files import DEPLOYED
 
 
 def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
-    """report.md: the table, what its columns mean, and what was skipped."""
+    """report.md: the table, what its columns mean, each deployed run's targets, and what was skipped."""
     sizes = ", ".join(map(str, sorted({r["batch_size"] for r in rows})))
     text = (
         f"# lrx report\n\nRuns under: {', '.join(f'`{d}`' for d in dirs)}\n\n{table_markdown(rows)}\n"
@@ -36,8 +38,18 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         "blank: not measured). "
         "Re-timed: the conv speed-up measured again by scripts/retime.py (median and range over its rounds), "
         "where the run directory has a retime.json. "
+        "Best dense deployment: the fastest target of the dense network whose acc@1 there stays within "
+        "the margin it records (0.5 point) of its float32 PyTorch acc@1; best final deployment: the final network's "
+        "fastest target; speed-up vs best dense: best dense ms / best final ms, the median of paired rounds, with "
+        f"its IQR (blank: not deployed to targets, from results.json or a {DEPLOYED} beside it). "
         "Solve time: filter reconstruction of the layers kept, summed (a planner's search not included).\n"
     )
+    deployments = deployment_markdown(rows)
+    if deployments:
+        text += (
+            "\n## Deployments\n\nBoth networks in every target, timed in the same paired rounds; acc@1 measured "
+            "in the target on the validation split.\n\n" + deployments
+        )
     if unfinished:
         text += f"\nSkipped {len(unfinished)} unfinished:\n\n" + "".join(f"- `{p}`: {why}\n" for p, why in unfinished)
     return text
@@ -59,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="also write the per-stage summary here")
     parser.add_argument("--out", type=Path, help="where report.md and report.png go (default: the first SWEEP_DIR)")
     parser.add_argument("--plot", type=Path, help="write the plot here instead of OUT/report.png")
+    parser.add_argument(
+        "--deploy-plot",
+        type=Path,
+        help="write the deployment plot here instead of deploy.png beside the plot (only if a run was deployed)",
+    )
     args = parser.parse_args(argv)
     try:
         rows, unfinished = collect(args.dirs)
@@ -72,10 +89,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     out = args.out or args.dirs[0]
+    plot_path = args.plot or out / "report.png"
     written = [
         write_text(out / "report.md", markdown(rows, unfinished, args.dirs)),
-        plot(rows, args.plot or out / "report.png", title=_title(args.dirs)),
+        plot(rows, plot_path, title=_title(args.dirs)),
     ]
+    deploy_png = deploy_plot(rows, args.deploy_plot or plot_path.parent / "deploy.png", title=_title(args.dirs))
+    if deploy_png:
+        written.append(deploy_png)
     if args.csv:
         written.append(write_csv(rows, args.csv))
     print(table_markdown(rows))

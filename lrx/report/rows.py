@@ -17,7 +17,7 @@ from io import StringIO
 from pathlib import Path
 
 from lrx.io import write_text
-from lrx.results.files import FOLDED, ORT, RESULTS, RETIMED, read_finished
+from lrx.results.files import DEPLOYED, FOLDED, ORT, RESULTS, RETIMED, read_finished
 from lrx.results.text import bases_text, lambda_text, rank_text
 
 CPU_FOLDED = f"cpu{FOLDED}"  # both networks timed with their BatchNorms folded
@@ -45,6 +45,10 @@ COLUMNS = {  # markdown header -> row key
     "ONNX Runtime time(ms)": "ort_ms",
     "conv speed-up (ONNX Runtime)": "conv_speedup_ort",
     "model speed-up (ONNX Runtime)": "model_speedup_ort",
+    "best dense deployment (ms)": "best_dense_text",
+    "best final deployment (ms)": "best_final_text",
+    "speed-up vs best dense": "vs_best_dense",
+    "its IQR (vs best dense)": "vs_best_dense_iqr",
     "conv speed-up re-timed (CPU, median [range])": "retimed",
     "solve time(s)": "solve_s",
 }
@@ -71,7 +75,27 @@ CSV_COLUMNS = {  # CSV header -> row key
     "ort_ms": "ort_ms",
     "conv_speedup_ort": "conv_speedup_ort",
     "model_speedup_ort": "model_speedup_ort",
+    "best_dense": "best_dense",
+    "best_dense_ms": "best_dense_ms",
+    "best_dense_acc1": "best_dense_acc1",
+    "best_final": "best_final",
+    "best_final_ms": "best_final_ms",
+    "best_final_acc1": "best_final_acc1",
+    "speedup_vs_best_dense": "vs_best_dense",
+    "speedup_vs_best_dense_iqr": "vs_best_dense_iqr",
 }
+HEADLINE = [  # the row keys of the deployment headline (results["deploy"]["best"])
+    "best_dense",
+    "best_dense_ms",
+    "best_dense_acc1",
+    "best_dense_text",
+    "best_final",
+    "best_final_ms",
+    "best_final_acc1",
+    "best_final_text",
+    "vs_best_dense",
+    "vs_best_dense_iqr",
+]
 DIGITS = {"params_m": 3}  # decimals in the table; 2 for every other number
 
 
@@ -120,7 +144,11 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
             b = res["baseline"]
             key = (res["model"], dataset_of(res), b["acc1"], b["acc1_test"], b["macs"], b["params"])
             base = {**_measures(b), "batch_size": _batch_size(res)}
-            job = {**_job_row(res, key), "retimed": _retimed(path.parent / RETIMED)} if res["layers"] else None
+            job = None
+            if res["layers"]:
+                deploy = _deployment(res, path.parent)
+                extra = {"run": path.parent, "retimed": _retimed(path.parent / RETIMED), "deploy": deploy}
+                job = {**_job_row(res, key), **extra, **_headline(deploy)}
         except (KeyError, TypeError, ValueError) as e:
             unfinished.append((path, f"malformed: {e!r}"))
             continue
@@ -144,6 +172,35 @@ def _retimed(path: Path) -> str | None:
         return None
     conv = json.loads(path.read_text())["conv_speedup"]
     return f"{conv['median']:.2f} [{conv['min']:.2f}-{conv['max']:.2f}]"
+
+
+def _deployment(res: dict, run_dir: Path) -> dict | None:
+    """The run's deployment to every target: ``results["deploy"]`` where it has ``targets``, else
+    ``deploy_targets.json`` beside results.json (older runs); None where neither has any."""
+    deploy = res.get("deploy")
+    if not (isinstance(deploy, dict) and deploy.get("targets")):
+        path = run_dir / DEPLOYED
+        deploy = json.loads(path.read_text()) if path.is_file() else None
+    return deploy if isinstance(deploy, dict) and deploy.get("targets") else None
+
+
+def _headline(deploy: dict | None) -> dict:
+    """The :data:`HEADLINE` keys from the deployment's ``best``: all None where there is none."""
+    best = (deploy or {}).get("best")
+    if not best:
+        return dict.fromkeys(HEADLINE)
+    return {
+        "best_dense": best["dense"],
+        "best_dense_ms": best["dense_ms"],
+        "best_dense_acc1": best["dense_acc1"],
+        "best_dense_text": f"{best['dense']} {best['dense_ms']:.2f}",
+        "best_final": best["final"],
+        "best_final_ms": best["final_ms"],
+        "best_final_acc1": best["final_acc1"],
+        "best_final_text": f"{best['final']} {best['final_ms']:.2f}",
+        "vs_best_dense": best["speedup"],
+        "vs_best_dense_iqr": _spread(best.get("speedup_iqr"), best.get("unstable")),
+    }
 
 
 def _measures(part: dict) -> dict:
@@ -180,6 +237,7 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "lambda": None,
         "layers": None,
         "bases": None,
+        "run": None,
         **bases[0],
         "cpu_ms": statistics.median(b["cpu_ms"] for b in bases),
         "cuda_ms": statistics.median(cuda) if cuda else None,
@@ -197,6 +255,8 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "stages_text": None,
         "retimed": None,
         "solve_s": None,
+        "deploy": None,
+        **dict.fromkeys(HEADLINE),
     }
 
 
@@ -252,9 +312,12 @@ def _iqr_text(speedup: dict, where: str) -> str | None:
     """``2.60-2.70``, the conv speed-up's interquartile range, ``unstable`` appended where the run
     flagged its conv or model speed-up so; None for runs made before lrx recorded it."""
     iqr = speedup.get("conv_iqr", {}).get(where)
-    if iqr is None:
-        return None
-    return f"{iqr[0]:.2f}-{iqr[1]:.2f}" + (" unstable" if speedup["unstable"][where] else "")
+    return None if iqr is None else _spread(iqr, speedup["unstable"][where])
+
+
+def _spread(iqr, unstable) -> str | None:
+    """``2.60-2.70``, ``unstable`` appended where flagged; None without an IQR."""
+    return None if iqr is None else f"{iqr[0]:.2f}-{iqr[1]:.2f}" + (" unstable" if unstable else "")
 
 
 def _layers_text(names: list[str]) -> str | None:
@@ -296,6 +359,62 @@ def table_markdown(rows: list[dict]) -> str:
     ]
     lines += ["| " + " | ".join(_fmt(k, r[k]) for k in COLUMNS.values()) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def deployment_markdown(rows: list[dict]) -> str:
+    """Per run with deployment data: its setting, then every target's ms and acc@1 for both
+    networks and the final's speed-up in that target; "" when no run has any."""
+    parts = []
+    for r in rows:
+        if not r.get("deploy"):
+            continue
+        d, best = r["deploy"], r["deploy"].get("best") or {}
+        setting = ", ".join(
+            text
+            for key, text in [
+                ("machine", str(d.get("machine"))),
+                ("date", str(d.get("date"))),
+                ("batch_size", f"batch {d.get('batch_size')}"),
+                ("threads", f"{d.get('threads')} threads"),
+                ("bn_folded", "BN folded" if d.get("bn_folded") else "BN not folded"),
+                ("calibration_images", f"int8 calibrated on {d.get('calibration_images')} training images"),
+                ("rounds", f"{d.get('rounds')} paired rounds"),
+                ("busy_cores", f"busy cores while timing {d.get('busy_cores')}"),
+            ]
+            if d.get(key) is not None
+        )
+        lines = [
+            f"### {r['label']}: {r['model']} on {r['dataset']} (`{r['run']}`)",
+            "",
+            f"{setting}." if setting else "",
+            "",
+            "| target | dense ms | dense acc@1(%) | final ms | final acc@1(%) | final speed-up in the target (IQR) |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for name, t in d["targets"].items():
+            marks = [m for m, side in (("best dense", "dense"), ("best final", "final")) if best.get(side) == name]
+            b, f = t["baseline"], t["final"]
+            iqr = _spread(t.get("speedup_iqr"), t.get("unstable"))
+            cells = [
+                name + (f" ({', '.join(marks)})" if marks else ""),
+                *(_fmt("ms", v) for v in (b["ms"], b["acc1"], f["ms"], f["acc1"])),
+                _fmt("speedup", t.get("speedup")) + (f" ({iqr})" if iqr else ""),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        if best:
+            reference = _fmt("acc1", d.get("reference_acc1"))
+            lines.append(
+                f"\nBest dense: {best['dense']}, {best['dense_ms']:.2f} ms at {best['dense_acc1']:.2f}% (within "
+                f"{best['within']:g} point of the reference {reference}%); best final: {best['final']}, "
+                f"{best['final_ms']:.2f} ms at {best['final_acc1']:.2f}%: **{best['speedup']:.2f}x**"
+                + (f" ({r['vs_best_dense_iqr']})" if r["vs_best_dense_iqr"] else "")
+            )
+        else:
+            lines.append("\nNo dense target kept its acc@1 close enough to the reference: no best dense.")
+        if d.get("failed"):
+            lines.append("\nLeft out: " + "; ".join(f"{t} ({why})" for t, why in d["failed"].items()) + ".")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def csv_rows(rows: list[dict]) -> list[dict]:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lrx.compress.data_recon import MODES, OPTIMIZERS
+from lrx.deploy.targets import AUTO, TARGETS, Target, TargetError
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.measure.estimator import FIELDS as ESTIMATOR_KEYS
@@ -356,11 +357,37 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
     _keys(dep, "deploy", _names(schema.Deploy))
     _int(dep, "deploy", "opset", MIN_OPSET)
     _int(dep, "deploy", "check_images", 1)
+    _check_targets(dep)
     if dep["onnx"]:
         _require_onnx("deploy.onnx=true")
     else:
         ignored += _changed_from_defaults(
             dep, "deploy", schema.Deploy, ["opset", "check_images"], "deploy.onnx=false: nothing is exported"
+        )
+
+
+def _check_targets(dep: Mapping) -> None:
+    """``deploy.targets``: "auto" or a list of distinct targets that this installation and CPU serve;
+    int8 needs ``deploy.calibration_images`` >= 1."""
+    targets, valid = dep["targets"], f'"auto", [] (none) or a list of distinct names of {", ".join(TARGETS)}'
+    if targets == AUTO:
+        names = []
+    elif isinstance(targets, list) and all(isinstance(t, str) for t in targets) and len(set(targets)) == len(targets):
+        names = targets
+    else:
+        raise _bad("deploy.targets", targets, valid)
+    try:
+        chosen = [Target.of(name) for name in names]
+        for target in chosen:
+            target.require()
+    except TargetError as e:
+        raise ConfigError(str(e)) from None
+    int8 = [t.name for t in chosen if t.precision == "int8"] or (["int8 targets"] if targets == AUTO else [])
+    if int8 and (not is_int(dep["calibration_images"]) or dep["calibration_images"] < 1):
+        raise _bad(
+            "deploy.calibration_images",
+            dep["calibration_images"],
+            f"an integer >= 1: {', '.join(int8)} calibrate NNCF's quantization on that many training images",
         )
 
 

@@ -137,8 +137,11 @@ class Latency:
 
 @dataclass
 class Deploy:
-    """deploy: ONNX export and ONNX Runtime timings."""
+    """deploy: the deployment targets both networks are served in, and ONNX export with ONNX
+    Runtime timings per conv."""
 
+    targets: Any = "auto"  # "auto" (every target this installation and CPU serve), or a list of names
+    calibration_images: int = 300
     onnx: bool = False
     opset: int = 18
     check_images: int = 16

@@ -22,14 +22,16 @@ from lrx.compress.data_recon import reconstruct
 from lrx.compress.execution import reset_strategies, tune
 from lrx.compress.guard import put_back_slower
 from lrx.deploy import onnx_export as export
+from lrx.deploy.compare import WITHIN, available_targets, compare_deployments
+from lrx.deploy.targets import AUTO, Target
 from lrx.io import write_json
 from lrx.lowrank.surgery import decompose
 from lrx.measure.accuracy import accuracy
 from lrx.measure.complexity import complexity
 from lrx.measure.estimator import Estimator
-from lrx.measure.latency import compare_at, decide_point, devices, point_label
+from lrx.measure.latency import compare_at, decide_point, devices, memory_format_of, point_label
 from lrx.measure.load import wait_for_quiet
-from lrx.results.files import FOLDED, MODEL, ORT, RESULTS
+from lrx.results.files import DEPLOYED_DIR, FOLDED, MODEL, ORT, RESULTS
 from lrx.results.saved import save_network
 from lrx.run.baseline import check_finite_network, get_baseline
 from lrx.run.job import Job, first_val_images
@@ -248,6 +250,51 @@ def _deploy(s: State, run_dir: Path, images: torch.Tensor, timings: dict) -> Non
         )
 
 
+def _deploy_targets(s: State, run_dir: Path, images: torch.Tensor) -> None:
+    """deploy.targets: both networks served by every target (:mod:`lrx.deploy.compare`) at
+    ``latency.decide_at``, their graphs kept under ``run_dir/deployed/``; the table joins
+    ``s.deployed``."""
+    job, dep, lat = s.job, s.job.cfg.deploy, s.job.cfg.latency
+    targets = available_targets() if dep.targets == AUTO else [Target.of(t) for t in dep.targets]
+    if not targets:
+        return
+    batch_size, threads = decide_point(lat)
+    size, dm = job.cfg.model.input_size, job.datamodule
+    int8 = any(t.precision == "int8" for t in targets)
+    log.info("deploying both networks to %s", ", ".join(t.name for t in targets))
+    table = compare_deployments(
+        {"baseline": s.net, "final": s.approx},
+        targets,
+        torch.randn(batch_size, 3, size, size),
+        images[: dep.check_images],
+        dm.val_dataloader(),
+        s.baseline["acc1"],
+        threads,
+        Estimator.of(lat.estimator),
+        memory_format_of(lat.memory_format),
+        dm.calibration_dataloader(dep.calibration_images, seed=job.cfg.seed) if int8 else None,
+        dep.calibration_images,
+        lat.quiet_wait_s,
+        run_dir / DEPLOYED_DIR,
+        _limit(job.cfg.trainer.get("limit_val_batches")),
+    )
+    s.deployed = {**(s.deployed or {}), **table}
+    best = table["best"]
+    if best:
+        log.info(
+            "best dense deployment %s %.2f ms (%.2f%%), best final %s %.2f ms (%.2f%%): %.2fx",
+            best["dense"],
+            best["dense_ms"],
+            best["dense_acc1"],
+            best["final"],
+            best["final_ms"],
+            best["final_acc1"],
+            best["speedup"],
+        )
+    else:
+        log.warning("no dense deployment kept its acc@1 within %.1f point: no speed-up against one", WITHIN)
+
+
 def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     """Run the stages; write the final network to ``run_dir/model.pt`` (:mod:`lrx.results.saved`),
     then ``run_dir/results.json``, both atomically; returns the results."""
@@ -264,6 +311,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     s.load["final"] = wait_for_quiet(job.cfg.latency.quiet_wait_s, "the final networks")
     timings = _timings(job, s.net, s.approx, folded=job.cfg.latency.fold_bn)
     _deploy(s, run_dir, images, timings)
+    _deploy_targets(s, run_dir, images)
     results = results_of(s, timings)
     # before results.json: a results.json that exists has its model
     save_network(run_dir / MODEL, s.approx.eval(), OmegaConf.to_container(job.cfg.model.net, resolve=True))

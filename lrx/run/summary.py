@@ -30,7 +30,7 @@ class State:
     stages: dict[str, dict] = field(default_factory=dict)
     plan: dict | None = None
     finetune_reverted: bool = False
-    deployed: dict | None = None  # deploy.onnx: the exported graphs (their timings join the others)
+    deployed: dict | None = None  # deploy.onnx's exported graphs; deploy.targets' table (lrx.deploy.compare)
     load: dict = field(default_factory=dict)  # per timing stage, the other work's load (measure.load)
 
     @property
@@ -57,6 +57,12 @@ def slower_than_baseline(timings: dict) -> list[str]:
             text = f"{where}: conv {t['conv_speedup']:.2f}x, model {t['model_speedup']:.2f}x"
             out.append(text + (f"; layers slower: {', '.join(layers)}" if layers else ""))
     return out
+
+
+def _vs_best_dense(deployed: dict | None) -> dict:
+    """The headline against the best dense deployment (deploy.targets), None where there is none."""
+    best = (deployed or {}).get("best")
+    return {"vs_best_dense": best and best["speedup"], "vs_best_dense_iqr": best and best["speedup_iqr"]}
 
 
 def results_of(s: State, timings: dict) -> dict:
@@ -99,6 +105,7 @@ def results_of(s: State, timings: dict) -> dict:
             "model_iqr": {dev: t["model_speedup_iqr"] for dev, t in at.items()},
             "unstable": {dev: t["conv_unstable"] or t["model_unstable"] for dev, t in at.items()},
             "at": {"batch_size": bs, "threads": threads},
+            **_vs_best_dense(s.deployed),
         },
         "latency": timings,
         "load": s.load,

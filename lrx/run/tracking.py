@@ -76,8 +76,10 @@ def summary_metrics(results: dict) -> dict[str, float]:
     """The run's summary, flat, with the names used on every dashboard and in every CSV:
 
     ``{baseline,final}/{acc1, acc1_test, macs_m, params_m, latency_ms/<device>}``,
-    ``speedup/macs``, ``speedup/{conv,model}/<device>`` (measured) and ``stage/<stage>/{acc1,
-    acc1_test}`` for each stage that ran (filter, data, finetune, guard)."""
+    ``speedup/macs``, ``speedup/{conv,model}/<device>`` (measured), ``stage/<stage>/{acc1,
+    acc1_test}`` for each stage that ran (filter, data, finetune, guard) and, where the run was
+    deployed to targets, ``speedup/vs_best_dense`` (where there is a best dense) and
+    ``deploy/<target>/{baseline,final}/{ms,acc1}``."""
     out: dict[str, float] = {}
     for side in ("baseline", "final"):
         r = results[side]
@@ -92,9 +94,15 @@ def summary_metrics(results: dict) -> dict[str, float]:
     for kind in ("conv", "model"):
         for dev, v in sp[kind].items():
             out[f"speedup/{kind}/{dev}"] = v
+    if sp.get("vs_best_dense") is not None:
+        out["speedup/vs_best_dense"] = sp["vs_best_dense"]
     for stage, accs in results["stages"].items():
         for key, v in accs.items():
             out[f"stage/{stage}/{key}"] = v
+    for target, sides in ((results.get("deploy") or {}).get("targets") or {}).items():
+        for side in ("baseline", "final"):
+            for key in ("ms", "acc1"):
+                out[f"deploy/{target}/{side}/{key}"] = sides[side][key]
     return out
 
 
