@@ -95,7 +95,9 @@ def test_each_layer_runs_as_its_own_graph_and_computes_what_torch_does(mixed_net
 def test_onnx_runtime_times_every_conv_and_both_networks(monkeypatch, dynamo_fails):
     graphs, real_graph_call = [], onnx_graphs.graph_call
     monkeypatch.setattr(
-        onnx_graphs, "graph_call", lambda module, *args: graphs.append(module) or real_graph_call(module, *args)
+        onnx_graphs,
+        "graph_call",
+        lambda module, *args, **kw: graphs.append(module) or real_graph_call(module, *args, **kw),
     )
     base = AlexNetCIFAR(widths=(8, 8, 8, 8, 8)).eval()
     approx = copy.deepcopy(base)
@@ -122,13 +124,13 @@ def test_the_planner_times_its_candidates_in_onnx_runtime(monkeypatch, dynamo_fa
 
     timed, real_pair, real_alone = [], planner.dense_vs_lowrank, planner.time_modules
 
-    def dense_vs_lowrank(dense, lowrank, x, estimator, runtime="torch", threads=None):
-        real = real_pair(dense, lowrank, x, estimator, runtime, threads)
+    def dense_vs_lowrank(dense, lowrank, x, estimator, runtime="torch", threads=None, precision="fp32"):
+        real = real_pair(dense, lowrank, x, estimator, runtime, threads, precision)
         timed.append((runtime, set(real.ms)))
         return Timing(real.ms, {"speedup": Ratio(2.0, 2.0, 2.0, 0.1)}, 2, 0.0, 1, 0.0)
 
-    def time_modules(modules, x, estimator, runtime="torch", threads=None):
-        real = real_alone(modules, x, estimator, runtime, threads)
+    def time_modules(modules, x, estimator, runtime="torch", threads=None, precision="fp32"):
+        real = real_alone(modules, x, estimator, runtime, threads, precision=precision)
         timed.append((runtime, set(real.ms)))
         return Timing({"dense": 1.0}, {}, 2, 0.0, 1, 0.0)
 

@@ -12,8 +12,9 @@ def put_back_slower(
 ) -> list[str]:
     """Restore, in ``approx``, the original conv (from ``baseline``, exact weights, a copy) of every
     replaced layer whose measured speed-up in ``layer_timings`` (name -> {"speedup",
-    "speedup_iqr"}, as returned by :func:`lrx.measure.latency.compare`, measured at ``where``) is not
-    confidently above 1: a layer stays only if the LOWER quartile of its speed-up is above 1.
+    "speedup_iqr"}, as returned by :func:`lrx.measure.latency.compare`, measured at ``where``: the
+    device, or the runtime and precision, with threads and batch size) is not confidently above 1:
+    a layer stays only if the LOWER quartile of its speed-up is above 1.
     Marks each record with ``kept``, ``guard`` (the speed-up and IQR it decided on, and where)
     and, where put back, ``put_back_reason``; returns the names put back."""
     put_back = []

@@ -4,7 +4,8 @@ the least total reconstruction error.
 For every selected conv it solves filter reconstruction for a grid of candidates of the methods
 asked for (each method's ``planner_ranks``: for most, the ranks that give 1.25x .. 16x theoretical
 speed-up) and prices each candidate either in MACs (its theoretical cost) or in measured latency (timed on the
-layer's real input shape against the dense conv, interleaved). Keeping the dense conv is always
+layer's real input shape against the dense conv, interleaved, in the runtime and precision the
+network will be served in: :class:`Timed`). Keeping the dense conv is always
 a candidate (error 0). It then picks one candidate per layer minimising the total error, sum_l e_l^2, with e_l one of
 (see :func:`plan`)
 
@@ -51,6 +52,7 @@ from lrx.measure.latency import (
 from lrx.measure.load import wait_for_quiet
 from lrx.modes import eval_mode
 from lrx.modes import memory_format as in_format
+from lrx.runtime import RUNTIME_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -246,22 +248,25 @@ def _output_error(net: nn.Module, names: list[str], images: torch.Tensor, kind: 
 
 @dataclass(frozen=True)
 class Timed:
-    """How the planner times (metric=latency): at ``threads`` in ``runtime``, by ``estimator``,
-    with weights and inputs in ``memory_format`` as the final timing runs them; before timing it
-    waits up to ``quiet_wait_s`` for other work to stop (:func:`lrx.measure.load.wait_for_quiet`)."""
+    """How the planner times (metric=latency): at ``threads`` in ``runtime`` and ``precision``
+    (each candidate and its dense conv converted on their own; int8: quantized on the layer's real
+    input), by ``estimator``, with weights and inputs in ``memory_format`` as the final timing runs
+    them; before timing it waits up to ``quiet_wait_s`` for other work to stop
+    (:func:`lrx.measure.load.wait_for_quiet`)."""
 
     estimator: Estimator = DEFAULT_ESTIMATOR
     threads: int | None = None
     runtime: str = "torch"
     memory_format: str = "contiguous"
     quiet_wait_s: float = 0.0
+    precision: str = "fp32"
 
     def _run(self, modules: dict[str, nn.Module], x: torch.Tensor, timing) -> Timing:
         """``timing(x)`` with the modules' weights and ``x`` in ``memory_format`` in torch (weights
         restored to the contiguous format after): the dense conv and some low-rank passes run at
-        very different speeds in the two formats (docs/SOLVERS.md). In ONNX Runtime each module is
-        its own graph. A layer with a choice of executions (Scheme 1, CP) runs the one torch times
-        fastest, in both runtimes."""
+        very different speeds in the two formats (docs/SOLVERS.md). In ONNX Runtime and OpenVINO each
+        module is its own graph. A layer with a choice of executions (Scheme 1, CP) runs the one
+        torch times fastest, in every runtime."""
         fmt = MEMORY_FORMATS[self.memory_format]
         with in_format(fmt, *modules.values()):
             x = x.contiguous(memory_format=fmt)
@@ -272,11 +277,17 @@ class Timed:
         return timing(x.contiguous())
 
     def dense_ms(self, conv: nn.Module, x: torch.Tensor) -> float:
-        run = lambda x: time_modules({"dense": conv}, x, self.estimator, self.runtime, self.threads)  # noqa: E731
+        def run(x: torch.Tensor) -> Timing:
+            return time_modules(
+                {"dense": conv}, x, self.estimator, self.runtime, self.threads, precision=self.precision
+            )
+
         return self._run({"dense": conv}, x, run).ms["dense"]
 
     def speedup(self, conv: nn.Module, layer: nn.Module, x: torch.Tensor) -> Timing:
-        run = lambda x: dense_vs_lowrank(conv, layer, x, self.estimator, self.runtime, self.threads)  # noqa: E731
+        def run(x: torch.Tensor) -> Timing:
+            return dense_vs_lowrank(conv, layer, x, self.estimator, self.runtime, self.threads, self.precision)
+
         return self._run({"dense": conv, "lowrank": layer}, x, run)
 
 
@@ -319,6 +330,9 @@ def plan(
         )
     if timed.runtime not in RUNTIMES:
         raise DecompositionError(f"runtime={timed.runtime!r} is unknown; valid: {', '.join(RUNTIMES)}")
+    if timed.precision not in RUNTIME_PRECISIONS[timed.runtime]:
+        valid = ", ".join(RUNTIME_PRECISIONS[timed.runtime])
+        raise DecompositionError(f"precision={timed.precision!r} is not one of runtime={timed.runtime}; valid: {valid}")
     if calibration is not None and error not in OUTPUT_ERRORS:
         raise DecompositionError(f"planner error={error!r} is unknown; valid: {', '.join(OUTPUT_ERRORS)}")
     selected = check_request(net, layers, target_speedup, metric, methods, options, input_size, rank_multiple)
@@ -372,6 +386,7 @@ def plan(
         "target_speedup": target_speedup,
         "metric": metric,
         "runtime": timed.runtime if metric == "latency" else None,
+        "precision": timed.precision if metric == "latency" else None,
         "threads": (timed.threads or torch.get_num_threads()) if metric == "latency" else None,
         "load": load,
         "error": kind,
@@ -399,7 +414,7 @@ def measured_conv_speedup(net: nn.Module, x: torch.Tensor, picks: list[Candidate
     fmt = MEMORY_FORMATS[timed.memory_format]
     with in_format(fmt, net, approx):
         xs = x.contiguous(memory_format=fmt) if timed.runtime == "torch" else x
-        _, conv = layer_timings(net, approx, xs, timed.estimator, timed.runtime, timed.threads)
+        _, conv = layer_timings(net, approx, xs, timed.estimator, timed.runtime, timed.threads, timed.precision)
     return conv
 
 

@@ -6,7 +6,8 @@ A target is named ``<runtime>-<precision>``:
 - ``torch-fp32``: PyTorch eager, float32, in the latency memory format;
 - ``torch-bf16``: PyTorch eager under CPU autocast to bfloat16 (oneDNN's bf16 kernels: AVX-512 BF16
   or AMX);
-- ``onnxruntime-fp32``: the ONNX graph in ONNX Runtime (:mod:`lrx.runtime.onnxruntime`);
+- ``onnxruntime-fp32``, ``onnxruntime-int8``: the ONNX graph in ONNX Runtime; int8 is its static
+  quantization (QDQ) on calibration images from the training split (:mod:`lrx.runtime.onnxruntime`);
 - ``openvino-fp32``, ``openvino-bf16``, ``openvino-int8``: OpenVINO's CPU plugin; int8 is NNCF
   post-training quantization on calibration images from the training split
   (:mod:`lrx.runtime.openvino`).
@@ -24,14 +25,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrx.modes import eval_mode
+from lrx.runtime import RUNTIME_PRECISIONS
 from lrx.runtime import onnxruntime as ort
 from lrx.runtime import openvino as ov
 
-RUNTIME_PRECISIONS = {
-    "torch": ("fp32", "bf16"),
-    "onnxruntime": ("fp32",),
-    "openvino": ("fp32", "bf16", "int8"),
-}
 TARGETS = tuple(f"{r}-{p}" for r, ps in RUNTIME_PRECISIONS.items() for p in ps)
 AUTO = "auto"  # deploy.targets: every target this installation and CPU serve
 # A deployed network's logits on the check images agree with its torch network's within this
@@ -115,10 +112,14 @@ def _torch(net: nn.Module, precision: str, memory_format: torch.memory_format) -
     return Deployed(Target("torch", precision), run, timer)
 
 
-def _onnxruntime(net: nn.Module, example: torch.Tensor, threads: int, folder: Path) -> Deployed:
+def _onnxruntime(
+    net: nn.Module, precision: str, example: torch.Tensor, threads: int, folder: Path, calibration, images: int
+) -> Deployed:
     path = folder / "graph.onnx"
     with eval_mode(net), torch.no_grad():
         exporter = ort.write_graph(net.cpu(), example, path)
+    if precision == "int8":
+        path = ort.quantize(path, folder / "graph_int8.onnx", calibration, images)
     sess = ort.session(path, threads)
     graph = path.read_bytes()
 
@@ -127,11 +128,11 @@ def _onnxruntime(net: nn.Module, example: torch.Tensor, threads: int, folder: Pa
         return ["model.onnx"]
 
     return Deployed(
-        Target("onnxruntime", "fp32"),
+        Target("onnxruntime", precision),
         partial(ort.run, sess),
         partial(ort.session_call, sess),
         save,
-        {"exporter": exporter, "runtime": ort.runtime_name()},
+        {"exporter": exporter, "runtime": f"{ort.runtime_name()}, {precision}"},
     )
 
 
@@ -167,12 +168,12 @@ def deploy(
     """``net`` (eval mode, CPU, float32) served by ``target`` for inputs shaped like ``example``
     (any batch size), with ``threads`` threads; int8 calibrates on ``calibration`` (training
     images, never validation or test). ``workdir`` holds intermediate files."""
+    if target.precision == "int8" and calibration is None:
+        raise TargetError(f"{target.name} needs calibration images (training images for its int8 quantization)")
     if target.runtime == "torch":
         return _torch(net, target.precision, memory_format)
     if target.runtime == "onnxruntime":
-        return _onnxruntime(net, example, threads, Path(workdir))
-    if target.precision == "int8" and calibration is None:
-        raise TargetError(f"{target.name} needs calibration images (training images for NNCF's quantization)")
+        return _onnxruntime(net, target.precision, example, threads, Path(workdir), calibration, calibration_images)
     return _openvino(net, target.precision, example, threads, calibration, calibration_images)
 
 

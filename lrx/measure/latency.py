@@ -5,7 +5,11 @@ the median of per-round ratios with its interquartile range, adaptive stopping),
 and ``torch.inference_mode()``, at a given torch thread count.
 
 ``runtime="onnxruntime"`` times each module instead as its own ONNX graph in ONNX Runtime (CPU,
-every graph optimisation, the same thread count; :mod:`lrx.runtime.onnxruntime`), on the same input.
+every graph optimisation, the same thread count; :mod:`lrx.runtime.onnxruntime`), on the same input;
+``runtime="openvino"`` as its own model compiled by OpenVINO's CPU plugin (:mod:`lrx.runtime.openvino`).
+``precision`` is what the runtime computes in: fp32; bf16 (torch: CPU autocast; OpenVINO); int8
+(OpenVINO: each module quantized by NNCF on the input it is timed on). The pairs each runtime
+has: :data:`lrx.runtime.RUNTIME_PRECISIONS`.
 
 Two speed-ups are named the same everywhere (docs/DESIGN.md, section 3):
 - conv speed-up: summed latency of ALL conv layers of the baseline / the same sum for the
@@ -30,9 +34,13 @@ from tqdm.auto import tqdm
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Ratio, Timing, measure
 from lrx.modes import eval_mode
 from lrx.modes import memory_format as in_format
+from lrx.runtime import RUNTIME_PRECISIONS
 
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-RUNTIMES = ("torch", "onnxruntime")  # where modules are timed: PyTorch eager, or ONNX Runtime (the onnx extra)
+# where modules are timed: PyTorch eager, ONNX Runtime (the onnx extra) or OpenVINO (the openvino extra)
+RUNTIMES = tuple(RUNTIME_PRECISIONS)
+PRECISIONS = ("fp32", "bf16", "int8")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "int8": "int8"}  # a precision as Setup.dtype names it
 
 
 def memory_format_of(name: str) -> torch.memory_format:
@@ -59,17 +67,28 @@ class Setup:
 
 
 def setup_for(
-    device: torch.device, batch_size: int, memory_format: str = "contiguous", runtime: str = "torch", threads=None
+    device: torch.device,
+    batch_size: int,
+    memory_format: str = "contiguous",
+    runtime: str = "torch",
+    threads=None,
+    precision: str = "fp32",
 ) -> Setup:
     cuda, threads = device.type == "cuda", threads or default_threads()
     if runtime == "onnxruntime":
         from lrx.runtime.onnxruntime import runtime_name
 
         return Setup("cpu", threads, batch_size, runtime=runtime_name())
+    if runtime == "openvino":
+        from lrx.runtime import openvino as ov
+
+        name = ov.runtime_name(ov.precision_of(precision))
+        return Setup("cpu", threads, batch_size, dtype=DTYPES[precision], runtime=name)
     return Setup(
         device=torch.cuda.get_device_name(device) if cuda else "cpu",
         threads=threads,
         batch_size=batch_size,
+        dtype=DTYPES[precision],
         memory_format=memory_format,
         cudnn_benchmark=torch.backends.cudnn.benchmark if cuda else None,
     )
@@ -91,11 +110,28 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
 
 
-def check_runtime(runtime: str, device: torch.device) -> None:
+def check_runtime(runtime: str, device: torch.device, precision: str = "fp32") -> None:
+    """A ValueError for an unknown runtime, a precision it lacks, or a device it does not time on."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime={runtime!r} is unknown; valid: {', '.join(RUNTIMES)}")
-    if runtime == "onnxruntime" and device.type != "cpu":
-        raise ValueError(f"runtime=onnxruntime times on the CPU only, not on {device.type}")
+    if precision not in RUNTIME_PRECISIONS[runtime]:
+        valid = ", ".join(RUNTIME_PRECISIONS[runtime])
+        raise ValueError(f"precision={precision!r} is not one of runtime={runtime}; valid: {valid}")
+    if runtime != "torch" and device.type != "cpu":
+        raise ValueError(f"runtime={runtime} times on the CPU only, not on {device.type}")
+
+
+def unsupported(runtime: str, precision: str) -> str | None:
+    """Why this CPU does not run ``precision`` natively in ``runtime`` (where the runtime would
+    silently fall back or emulate it); None where it does. openvino needs its extra installed."""
+    if runtime == "openvino":
+        from lrx.runtime import openvino as ov
+
+        support = ov.cpu_supports(ov.precision_of(precision))
+        return None if support else support.reason
+    if runtime == "torch" and precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "oneDNN reports no bfloat16 support (it needs AVX-512 BF16 or AMX); torch would emulate it, slowly"
+    return None
 
 
 def devices() -> list[torch.device]:
@@ -108,15 +144,27 @@ def default_threads() -> int:
     return torch.get_num_threads()
 
 
-def call_of(module: nn.Module, x: torch.Tensor, runtime: str = "torch", threads: int | None = None):
-    """A zero-argument call of ``module`` on ``x``: in torch (call it in eval mode), or as its own
-    ONNX Runtime graph with ``threads`` intra-op threads."""
-    check_runtime(runtime, x.device)
+def _autocast(module: nn.Module, x: torch.Tensor):
+    with torch.autocast(x.device.type, torch.bfloat16):
+        return module(x)
+
+
+def call_of(
+    module: nn.Module, x: torch.Tensor, runtime: str = "torch", threads: int | None = None, precision: str = "fp32"
+):
+    """A zero-argument call of ``module`` on ``x`` in ``precision``: in torch (call it in eval mode;
+    bf16 under autocast), as its own ONNX Runtime graph, or as its own OpenVINO model (int8:
+    quantized on the images of ``x``), with ``threads`` threads. Nothing is shared between calls."""
+    check_runtime(runtime, x.device, precision)
     if runtime == "onnxruntime":
         from lrx.runtime.onnxruntime import graph_call
 
-        return graph_call(module, x, threads or default_threads())
-    return partial(module, x)
+        return graph_call(module, x, threads or default_threads(), precision=precision)
+    if runtime == "openvino":
+        from lrx.runtime import openvino as ov
+
+        return ov.module_call(module, x, ov.precision_of(precision), threads or default_threads())
+    return partial(_autocast, module, x) if precision == "bf16" else partial(module, x)
 
 
 def time_modules(
@@ -126,10 +174,11 @@ def time_modules(
     runtime: str = "torch",
     threads: int | None = None,
     ratios: Mapping[str, Callable[[dict], float]] | None = None,
+    precision: str = "fp32",
 ) -> Timing:
-    """Each module on the same input ``x`` (eval mode), timed together in ``runtime`` by the
-    estimator, with the given ``ratios`` of one round's ``{name: ms}``."""
-    calls = {k: call_of(m, x, runtime, threads) for k, m in modules.items()}
+    """Each module on the same input ``x`` (eval mode), timed together in ``runtime`` and
+    ``precision`` by the estimator, with the given ``ratios`` of one round's ``{name: ms}``."""
+    calls = {k: call_of(m, x, runtime, threads, precision) for k, m in modules.items()}
     with eval_mode(*modules.values()):
         return measure(calls, ratios, estimator, threads)
 
@@ -141,10 +190,12 @@ def dense_vs_lowrank(
     estimator: Estimator = DEFAULT_ESTIMATOR,
     runtime: str = "torch",
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> Timing:
-    """``dense`` against ``lowrank`` on ``x``: ``ms`` of both and the ratio ``speedup`` (dense / lowrank)."""
+    """``dense`` against ``lowrank`` on ``x`` in ``runtime`` and ``precision``: ``ms`` of both and
+    the ratio ``speedup`` (dense / lowrank)."""
     speedup = {"speedup": lambda r: r["dense"] / r["lowrank"]}
-    return time_modules({"dense": dense, "lowrank": lowrank}, x, estimator, runtime, threads, speedup)
+    return time_modules({"dense": dense, "lowrank": lowrank}, x, estimator, runtime, threads, speedup, precision)
 
 
 @torch.inference_mode()
@@ -182,11 +233,13 @@ def layer_timings(
     estimator: Estimator = DEFAULT_ESTIMATOR,
     runtime: str = "torch",
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> tuple[dict[str, dict], dict]:
-    """Every conv of ``baseline`` timed on its real input for the network input ``x``, all in the
-    same rounds: a replaced one beside its low-rank module in ``approx``, an untouched one once,
-    counting on both sides. Returns ``({name: {"baseline_ms", "approx_ms", "speedup",
-    "speedup_iqr", "unstable", "replaced", "rounds"}}, conv)``, ``conv`` the summed latencies, the
+    """Every conv of ``baseline`` timed on its real input for the network input ``x`` (in
+    ``runtime`` and ``precision``), all in the same rounds: a replaced one beside its low-rank
+    module in ``approx``, an untouched one once, counting on both sides. Returns ``({name:
+    {"baseline_ms", "approx_ms", "speedup", "speedup_iqr", "unstable", "replaced", "rounds"}},
+    conv)``, ``conv`` the summed latencies, the
     conv speed-up (its per-round value: sum(baseline) / sum(approximation)) and ``conv_timing``
     (rounds, seconds, threads and busy cores of the measurement all the layers shared)."""
     names = conv_names(baseline)
@@ -194,7 +247,7 @@ def layer_timings(
     replaced = [n for n in names if not _unchanged(baseline.get_submodule(n), approx.get_submodule(n))]
     modules = {f"{n}/baseline": baseline.get_submodule(n) for n in names}
     modules |= {f"{n}/approx": approx.get_submodule(n) for n in replaced}
-    calls = {k: call_of(m, inputs[k.split("/")[0]], runtime, threads) for k, m in modules.items()}
+    calls = {k: call_of(m, inputs[k.split("/")[0]], runtime, threads, precision) for k, m in modules.items()}
 
     def side(r: dict, name: str) -> float:
         return r[f"{name}/approx" if name in replaced else f"{name}/baseline"]
@@ -226,28 +279,30 @@ def compare(
     memory_format: str = "contiguous",
     runtime: str = "torch",
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """Time ``baseline`` against ``approx`` (the same network with some convs replaced), at
-    ``threads`` (default: :func:`default_threads`).
+    ``threads`` (default: :func:`default_threads`), in ``runtime`` and ``precision``.
 
     Returns the setup, per-conv latencies and speed-ups (:func:`layer_timings`), the conv
     speed-up and the model speed-up, each with its interquartile range, ``unstable`` flag and
     the rounds, seconds and busy cores of its measurement, all measured side by side in this
     process. ``approx`` must keep the baseline's module names for the replaced layers. With
     ``memory_format="channels_last"`` both networks and the input run channels_last (in torch;
-    ONNX Runtime is fed NCHW and chooses its own layouts).
+    ONNX Runtime and OpenVINO are fed NCHW and choose their own layouts).
     """
     device, threads = torch.device(device), threads or default_threads()
-    check_runtime(runtime, device)
+    check_runtime(runtime, device, precision)
     memory_format = memory_format if runtime == "torch" else "contiguous"
     fmt = memory_format_of(memory_format)
     with in_format(fmt, baseline, approx, device=device):
         x = torch.randn(batch_size, 3, input_size, input_size, device=device).contiguous(memory_format=fmt)
-        layers, conv = layer_timings(baseline, approx, x, estimator, runtime, threads)
+        layers, conv = layer_timings(baseline, approx, x, estimator, runtime, threads, precision)
         model_ratio = {"model": lambda r: r["baseline"] / r["approx"]}
-        whole = time_modules({"baseline": baseline, "approx": approx}, x, estimator, runtime, threads, model_ratio)
+        nets = {"baseline": baseline, "approx": approx}
+        whole = time_modules(nets, x, estimator, runtime, threads, model_ratio, precision)
     return {
-        "setup": setup_for(device, batch_size, memory_format, runtime, threads).as_dict(),
+        "setup": setup_for(device, batch_size, memory_format, runtime, threads, precision).as_dict(),
         "layers": layers,
         **conv,
         "model_ms": whole.ms,
@@ -278,14 +333,15 @@ def compare_at(
     estimator: Estimator = DEFAULT_ESTIMATOR,
     memory_format: str = "contiguous",
     runtime: str = "torch",
+    precision: str = "fp32",
 ) -> dict[int, dict[int, dict]]:
     """:func:`compare` at every thread count x batch size: ``{threads: {batch size: compare(...)}}``."""
     points = [(t, bs) for t in thread_counts(threads) for bs in batch_sizes]
     out: dict[int, dict[int, dict]] = {}
-    for t, bs in tqdm(points, desc=f"timing ({runtime}, {torch.device(device).type})", leave=False):
+    for t, bs in tqdm(points, desc=f"timing ({runtime} {precision}, {torch.device(device).type})", leave=False):
         out.setdefault(t, {})[bs] = compare(
             baseline, approx, input_size, bs, device, estimator=estimator, memory_format=memory_format,
-            runtime=runtime, threads=t,
+            runtime=runtime, threads=t, precision=precision,
         )  # fmt: skip
     return out
 

@@ -27,11 +27,13 @@ from lrx.deploy.targets import AUTO, TARGETS, Target, TargetError
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.measure.estimator import FIELDS as ESTIMATOR_KEYS
-from lrx.measure.latency import MEMORY_FORMATS, RUNTIMES, thread_counts
+from lrx.measure.latency import MEMORY_FORMATS, PRECISIONS, RUNTIMES, thread_counts, unsupported
 from lrx.run import schema
 from lrx.run.callbacks import ModelCost
 from lrx.run.module import LOSSES
+from lrx.runtime import RUNTIME_PRECISIONS
 from lrx.runtime.onnxruntime import require_onnx
+from lrx.runtime.openvino import require_openvino
 
 KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
 PLAN_ERRORS = ("data", "kl", "filter")
@@ -258,14 +260,36 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
     _check_estimator(lat["estimator"], "latency.estimator")
     _number(lat, "latency", "quiet_wait_s", 0)
     _choice(lat, "latency", "runtime", RUNTIMES)
+    _choice(lat, "latency", "precision", PRECISIONS)
+    runtime, precision = lat["runtime"], lat["precision"]
+    if precision not in RUNTIME_PRECISIONS[runtime]:
+        valid = ", ".join(RUNTIME_PRECISIONS[runtime])
+        raise _bad("latency.precision", precision, f"{valid} (the precisions of latency.runtime={runtime})")
     planner = c.get("planner")
     decides = c["decomp"].get("method") != KEEP and (lat["guard"] or (planner or {}).get("metric") == "latency")
     if not decides:
         ignored += _changed_from_defaults(
-            lat, "latency", schema.Latency, ["runtime"], "neither the guard nor a latency plan times candidates"
+            lat,
+            "latency",
+            schema.Latency,
+            ["runtime", "precision"],
+            "neither the guard nor a latency plan times candidates",
         )
-    elif lat["runtime"] == "onnxruntime":
+        return
+    if runtime == "onnxruntime":
         _require_onnx("latency.runtime=onnxruntime")
+    if runtime == "openvino":
+        try:
+            require_openvino("latency.runtime=openvino")
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
+    why = unsupported(runtime, precision)
+    if why:
+        here = ", ".join(p for p in RUNTIME_PRECISIONS[runtime] if not unsupported(runtime, p))
+        raise ConfigError(
+            f"latency.precision={precision!r} is not run natively by latency.runtime={runtime} on this CPU ({why}); "
+            f"valid here: {here}"
+        )
 
 
 def _check_decide_at(lat: Mapping) -> None:

@@ -133,6 +133,7 @@ class Latency:
     guard: bool = True
     fold_bn: bool = False
     runtime: str = "torch"
+    precision: str = "fp32"
 
 
 @dataclass

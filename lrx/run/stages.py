@@ -90,7 +90,9 @@ def _filter_reconstruction(s: State) -> None:
             error=p.error if calibration is not None else "data",
             options=job.planner_options(),
             rank_multiple=job.rank_multiple,
-            timed=planner.Timed(Estimator.of(lat.estimator), threads, lat.runtime, lat.memory_format, lat.quiet_wait_s),
+            timed=planner.Timed(
+                Estimator.of(lat.estimator), threads, lat.runtime, lat.memory_format, lat.quiet_wait_s, lat.precision
+            ),
             closed_loop_rounds=p.closed_loop_rounds,
         )
         log.info(
@@ -109,9 +111,11 @@ def _timings(
     threads=None,
     runtime: str = "torch",
     folded: bool = False,
+    precision: str = "fp32",
 ) -> dict:
     """``{device: {threads: {batch size: compare(...)}}}`` for the devices ``on`` (default: every
-    device), the ``batch_sizes`` and ``threads`` (default: every configured one), in ``runtime``;
+    device), the ``batch_sizes`` and ``threads`` (default: every configured one), in ``runtime``
+    and ``precision``;
     with ``folded``, also both networks with their BatchNorms folded (:mod:`lrx.compress.fold`), under
     ``"<device> (BN folded)"``. Scheme 1's and CP's executions are chosen on each device at the
     decide_at point."""
@@ -123,9 +127,11 @@ def _timings(
         with set_torch_threads(decide_threads):
             tune(approx.to(d), x, estimator, lat.memory_format)
         at = (batch_sizes or lat.batch_sizes, threads or lat.threads, d, estimator, lat.memory_format, runtime)
-        out[d.type] = compare_at(baseline, approx, size, *at)
+        out[d.type] = compare_at(baseline, approx, size, *at, precision=precision)
         if folded:
-            out[f"{d.type}{FOLDED}"] = compare_at(fold.fold_bn(baseline), fold.fold_bn(approx), size, *at)
+            out[f"{d.type}{FOLDED}"] = compare_at(
+                fold.fold_bn(baseline), fold.fold_bn(approx), size, *at, precision=precision
+            )
     approx.to("cpu", memory_format=torch.contiguous_format)
     return out
 
@@ -134,18 +140,23 @@ def _guard(s: State) -> None:
     """The latency guard, right after filter reconstruction (a layer's speed depends on its shape,
     not its weights), so that the fitting stages fit the layers that stay: every replaced layer
     that is not faster where the model would run gets its original conv back. That is
-    ``latency.runtime``: torch (on CUDA when present, else the CPU) or ONNX Runtime on the CPU,
-    each layer as its own graph; at ``latency.decide_at``. A layer stays only if the lower
-    quartile of its measured speed-up is above 1."""
+    ``latency.runtime`` in ``latency.precision``: torch (on CUDA when present, else the CPU), or
+    ONNX Runtime or OpenVINO on the CPU, each layer as its own graph (OpenVINO int8: quantized on
+    its real input); at ``latency.decide_at``. A layer stays only if the lower quartile of its
+    measured speed-up is above 1. Its records name where it decided (``at``: runtime, precision,
+    threads, batch size)."""
     lat = s.job.cfg.latency
     if not lat.guard:
         return
     device = devices()[-1] if lat.runtime == "torch" else torch.device("cpu")
     batch_size, threads = decide_point(lat)
     s.load["guard"] = wait_for_quiet(lat.quiet_wait_s, "the guard's layers")
-    timed = _timings(s.job, s.net, s.approx, [device], [batch_size], [threads], lat.runtime)
+    timed = _timings(s.job, s.net, s.approx, [device], [batch_size], [threads], lat.runtime, precision=lat.precision)
     timings = timed[device.type][threads][batch_size]
-    where = point_label(device.type if lat.runtime == "torch" else ORT, threads, batch_size)
+    where = device.type if lat.runtime == "torch" else ORT  # fp32 in torch or ONNX Runtime
+    if lat.precision != "fp32" or lat.runtime == "openvino":
+        where = f"{lat.runtime}-{lat.precision}-{device.type}"  # e.g. openvino-int8-cpu
+    where = point_label(where, threads, batch_size)
     put_back = put_back_slower(s.approx, s.net, s.records, timings["layers"], where)
     reset_strategies(s.approx)  # timing chose the executions; fitting computes the same numbers in every run
     if put_back:

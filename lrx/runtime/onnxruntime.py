@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from lrx.modes import eval_mode
 from lrx.runtime import extras
+from lrx.runtime.calibration import first_images
 
 log = logging.getLogger(__name__)
 for _name in ("onnxscript", "onnx_ir"):  # their INFO lines, hundreds per export, would drown a run's log
@@ -77,6 +78,38 @@ def write_graph(net: nn.Module, x: torch.Tensor, path: Path, opset: int = OPSET)
     return "torchscript"
 
 
+def quantize(path: Path, out: Path, calibration: Iterable, subset_size: int = 300) -> Path:
+    """The float graph at ``path`` quantized to int8 by ONNX Runtime's static quantization (QDQ
+    format, uint8 activations, int8 weights per channel, MinMax ranges) on the first
+    ``subset_size`` images of ``calibration``, written to ``out``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    images = first_images(calibration, subset_size)
+    name = session(path, 1).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter({name: image.numpy()} for image in images)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    prepared = Path(out).with_suffix(".pre.onnx")
+    quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)  # symbolic inference fails on Reshape
+    quantize_static(
+        str(prepared),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    prepared.unlink()
+    return Path(out)
+
+
 def session(path: Path, threads: int):
     """An ONNX Runtime CPU session with every graph optimisation and ``threads`` intra-op threads."""
     import onnxruntime as ort
@@ -104,12 +137,17 @@ def runtime_name() -> str:
     return f"onnxruntime {ort.__version__} ({PROVIDER}, {OPTIMIZATION})"
 
 
-def graph_call(module: nn.Module, x: torch.Tensor, threads: int, opset: int = OPSET) -> Callable[[], object]:
-    """A zero-argument call that runs ``module`` (exported, CPU) in ONNX Runtime on ``x``."""
+def graph_call(
+    module: nn.Module, x: torch.Tensor, threads: int, opset: int = OPSET, precision: str = "fp32"
+) -> Callable[[], object]:
+    """A zero-argument call that runs ``module`` (exported, CPU) in ONNX Runtime on ``x``; in int8
+    the graph is quantized on the images of ``x`` itself (a layer's real input is its calibration)."""
     with tempfile.TemporaryDirectory(prefix="lrx-graph-") as folder:
         path = Path(folder) / "graph.onnx"
         with eval_mode(module), torch.no_grad():
             write_graph(module, x.detach().cpu(), path, opset)
+        if precision == "int8":
+            path = quantize(path, Path(folder) / "graph_int8.onnx", [x], subset_size=len(x))
         sess = session(path, threads)  # the session holds the graph in memory
     return session_call(sess, x)
 

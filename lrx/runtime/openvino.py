@@ -25,6 +25,7 @@ from torch import nn
 
 from lrx.modes import eval_mode
 from lrx.runtime import extras
+from lrx.runtime.calibration import first_images
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ def _core():
     import openvino as ov
 
     return ov.Core()
+
+
+def precision_of(precision: str) -> str:
+    """OpenVINO's name of a precision as lrx names it (``fp32`` -> ``f32``; bf16, int8 as they are)."""
+    return "f32" if precision == "fp32" else precision
 
 
 def _check_precision(precision: str) -> None:
@@ -111,12 +117,6 @@ def convert(module: nn.Module, example: torch.Tensor):
     return model
 
 
-def _images(item) -> torch.Tensor:
-    """The images of a calibration item: a (B, C, H, W) tensor, or the first of (images, labels)."""
-    images = item[0] if isinstance(item, (tuple, list)) else item
-    return images if images.dim() == 4 else images.unsqueeze(0)
-
-
 def quantize(model, calibration: Iterable, subset_size: int = 300):
     """``model`` (an ``openvino.Model`` in float) quantized to int8 by NNCF post-training
     quantization (default preset, for the CPU) on the first ``subset_size`` images of
@@ -124,18 +124,7 @@ def quantize(model, calibration: Iterable, subset_size: int = 300):
     The images are fed one at a time, so ``subset_size`` counts images, as NNCF means it."""
     import nncf
 
-    images: list[np.ndarray] = []
-    for item in calibration:
-        for image in _images(item).detach().to("cpu", torch.float32):
-            images.append(image.unsqueeze(0).contiguous().numpy())
-            if len(images) == subset_size:
-                break
-        if len(images) == subset_size:
-            break
-    if not images:
-        raise ValueError("int8 quantization needs calibration images; none were given")
-    if len(images) < subset_size:
-        log.warning("NNCF calibrates on %d images, fewer than the %d asked for", len(images), subset_size)
+    images = [image.numpy() for image in first_images(calibration, subset_size)]
     return nncf.quantize(
         model,
         nncf.Dataset(images),
@@ -211,6 +200,16 @@ def graph_call(compiled, x: torch.Tensor) -> Callable[[], object]:
     # while its Python object lives, not while the request holds it
     request.set_input_tensor(ov.Tensor(_array(x)))
     return partial(request.infer, None, share_outputs=True)  # synchronous: returns after the outputs are written
+
+
+def module_call(module: nn.Module, x: torch.Tensor, precision: str, threads: int) -> Callable[[], object]:
+    """A zero-argument call that runs ``module`` on ``x``, converted and compiled on its own in
+    ``precision`` (f32, bf16, int8) with ``threads`` threads; int8 quantizes it on the images of
+    ``x`` itself (a layer's real input is its calibration)."""
+    model = convert(module, x)
+    if precision == "int8":
+        model = quantize(model, [x], subset_size=len(x))
+    return graph_call(compile(model, precision, threads), x)
 
 
 def save(model, path: Path | str) -> Path:

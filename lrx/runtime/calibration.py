@@ -1,0 +1,32 @@
+"""Calibration images for post-training int8 quantization (OpenVINO's NNCF, ONNX Runtime's static
+quantization): the first images of training batches, one at a time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _images(item) -> torch.Tensor:
+    """The images of a calibration item: a (B, C, H, W) tensor, or an (images, labels) batch."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def first_images(calibration: Iterable, count: int) -> list[torch.Tensor]:
+    """The first ``count`` images of ``calibration`` (tensors shaped (B, C, H, W) or (images,
+    labels) batches such as a DataLoader's), each a (1, C, H, W) float32 CPU tensor; fewer, with a
+    warning, where ``calibration`` holds fewer; a ValueError where it holds none."""
+    images: list[torch.Tensor] = []
+    for item in calibration:
+        for image in _images(item).detach().to("cpu", torch.float32):
+            images.append(image.unsqueeze(0).contiguous())
+            if len(images) == count:
+                return images
+    if not images:
+        raise ValueError("int8 quantization needs calibration images; none were given")
+    log.warning("int8 calibrates on %d images, fewer than the %d asked for", len(images), count)
+    return images
