@@ -18,31 +18,20 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from lrx.compress.execution import tune
 from lrx.deploy.compare import compare_deployments
 from lrx.deploy.targets import TARGETS, Target, TargetError
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
-from lrx.results.saved import load_models
+from lrx.results.saved import datamodule_of, load_models
 
 OUT = "deploy_targets.json"
 
 
-def _data(results: dict, data_root: str | None):
-    data = OmegaConf.create(results["config"]["data"])
-    if data_root:
-        data.root = data_root
-    dm = instantiate(data)
-    dm.setup("fit")
-    return dm
-
-
 def deploy_run(run_dir: Path, targets: list[Target], args) -> dict:
     baseline, final, results = load_models(run_dir)
-    dm = _data(results, args.data_root)
+    dm = datamodule_of(results, args.data_root)
     size = results["config"]["model"]["input_size"]
     x = torch.randn(args.batch_size, 3, size, size)
     with torch.no_grad():

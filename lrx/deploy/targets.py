@@ -28,6 +28,7 @@ from lrx.modes import eval_mode
 from lrx.runtime import RUNTIME_PRECISIONS
 from lrx.runtime import onnxruntime as ort
 from lrx.runtime import openvino as ov
+from lrx.runtime.serving import Serving
 
 TARGETS = tuple(f"{r}-{p}" for r, ps in RUNTIME_PRECISIONS.items() for p in ps)
 AUTO = "auto"  # deploy.targets: every target this installation and CPU serve
@@ -113,14 +114,14 @@ def _torch(net: nn.Module, precision: str, memory_format: torch.memory_format) -
 
 
 def _onnxruntime(
-    net: nn.Module, precision: str, example: torch.Tensor, threads: int, folder: Path, calibration, images: int
+    net: nn.Module, precision: str, example: torch.Tensor, serving: Serving, folder: Path, calibration, images: int
 ) -> Deployed:
     path = folder / "graph.onnx"
     with eval_mode(net), torch.no_grad():
         exporter = ort.write_graph(net.cpu(), example, path)
     if precision == "int8":
         path = ort.quantize(path, folder / "graph_int8.onnx", calibration, images)
-    sess = ort.session(path, threads)
+    sess = ort.session(path, serving.threads, serving.settings)
     graph = path.read_bytes()
 
     def save(dest: Path) -> list[str]:
@@ -136,11 +137,11 @@ def _onnxruntime(
     )
 
 
-def _openvino(net: nn.Module, precision: str, example: torch.Tensor, threads: int, calibration, images: int):
+def _openvino(net: nn.Module, precision: str, example: torch.Tensor, serving: Serving, calibration, images: int):
     model = ov.convert(net, example)
     if precision == "int8":
         model = ov.quantize(model, calibration, images)
-    compiled = ov.compile(model, _ov_precision(precision), threads)
+    compiled = ov.compile(model, _ov_precision(precision), serving.threads, serving.settings)
 
     def save(dest: Path) -> list[str]:
         xml = ov.save(model, dest / "model.xml")
@@ -164,17 +165,26 @@ def deploy(
     memory_format: torch.memory_format = torch.channels_last,
     calibration: Iterable | None = None,
     calibration_images: int = 300,
+    serving: Serving | None = None,
 ) -> Deployed:
     """``net`` (eval mode, CPU, float32) served by ``target`` for inputs shaped like ``example``
-    (any batch size), with ``threads`` threads; int8 calibrates on ``calibration`` (training
-    images, never validation or test). ``workdir`` holds intermediate files."""
+    (any batch size), with ``threads`` threads and the runtime's default wait policy, or as
+    ``serving`` says (lrx.runtime.serving; torch's must already be in this process's environment);
+    int8 calibrates on ``calibration`` (training images, never validation or test). ``workdir``
+    holds intermediate files."""
     if target.precision == "int8" and calibration is None:
         raise TargetError(f"{target.name} needs calibration images (training images for its int8 quantization)")
+    serving = serving or Serving.of(target.runtime, threads)
+    if serving.runtime != target.runtime:
+        raise TargetError(f"{target.name} cannot be served with a setting for {serving.runtime}")
     if target.runtime == "torch":
-        return _torch(net, target.precision, memory_format)
-    if target.runtime == "onnxruntime":
-        return _onnxruntime(net, target.precision, example, threads, Path(workdir), calibration, calibration_images)
-    return _openvino(net, target.precision, example, threads, calibration, calibration_images)
+        d = _torch(net, target.precision, memory_format)
+    elif target.runtime == "onnxruntime":
+        d = _onnxruntime(net, target.precision, example, serving, Path(workdir), calibration, calibration_images)
+    else:
+        d = _openvino(net, target.precision, example, serving, calibration, calibration_images)
+    d.info["serving"] = serving.as_dict()
+    return d
 
 
 def check(deployed: Deployed, net: nn.Module, images: torch.Tensor) -> dict:

@@ -131,3 +131,14 @@ def load_models(run_dir: str | Path) -> tuple[nn.Module, nn.Module, dict]:
     baseline = instantiate(OmegaConf.create(results["config"]["model"]["net"]))
     load_state_dict(baseline, checkpoint)
     return baseline.eval(), final, results
+
+
+def datamodule_of(results: dict, root: str | None = None):
+    """The data module a finished run read (its ``config.data``), set up for fitting; ``root``
+    where the dataset is now, if not where the run read it."""
+    data = OmegaConf.create(results["config"]["data"])
+    if root:
+        data.root = root
+    dm = instantiate(data)
+    dm.setup("fit")
+    return dm

@@ -110,14 +110,17 @@ def quantize(path: Path, out: Path, calibration: Iterable, subset_size: int = 30
     return Path(out)
 
 
-def session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with every graph optimisation and ``threads`` intra-op threads."""
+def session(path: Path, threads: int, options_config: dict | None = None):
+    """An ONNX Runtime CPU session with every graph optimisation, ``threads`` intra-op threads and
+    the session config entries ``options_config`` (e.g. lrx.runtime.serving's wait policy)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION)
+    for key, value in (options_config or {}).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=[PROVIDER])
 
 

@@ -138,9 +138,10 @@ def is_quantized(model) -> bool:
     return any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
-def compile(model, precision: str, threads: int):
+def compile(model, precision: str, threads: int, properties: dict | None = None):
     """``model`` compiled for OpenVINO's CPU plugin in ``precision`` with the latency hint, one
-    stream and ``threads`` inference threads. Refuses a precision the CPU lacks (see cpu_supports)
+    stream, ``threads`` inference threads and any further ``properties`` (e.g. lrx.runtime.serving's
+    ENABLE_CPU_PINNING). Refuses a precision the CPU lacks (see cpu_supports)
     and an int8 request for a model NNCF did not quantize."""
     _check_precision(precision)
     support = cpu_supports(precision)
@@ -159,6 +160,7 @@ def compile(model, precision: str, threads: int):
         "PERFORMANCE_HINT": "LATENCY",
         "NUM_STREAMS": 1,
         "INFERENCE_NUM_THREADS": threads,
+        **(properties or {}),
     }
     compiled = _core().compile_model(model, DEVICE, config)
     granted = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # what the plugin settled on

@@ -1,0 +1,70 @@
+"""Serving settings (lrx.runtime.serving): each runtime's thread count and wait policy is checked,
+and applied where that runtime reads it: the environment of a fresh process (torch's OpenMP), the
+session options (ONNX Runtime), the compile properties (OpenVINO)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lrx.deploy.targets import Target, TargetError, deploy
+from lrx.models import AlexNetCIFAR
+from lrx.runtime.serving import WAITS, Serving, choices
+
+
+@pytest.mark.parametrize(
+    "runtime, threads, wait, words",
+    [
+        ("tensorrt", 2, None, "runtime 'tensorrt' is unknown; valid: torch, onnxruntime, openvino"),
+        ("torch", 2, "sleepy", "wait 'sleepy' is unknown for torch; valid: spin, passive, short-spin"),
+        ("openvino", 0, "pinned", "threads=0 is invalid"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_the_key_and_the_valid_values(runtime, threads, wait, words):
+    with pytest.raises(ValueError, match=f"serving.torch: {words}"):
+        Serving.of(runtime, threads, wait, key="serving.torch")
+
+
+def test_the_choices_are_one_thread_then_every_wait_at_each_larger_count():
+    got = [(s.threads, s.wait) for s in choices("torch", 3)]
+    assert got == [(1, "spin"), *[(t, w) for t in (2, 3) for w in WAITS["torch"]]]
+
+
+def test_a_fresh_process_gets_torchs_wait_policy_in_its_environment():
+    serving = Serving.of("torch", 2, "passive")
+    code = "import os, torch; print(os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads() > 0)"
+    env = {"PATH": "", **serving.env()}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["PASSIVE", "True"]
+    assert Serving.of("onnxruntime", 2, "passive").env() == {}  # a session option, not the process's
+
+
+def _net():
+    return AlexNetCIFAR(num_classes=10).eval()
+
+
+def test_onnx_runtime_applies_the_wait_policy_to_its_session(tmp_path):
+    pytest.importorskip("onnxruntime")
+    serving = Serving.of("onnxruntime", 2, "passive")
+    d = deploy(_net(), Target.of("onnxruntime-fp32"), torch.randn(2, 3, 32, 32), 1, tmp_path, serving=serving)
+    options = d.run.args[0].get_session_options()  # run = partial(ort.run, session)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2 and d.info["serving"]["wait"] == "passive"
+
+
+def test_openvino_applies_the_pinning_to_its_compiled_model(tmp_path):
+    pytest.importorskip("openvino")
+    for wait, pinned in (("unpinned", False), ("pinned", True)):
+        serving = Serving.of("openvino", 1, wait)
+        d = deploy(_net(), Target.of("openvino-fp32"), torch.randn(2, 3, 32, 32), 2, tmp_path, serving=serving)
+        compiled = d.run.args[0]  # run = partial(ov.run, compiled)
+        assert bool(compiled.get_property("ENABLE_CPU_PINNING")) is pinned
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+def test_a_setting_for_another_runtime_is_refused(tmp_path):
+    with pytest.raises(TargetError, match="torch-fp32 cannot be served with a setting for openvino"):
+        deploy(
+            _net(), Target.of("torch-fp32"), torch.randn(2, 3, 32, 32), 1, tmp_path, serving=Serving.of("openvino", 1)
+        )
