@@ -21,7 +21,7 @@ import torch
 
 from lrx.compress.execution import tune
 from lrx.deploy.compare import compare_deployments
-from lrx.deploy.targets import TARGETS, Target, TargetError
+from lrx.deploy.targets import TARGETS, Target, TargetError, servable
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
 from lrx.results.saved import datamodule_of, load_models
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="where the runs' dataset is, if not where they read it")
     args = parser.parse_args(argv)
     try:
-        targets = [Target.of(t, "--targets") for t in args.targets]
-        for t in targets:
-            t.require("--targets")
+        targets = servable(args.targets, "--targets")
     except TargetError as e:
         print(f"deploy_table.py: error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,10 @@ times them side by side ``--rounds`` times at each point (thread count x number 
 neighbours) with the run's batch size and memory format (``lrx.measure.latency.compare``: every conv on
 its real input shape and the whole model, by the estimator of ``lrx.measure.estimator``, whose settings
 are the run's ``latency.estimator`` where it has one). ``--busy 1`` starts one process that keeps
-a core busy while that point is timed. Prints a table of the conv and model speed-ups (median
+a core busy while that point is timed (default: quiet, then one busy neighbour). It times in the
+OpenMP environment ``scripts/serving_table.py`` recommended for the run (``serving.json``), if
+any; ``--env OMP_WAIT_POLICY=PASSIVE`` times in another, in a fresh process (the variables are read
+at start-up), and ``retime.json`` records it. Prints a table of the conv and model speed-ups (median
 and range of the rounds' medians, and the widest IQR within a round) and writes everything to
 ``RUN_DIR/retime.json`` (atomically; the run's ``results.json`` is left as it was).
 ``--fold-bn`` first folds every BatchNorm of BOTH networks into the layer before it
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,9 +45,10 @@ from lrx.compress.fold import fold_bn
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import compare, default_threads, machine, spread
-from lrx.measure.load import busy_cores, busy_neighbours
-from lrx.results.files import RETIMED
+from lrx.measure.load import busy_cores, busy_neighbours, cores
+from lrx.results.files import RETIMED, SERVING
 from lrx.results.saved import load_models
+from lrx.runtime.serving import OPENMP_VARIABLES
 
 FOLDED_RETIMED = "retime_bn_folded.json"
 
@@ -80,8 +86,12 @@ def retime(
     thread count x busy neighbours, both networks BatchNorm-folded where ``fold``."""
     if rounds < 1:
         raise ValueError(f"rounds={rounds!r} is invalid; valid: an integer >= 1")
-    if any(b < 0 for b in busy) or any(t < 1 for t in threads or [1]):
-        raise ValueError(f"threads={threads} and busy={list(busy)} are invalid; valid: threads >= 1, busy >= 0")
+    n = cores()
+    if any(not 0 <= b < n for b in busy) or any(not 1 <= t <= n for t in threads or [1]):
+        raise ValueError(
+            f"threads={threads} and busy={list(busy)} are invalid; valid: threads 1 to {n}, busy 0 to {n - 1} "
+            f"(this machine has {n} cores)"
+        )
     baseline, final, results = load_models(run_dir)
     if fold:
         baseline, final = fold_bn(baseline), fold_bn(final)
@@ -144,23 +154,58 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def wanted_env(run_dir: Path, overrides: list[str]) -> dict[str, str]:
+    """The OpenMP environment to time in: the torch setting scripts/serving_table.py recommended for
+    the run (its ``serving.json``), if any, then ``--env KEY=VALUE`` overrides."""
+    env: dict[str, str] = {}
+    path = run_dir / SERVING
+    if path.is_file():
+        torch_target = json.loads(path.read_text())["targets"].get("torch-fp32")
+        env.update(torch_target["recommended"]["serving"]["settings"] if torch_target else {})
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env {item!r} is invalid; valid: KEY=VALUE, e.g. OMP_WAIT_POLICY=PASSIVE")
+        env[key] = value
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="a finished run directory (holds results.json and model.pt)")
     ap.add_argument("--rounds", type=int, default=5, help="independent timings per point (default 5)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the run's largest latency batch size")
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts (default: torch's)")
-    ap.add_argument("--busy", type=int, nargs="+", default=[0], help="busy neighbour processes per point (default 0)")
+    ap.add_argument(
+        "--busy", type=int, nargs="+", default=[0, 1], help="busy neighbour processes per point (default: 0, then 1)"
+    )
+    ap.add_argument(
+        "--env",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment to time in, e.g. OMP_WAIT_POLICY=PASSIVE (default: the run's serving.json recommendation)",
+    )
     ap.add_argument("--fold-bn", action="store_true", help="fold the BatchNorms of both networks first")
     args = ap.parse_args(argv)
+    try:
+        env = wanted_env(args.run_dir, args.env)
+    except ValueError as e:
+        sys.exit(f"retime: error: {e}")
+    if any(os.environ.get(k) != v for k, v in env.items()):  # read at start-up: time in a fresh process
+        if argv is not None:
+            sys.exit(f"retime: error: start the process with {env} in its environment")
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **env})
     try:
         out = retime(args.run_dir, args.rounds, args.batch_size, args.threads, args.busy, args.fold_bn)
     except ValueError as e:
         sys.exit(f"retime: error: {e}")
+    out["env"] = {k: os.environ[k] for k in OPENMP_VARIABLES if k in os.environ}
     path = args.run_dir / (FOLDED_RETIMED if args.fold_bn else RETIMED)
     write_json(path, out)
     folded = ", BatchNorm folded in both networks" if out["bn_folded"] else ""
-    print(f"{args.run_dir}: {out['machine']}, batch {out['batch_size']}{folded}, {out['date']}")
+    env = " ".join(f"{k}={v}" for k, v in out["env"].items()) or "OpenMP's defaults"
+    print(f"{args.run_dir}: {out['machine']}, batch {out['batch_size']}{folded}, {out['date']}, {env}")
     print(table(out))
     print(f"recorded in the run: conv {out['recorded']['conv']:.2f}x, model {out['recorded']['model']:.2f}x")
     print(f"written to {path}")

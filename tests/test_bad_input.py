@@ -174,6 +174,9 @@ CASES = [
     p("deploy.targets=fast", "deploy.targets='fast'", '"auto"', "torch-bf16"),
     p("deploy.targets=[torch-fp32,torch-fp32]", "deploy.targets=['torch-fp32', 'torch-fp32']", "distinct"),
     p("deploy.targets=[openvino-int8] deploy.calibration_images=0", "deploy.calibration_images=0", "openvino-int8"),
+    p("deploy.serving=fast", "deploy.serving='fast'", "default, auto"),
+    p("deploy.serving_busy=999", "deploy.serving_busy=999", "fewer than the cores"),
+    p("deploy.serving=auto deploy.targets=[]", "deploy.serving='auto'", "with deploy.targets"),
 ]
 
 

@@ -148,21 +148,13 @@ def test_a_run_refuses_bf16_where_the_cpu_would_fall_back_to_f32(tmp_path, monke
 def test_a_run_deploys_both_networks_keeps_the_graphs_and_reports_the_best_dense(tmp_path, tiny_root):
     import json
 
-    from omegaconf import open_dict
-
     from lrx.compress.fold import fold_bn
     from lrx.results.saved import load_models
-    from lrx.run.job import prepare
-    from lrx.run.stages import run
     from lrx.runtime import openvino as ovr
-    from tests.conftest import compose_cfg
-    from tests.helpers.data import smoke_args
+    from tests.helpers.runs import run_smoke
 
     overrides = ["deploy.targets=[torch-fp32,openvino-fp32]", "latency.guard=false", "finetune.epochs=1"]
-    cfg = compose_cfg([*smoke_args(tiny_root), *overrides, f"baseline.cache_dir={tmp_path / 'cache'}"], tmp_path)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    results = run(prepare(cfg), tmp_path)
+    results = run_smoke(tmp_path, tiny_root, *overrides)
     dep = json.loads((tmp_path / "results.json").read_text())["deploy"]
     assert set(dep["targets"]) == {"torch-fp32", "openvino-fp32"} and dep["failed"] == {}
     for row in dep["targets"].values():

@@ -120,22 +120,9 @@ def test_the_planner_times_its_candidates_in_onnx_runtime(monkeypatch, dynamo_fa
     """Every candidate really runs in ONNX Runtime; the speed-up it reports is then fixed (low-rank
     twice as fast: 1.11x over the five convs), so that the plan does not depend on this machine's timing."""
     from lrx.compress import planner
-    from lrx.measure.estimator import Ratio, Timing
+    from tests.helpers.runs import fix_planner_speedups
 
-    timed, real_pair, real_alone = [], planner.dense_vs_lowrank, planner.time_modules
-
-    def dense_vs_lowrank(dense, lowrank, x, estimator, runtime="torch", threads=None, precision="fp32"):
-        real = real_pair(dense, lowrank, x, estimator, runtime, threads, precision)
-        timed.append((runtime, set(real.ms)))
-        return Timing(real.ms, {"speedup": Ratio(2.0, 2.0, 2.0, 0.1)}, 2, 0.0, 1, 0.0)
-
-    def time_modules(modules, x, estimator, runtime="torch", threads=None, precision="fp32"):
-        real = real_alone(modules, x, estimator, runtime, threads, precision=precision)
-        timed.append((runtime, set(real.ms)))
-        return Timing({"dense": 1.0}, {}, 2, 0.0, 1, 0.0)
-
-    monkeypatch.setattr(planner, "dense_vs_lowrank", dense_vs_lowrank)
-    monkeypatch.setattr(planner, "time_modules", time_modules)
+    timed = fix_planner_speedups(monkeypatch)
     torch.manual_seed(0)
     net = AlexNetCIFAR(widths=(8, 16, 16, 16, 8)).eval()
     chosen, report = planner.plan(
@@ -143,8 +130,8 @@ def test_the_planner_times_its_candidates_in_onnx_runtime(monkeypatch, dynamo_fa
         timed=planner.Timed(QUICK, runtime="onnxruntime"),
     )  # fmt: skip
     assert report["runtime"] == "onnxruntime" and chosen["conv3"].method == "channel_svd"
-    assert timed and all(runtime == "onnxruntime" for runtime, _ in timed)
-    assert {"dense", "lowrank"} in [keys for _, keys in timed]
+    assert timed and all(t["runtime"] == "onnxruntime" for t in timed)
+    assert {"dense", "lowrank"} in [t["calls"] for t in timed]
 
 
 def test_without_the_extra_the_error_names_it(monkeypatch):
@@ -157,27 +144,10 @@ def test_without_the_extra_the_error_names_it(monkeypatch):
 def test_a_smoke_run_with_deploy_onnx_writes_checked_graphs_and_ort_timings(tmp_path, tiny_root):
     import json
 
-    from omegaconf import open_dict
-
     from lrx.results.saved import load_models
-    from lrx.run.job import prepare
-    from lrx.run.stages import run
-    from tests.conftest import compose_cfg
-    from tests.helpers.data import smoke_args
+    from tests.helpers.runs import run_smoke
 
-    cfg = compose_cfg(
-        [
-            *smoke_args(tiny_root),
-            "deploy.onnx=true",
-            "latency.guard=false",
-            "finetune.epochs=1",
-            f"baseline.cache_dir={tmp_path / 'cache'}",
-        ],
-        run_dir=tmp_path,
-    )
-    with open_dict(cfg):
-        del cfg["hydra"]
-    results = run(prepare(cfg), tmp_path)
+    results = run_smoke(tmp_path, tiny_root, "deploy.onnx=true", "latency.guard=false", "finetune.epochs=1")
     assert json.loads((tmp_path / "results.json").read_text())["deploy"] == json.loads(json.dumps(results["deploy"]))
     for side in ("baseline", "final"):
         assert results["deploy"]["onnx"][side]["max_rel_error"] <= 1e-4

@@ -14,13 +14,13 @@ from lrx.compress import planner
 from lrx.lowrank import decompose
 from lrx.lowrank.base import DecompositionError
 from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
-from lrx.measure.estimator import Ratio, Timing
 from lrx.measure.latency import call_of, check_runtime, compare, conv_names
 from lrx.models import AlexNetCIFAR
 from lrx.run import config
 from lrx.runtime import RUNTIME_PRECISIONS
 from tests.conftest import compose_cfg
 from tests.helpers.methods import one_thread  # noqa: F401
+from tests.helpers.runs import fix_planner_speedups
 from tests.helpers.timing import QUICK
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,22 +101,9 @@ def test_the_planner_times_its_candidates_in_openvino_int8(monkeypatch):
     """Every candidate and its dense conv really run quantized in OpenVINO; the reported speed-up is
     then fixed (low-rank twice as fast), so that the plan does not depend on this machine's timing."""
     ov = _openvino()
-    quantized, timed, real_compile = [], [], ov.compile
+    quantized, real_compile = [], ov.compile
     monkeypatch.setattr(ov, "compile", lambda m, *a: quantized.append(ov.is_quantized(m)) or real_compile(m, *a))
-    real_pair, real_alone = planner.dense_vs_lowrank, planner.time_modules
-
-    def dense_vs_lowrank(*args):
-        real = real_pair(*args)
-        timed.append(args[4:])
-        return Timing(real.ms, {"speedup": Ratio(2.0, 2.0, 2.0, 0.1)}, 2, 0.0, 1, 0.0)
-
-    def time_modules(modules, x, *args, precision):
-        real_alone(modules, x, *args, precision=precision)
-        timed.append((*args[1:], precision))
-        return Timing({"dense": 1.0}, {}, 2, 0.0, 1, 0.0)
-
-    monkeypatch.setattr(planner, "dense_vs_lowrank", dense_vs_lowrank)
-    monkeypatch.setattr(planner, "time_modules", time_modules)
+    timed = fix_planner_speedups(monkeypatch)
     torch.manual_seed(0)
     net = AlexNetCIFAR(widths=(8, 16, 16, 16, 8)).eval()
     chosen, report = planner.plan(
@@ -125,7 +112,7 @@ def test_the_planner_times_its_candidates_in_openvino_int8(monkeypatch):
     )  # fmt: skip
     assert report["runtime"] == "openvino" and report["precision"] == "int8"
     assert chosen["conv3"].method == "channel_svd"
-    assert timed and all(t == ("openvino", 1, "int8") for t in timed)
+    assert timed and all((t["runtime"], t["threads"], t["precision"]) == ("openvino", 1, "int8") for t in timed)
     assert quantized and all(quantized)
 
 

@@ -2,6 +2,7 @@
 reconstruction and fine-tuning fit only the layers that stay."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from torch import nn
 
 import lrx.measure.latency
 import lrx.run.stages
-from lrx.io import PROJECT
+from lrx.io import PROJECT, write_json
 from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
 from lrx.measure.complexity import complexity
 from lrx.measure.latency import conv_names
@@ -160,14 +161,22 @@ def test_a_finished_run_can_be_timed_again(tmp_path, monkeypatch, run_in):
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
     results = run_in()
     recorded = (tmp_path / "results.json").read_text()
+    # serving.json recommends passive waiting for torch: retime times in it, in a fresh process, and
+    # --env adds a setting to compare
+    passive = {"runtime": "torch", "threads": 2, "wait": "passive", "settings": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    write_json(tmp_path / "serving.json", {"targets": {"torch-fp32": {"recommended": {"serving": passive}}}})
+    argv = [str(tmp_path), "--rounds", "2", "--busy", "0", "--env", "GOMP_SPINCOUNT=20000"]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "retime.py"), str(tmp_path), "--rounds", "2"],
+        [sys.executable, str(REPO / "scripts" / "retime.py"), *argv],
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     retimed = json.loads((tmp_path / "retime.json").read_text())
+    assert retimed["env"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}  # applied where it timed
     assert len(retimed["conv_speedup"]["rounds"]) == 2 and retimed["conv_speedup"]["min"] > 0
     (point,) = retimed["points"].values()
     baseline, _, _ = load_models(tmp_path)

@@ -68,3 +68,38 @@ def test_a_setting_for_another_runtime_is_refused(tmp_path):
         deploy(
             _net(), Target.of("torch-fp32"), torch.randn(2, 3, 32, 32), 1, tmp_path, serving=Serving.of("openvino", 1)
         )
+
+
+@pytest.mark.slow
+def test_a_run_with_serving_auto_times_every_setting_in_its_own_process(tmp_path, tiny_root):
+    import json
+
+    from lrx.measure.load import cores
+    from tests.helpers.runs import run_smoke
+
+    results = run_smoke(tmp_path, tiny_root, "deploy.serving=auto", "latency.guard=false", "finetune.epochs=1")
+    assert results["deploy"]["targets"]["torch-fp32"]["final"]["serving"]["runtime"] == "torch"  # what it timed with
+    chosen = json.loads((tmp_path / "serving.json").read_text())["targets"]["torch-fp32"]
+    assert [Serving(**p["serving"]) for p in chosen["points"]] == choices("torch", cores())
+    for point in chosen["points"]:  # each setting applied in the process that timed it
+        assert point["env"] == Serving(**point["serving"]).env()
+        assert point["quiet"]["ms"]["final"] > 0 and point["busy"]["ms"]["final"] > 0
+    assert chosen["recommended"]["serving"] in [p["serving"] for p in chosen["points"]]
+
+
+def test_export_prints_how_to_serve_with_the_recommended_settings(tmp_path):
+    from lrx.io import write_json
+    from lrx.run.export import serving_lines
+
+    recommended = {
+        "torch-fp32": Serving.of("torch", 2, "passive"),
+        "onnxruntime-int8": Serving.of("onnxruntime", 2, "passive"),
+        "openvino-int8": Serving.of("openvino", 1, "unpinned"),
+    }
+    targets = {t: {"recommended": {"serving": s.as_dict()}} for t, s in recommended.items()}
+    write_json(tmp_path / "serving.json", {"targets": targets})
+    lines = serving_lines(tmp_path)
+    assert len(lines) == 3 and all("recommended by serving.json" in line for line in lines)
+    assert "OMP_WAIT_POLICY=PASSIVE; torch.set_num_threads(2)" in lines[0]
+    assert "add_session_config_entry('session.intra_op.allow_spinning', '0')" in lines[1]
+    assert "{'INFERENCE_NUM_THREADS': 1, 'ENABLE_CPU_PINNING': False}" in lines[2]

@@ -74,6 +74,15 @@ class Target:
             raise TargetError(f"{key}: {self.name} is not served natively on this CPU: {why}")
 
 
+def servable(names, key: str = "deploy.targets") -> list[Target]:
+    """The targets called ``names``, each one this installation and CPU serve; a TargetError
+    naming ``key`` for the first that is unknown or not served."""
+    targets = [Target.of(name, key) for name in names]
+    for target in targets:
+        target.require(key)
+    return targets
+
+
 def _unsupported(target: Target) -> str | None:
     """Why this CPU does not run ``target``'s precision natively; None where it does."""
     if target.runtime == "openvino":

@@ -10,6 +10,7 @@ RESULTS = "results.json"  # a run's results, written last (the run is finished o
 MODEL = "model.pt"  # the final network (lrx.results.saved)
 DEPLOYED_DIR = "deployed"  # beside it: every deployment target's graphs, deployed/<target>/<side>/ (deploy.targets)
 DEPLOYED = "deploy_targets.json"  # beside it, from scripts/deploy_table.py: results["deploy"]'s shape, older runs
+SERVING = "serving.json"  # beside it, from scripts/serving_table.py: each target's serving settings, timed
 RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
 ORT = "onnxruntime-cpu"  # the device key of ONNX Runtime timings
 FOLDED = " (BN folded)"  # "<device> (BN folded)": the timings of both networks with their BatchNorms folded

@@ -23,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lrx.compress.data_recon import MODES, OPTIMIZERS
-from lrx.deploy.targets import AUTO, TARGETS, Target, TargetError
+from lrx.deploy.targets import AUTO, TARGETS, TargetError, servable
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.measure.estimator import FIELDS as ESTIMATOR_KEYS
 from lrx.measure.latency import MEMORY_FORMATS, PRECISIONS, RUNTIMES, thread_counts, unsupported
+from lrx.measure.load import cores
 from lrx.run import schema
 from lrx.run.callbacks import ModelCost
 from lrx.run.module import LOSSES
@@ -35,6 +36,7 @@ from lrx.runtime import RUNTIME_PRECISIONS
 from lrx.runtime.onnxruntime import require_onnx
 from lrx.runtime.openvino import require_openvino
 
+SERVING_CHOICES = ("default", "auto")  # deploy.serving
 KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
 PLAN_ERRORS = ("data", "kl", "filter")
 PLAN_METRICS = ("macs", "latency")
@@ -382,6 +384,13 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
     _int(dep, "deploy", "opset", MIN_OPSET)
     _int(dep, "deploy", "check_images", 1)
     _check_targets(dep)
+    _choice(dep, "deploy", "serving", SERVING_CHOICES)
+    if not is_int(dep["serving_busy"]) or not 0 <= dep["serving_busy"] < cores():
+        raise _bad(
+            "deploy.serving_busy", dep["serving_busy"], f"an integer from 0 to {cores() - 1} (fewer than the cores)"
+        )
+    if dep["serving"] == "auto" and dep["targets"] == []:
+        raise _bad("deploy.serving", "auto", "default, or auto with deploy.targets (it times the best of them)")
     if dep["onnx"]:
         _require_onnx("deploy.onnx=true")
     else:
@@ -401,9 +410,7 @@ def _check_targets(dep: Mapping) -> None:
     else:
         raise _bad("deploy.targets", targets, valid)
     try:
-        chosen = [Target.of(name) for name in names]
-        for target in chosen:
-            target.require()
+        chosen = servable(names)
     except TargetError as e:
         raise ConfigError(str(e)) from None
     int8 = [t.name for t in chosen if t.precision == "int8"] or (["int8 targets"] if targets == AUTO else [])

@@ -3,36 +3,42 @@
     python -m lrx.export RUN_DIR [--data-root DIR] [--opset N]
 
 Writes ``baseline.onnx``, ``model.onnx`` and ``deploy.json`` into the run directory
-(:mod:`lrx.deploy.onnx_export`). Needs the ``onnx`` extra: ``pip install -e ".[onnx]"``.
+(:mod:`lrx.deploy.onnx_export`), then prints how to serve each deployment target: the threads and
+wait policy ``scripts/serving_table.py`` recommended, else those the run timed with. Needs the
+``onnx`` extra: ``pip install -e ".[onnx]"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
-
-import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from lrx.compress.execution import reset_strategies
 from lrx.deploy.onnx_export import BASELINE_ONNX, MODEL_ONNX, ExportError, deploy
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import points
-from lrx.results.files import ORT
-from lrx.results.saved import load_models
+from lrx.results.files import ORT, RESULTS, SERVING, read_finished
+from lrx.results.saved import datamodule_of, load_models
 from lrx.runtime.onnxruntime import OPSET, require_onnx
+from lrx.runtime.serving import Serving
 
 
-def _validation_images(results: dict, data_root: str | None, count: int) -> torch.Tensor:
-    data = OmegaConf.create(results["config"]["data"])
-    if data_root:
-        data.root = data_root
-    dm = instantiate(data)
-    dm.setup("fit")
-    return next(iter(dm.val_dataloader()))[0][:count]
+def serving_lines(run_dir: Path) -> list[str]:
+    """How to serve each target of the run: the settings ``scripts/serving_table.py`` recommended
+    (``serving.json`` beside the run), else the ones its deployments were timed with."""
+    path = Path(run_dir) / SERVING
+    if path.is_file():
+        chosen = {t: v["recommended"]["serving"] for t, v in json.loads(path.read_text())["targets"].items()}
+        source = f"recommended by {SERVING}"
+    else:
+        results, _ = read_finished(Path(run_dir) / RESULTS)
+        targets = ((results or {}).get("deploy") or {}).get("targets") or {}
+        chosen = {t: row["final"]["serving"] for t, row in targets.items() if "serving" in row["final"]}
+        source = "as its deployments were timed (no serving.json: run scripts/serving_table.py to choose)"
+    return [f"serve {t} ({source}): {Serving(**s).how()}" for t, s in chosen.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         require_onnx("python -m lrx.export")
         baseline, final, results = load_models(args.run_dir)
         reset_strategies(final)
-        images = _validation_images(results, args.data_root, args.images)
+        images = next(iter(datamodule_of(results, args.data_root).val_dataloader()))[0][: args.images]
         lat = results["config"]["latency"]
         exported, timings = deploy(
             baseline,
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             for where, t in points({ORT: timings})
         )
     )
+    print("\n".join(serving_lines(args.run_dir)))
     return 0
 
 

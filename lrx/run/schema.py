@@ -143,6 +143,8 @@ class Deploy:
 
     targets: Any = "auto"  # "auto" (every target this installation and CPU serve), or a list of names
     calibration_images: int = 300
+    serving: str = "default"  # "default" (each runtime's own), or "auto": chosen by measurement after the run
+    serving_busy: int = 1
     onnx: bool = False
     opset: int = 18
     check_images: int = 16

@@ -33,10 +33,12 @@ from lrx.measure.latency import compare_at, decide_point, devices, memory_format
 from lrx.measure.load import wait_for_quiet
 from lrx.results.files import DEPLOYED_DIR, FOLDED, MODEL, ORT, RESULTS
 from lrx.results.saved import save_network
+from lrx.run import serving_choice
 from lrx.run.baseline import check_finite_network, get_baseline
 from lrx.run.job import Job, first_val_images
 from lrx.run.module import Classifier
 from lrx.run.summary import State, results_of
+from lrx.runtime.serving import Serving
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +308,21 @@ def _deploy_targets(s: State, run_dir: Path, images: torch.Tensor) -> None:
         log.warning("no dense deployment kept its acc@1 within %.1f point: no speed-up against one", WITHIN)
 
 
+def _choose_serving(job: Job, run_dir: Path, results: dict) -> None:
+    """deploy.serving=auto: the best dense and best final targets timed in every serving setting,
+    each in its own process (:mod:`lrx.run.serving_choice`), into ``serving.json``."""
+    dep, best = job.cfg.deploy, (results["deploy"] or {}).get("best")
+    if dep.serving != "auto" or not best:
+        return
+    targets = [Target.of(name) for name in dict.fromkeys([best["dense"], best["final"]])]
+    batch_size, _ = decide_point(job.cfg.latency)
+    out = serving_choice.choose(
+        run_dir, targets, dep.serving_busy, batch_size, dep.calibration_images, job.cfg.data.get("root")
+    )
+    for name, t in out["targets"].items():
+        log.info("serve %s with %s", name, Serving(**t["recommended"]["serving"]).how())
+
+
 def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     """Run the stages; write the final network to ``run_dir/model.pt`` (:mod:`lrx.results.saved`),
     then ``run_dir/results.json``, both atomically; returns the results."""
@@ -327,6 +344,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     # before results.json: a results.json that exists has its model
     save_network(run_dir / MODEL, s.approx.eval(), OmegaConf.to_container(job.cfg.model.net, resolve=True))
     write_json(run_dir / RESULTS, results)
+    _choose_serving(job, run_dir, results)
     log.info(
         "final acc@1 %.2f (baseline %.2f); conv speed-up %s; results in %s",
         results["final"]["acc1"],

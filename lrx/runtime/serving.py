@@ -23,6 +23,7 @@ WAITS: dict[str, dict[str, dict]] = {
     "openvino": {"pinned": {"ENABLE_CPU_PINNING": True}, "unpinned": {"ENABLE_CPU_PINNING": False}},
 }
 DEFAULT_WAIT = {"torch": "spin", "onnxruntime": "spin", "openvino": "pinned"}
+OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # what torch's wait policies set
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,17 @@ class Serving:
     @property
     def label(self) -> str:
         return f"{self.runtime}, {self.threads} thread{'s' if self.threads > 1 else ''}, {self.wait}"
+
+    def how(self) -> str:
+        """How to serve with this setting, in the runtime's own words."""
+        if self.runtime == "torch":
+            env = " ".join(f"{k}={v}" for k, v in self.settings.items())
+            return f"start the process with {env or 'no OpenMP variables'}; torch.set_num_threads({self.threads})"
+        if self.runtime == "onnxruntime":
+            entries = "".join(f"; options.add_session_config_entry({k!r}, {v!r})" for k, v in self.settings.items())
+            return f"options = onnxruntime.SessionOptions(); options.intra_op_num_threads = {self.threads}{entries}"
+        properties = {"INFERENCE_NUM_THREADS": self.threads, **self.settings}
+        return f"core.compile_model(model, 'CPU', {properties})"
 
     def env(self) -> dict[str, str]:
         """The environment variables a fresh process needs (torch's OpenMP reads them at start-up)."""

@@ -1,0 +1,165 @@
+"""Which thread count and wait policy serve a finished run's networks fastest on this CPU, quiet and
+next to other work (``scripts/serving_table.py``, ``deploy.serving=auto``): every setting of
+:mod:`lrx.runtime.serving` timed in its own fresh process (the settings are process-wide, some read
+at start-up), the baseline and final network BatchNorm-folded and side by side in each target,
+first quiet, then with ``busy`` neighbour processes each keeping a core busy. The recommended
+setting per target is the one whose final network is never far from the fastest: the least of
+max(quiet ms / fastest quiet ms, busy ms / fastest busy ms). ``serving.json`` beside the run keeps
+every point and the recommendation.
+
+    python -m lrx.run.serving_choice JOB_JSON ...   (the timing process itself)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from tqdm import tqdm
+
+from lrx.compress.execution import tune
+from lrx.compress.fold import fold_bn
+from lrx.deploy.targets import Target, deploy
+from lrx.io import write_json
+from lrx.measure.estimator import Estimator, measure
+from lrx.measure.latency import machine
+from lrx.measure.load import busy_neighbours, cores, wait_for_quiet
+from lrx.results.files import SERVING
+from lrx.results.saved import datamodule_of, load_models
+from lrx.runtime.serving import OPENMP_VARIABLES, Serving, choices
+
+
+def _timing(t) -> dict:
+    r = t.ratios["speedup"]
+    return {"ms": t.ms, "speedup": r.median, "speedup_iqr": [r.q25, r.q75], "busy_cores": t.busy_cores}
+
+
+def probe(run_dir: Path, target: Target, serving: Serving, busy: int, args) -> dict:
+    """In this process (whose environment holds ``serving``'s variables): both networks deployed
+    to ``target`` as ``serving`` says, timed side by side quiet, then next to ``busy`` neighbours."""
+    baseline, final, results = load_models(run_dir)
+    size = results["config"]["model"]["input_size"]
+    x = torch.randn(args.batch_size, 3, size, size)
+    estimator = Estimator(max_s=20.0)
+    with torch.no_grad():
+        tune(final, x, estimator, "channels_last")
+    calibration = None
+    if target.precision == "int8":
+        calibration = datamodule_of(results, args.data_root).calibration_dataloader(args.calibration_images, seed=0)
+    with tempfile.TemporaryDirectory(prefix="lrx-serving-") as work:
+        calls = {
+            side: deploy(
+                fold_bn(net),
+                target,
+                x,
+                serving.threads,
+                Path(work),
+                torch.channels_last,
+                calibration,
+                args.calibration_images,
+                serving,
+            ).timer(x)
+            for side, net in {"baseline": baseline, "final": final}.items()
+        }
+    speedup = {"speedup": lambda r: r["baseline"] / r["final"]}
+    load = wait_for_quiet(60, f"{target.name}, {serving.label}")
+    env = {k: os.environ[k] for k in OPENMP_VARIABLES if k in os.environ}  # what this process runs in
+    out = {"env": env, "load": load, "quiet": _timing(measure(calls, speedup, estimator, serving.threads))}
+    with busy_neighbours(busy):
+        out["busy"] = _timing(measure(calls, speedup, estimator, serving.threads))
+    return out
+
+
+def _in_own_process(run_dir: Path, target: Target, serving: Serving, args) -> dict:
+    """:func:`probe` in a fresh process whose environment applies ``serving``."""
+    job = {"run_dir": str(Path(run_dir).resolve()), "target": target.name, "serving": serving.as_dict()}
+    argv = [sys.executable, "-m", __name__, json.dumps(job), *_shared_args(args)]
+    done = subprocess.run(argv, env={**os.environ, **serving.env()}, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{target.name}, {serving.label}: the timing process failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _shared_args(args) -> list[str]:
+    out = ["--busy", str(args.busy), "--batch-size", str(args.batch_size)]
+    out += ["--calibration-images", str(args.calibration_images)]
+    return out + (["--data-root", args.data_root] if args.data_root else [])
+
+
+def recommend(points: list[dict]) -> dict:
+    """The point whose final network is never far from the fastest, quiet or busy."""
+    best = {when: min(p[when]["ms"]["final"] for p in points) for when in ("quiet", "busy")}
+    regret = lambda p: max(p[when]["ms"]["final"] / best[when] for when in best)  # noqa: E731
+    chosen = min(points, key=regret)
+    return {"serving": chosen["serving"], "regret": regret(chosen)}
+
+
+def table(target: str, points: list[dict], chosen: dict) -> str:
+    lines = [
+        f"{target}:",
+        "",
+        "| setting | quiet: dense -> final ms | quiet speed-up | busy: dense -> final ms | busy speed-up "
+        "| busy keeps | busy cores (quiet / busy) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        q, b = p["quiet"], p["busy"]
+        mark = " **(recommended)**" if p["serving"] == chosen["serving"] else ""
+        lines.append(
+            f"| {Serving(**p['serving']).label}{mark} | {q['ms']['baseline']:.2f} -> {q['ms']['final']:.2f} "
+            f"| {q['speedup']:.2f}x | {b['ms']['baseline']:.2f} -> {b['ms']['final']:.2f} | {b['speedup']:.2f}x "
+            f"| {b['speedup'] / q['speedup']:.0%} | {q['busy_cores']} / {b['busy_cores']} |"
+        )
+    return "\n".join(lines)
+
+
+def choose(
+    run_dir: Path,
+    targets: list[Target],
+    busy: int = 1,
+    batch_size: int = 32,
+    calibration_images: int = 300,
+    data_root: str | None = None,
+) -> dict:
+    """Every setting of every target timed in its own process, the recommendation per target;
+    written to ``run_dir/serving.json`` (atomically) and returned."""
+    if not 0 <= busy < cores():
+        raise ValueError(f"busy={busy!r} is invalid; valid: 0 to {cores() - 1} (fewer than the {cores()} cores)")
+    args = SimpleNamespace(busy=busy, batch_size=batch_size, calibration_images=calibration_images, data_root=data_root)
+    out = {"date": datetime.date.today().isoformat(), "machine": machine(), "busy": busy, "targets": {}}
+    out["batch_size"], out["bn_folded"] = batch_size, True
+    for target in targets:
+        points = [
+            {"serving": s.as_dict(), **_in_own_process(Path(run_dir), target, s, args)}
+            for s in tqdm(choices(target.runtime, cores()), desc=f"serving {target.name}")
+        ]
+        out["targets"][target.name] = {"points": points, "recommended": recommend(points)}
+    write_json(Path(run_dir) / SERVING, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The timing process: one target in one setting, its result as JSON on the last line."""
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
+    parser.add_argument("job")
+    parser.add_argument("--busy", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--data-root")
+    args = parser.parse_args(argv)
+    job = json.loads(args.job)
+    out = probe(Path(job["run_dir"]), Target.of(job["target"]), Serving(**job["serving"]), args.busy, args)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
