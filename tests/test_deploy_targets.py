@@ -10,7 +10,7 @@ import torch
 from lrx.deploy import compare
 from lrx.deploy.targets import TARGETS, TOLERANCE, Target, TargetError, check, deploy
 from lrx.lowrank import decompose
-from lrx.measure.estimator import Ratio
+from lrx.measure.estimator import Estimator, Ratio
 from lrx.models import AlexNetCIFAR
 
 pytest.importorskip("onnxruntime")
@@ -174,3 +174,23 @@ def test_a_run_deploys_both_networks_keeps_the_graphs_and_reports_the_best_dense
         ref = fold_bn(final)(x)
     out = ovr.run(ovr.compile(model, "f32", 1), x)
     assert float((out - ref).norm()) <= 1e-4 * float(ref.norm())
+
+
+def test_the_headline_times_two_runtimes_each_alone_and_one_runtime_as_a_pair():
+    import time
+
+    def deployed(runtime, seconds):
+        def timer(x):
+            return lambda: time.sleep(seconds)
+
+        return SimpleNamespace(target=SimpleNamespace(runtime=runtime), timer=timer)
+
+    fast = Estimator(warmup_s=0.0, block_s=0.0, min_rounds=3, max_rounds=3)
+    best = {"dense": "a", "final": "b"}
+    two = {"a": {"baseline": deployed("onnxruntime", 0.004)}, "b": {"final": deployed("openvino", 0.001)}}
+    out = compare.time_best(two, best, None, fast, 1)
+    assert out["timed"] == "each alone" and out["dense_ms"] > 0 and out["final_ms"] > 0
+    assert out["speedup"] == pytest.approx(out["dense_ms"] / out["final_ms"])
+    assert out["speedup_iqr"][0] <= out["speedup"] <= out["speedup_iqr"][1]
+    one = {"a": {"baseline": deployed("openvino", 0.004)}, "b": {"final": deployed("openvino", 0.001)}}
+    assert compare.time_best(one, best, None, fast, 1)["timed"] == "as a pair"
