@@ -38,9 +38,12 @@ def compose_cfg(overrides: list[str], run_dir: Path | None = None):
 
 def run_train(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m lrx.train ARGS`` in ``cwd`` with the data root set, its outputs (runs, sweeps,
-    the baseline cache) under ``cwd/outputs`` unless ARGS say where; returns the result."""
+    the baseline cache) under ``cwd/outputs`` unless ARGS say where, deployed to torch-fp32 alone
+    unless ARGS name the targets; returns the result."""
     full_env = {**os.environ, "LRX_DATA_ROOT": str(DATA_ROOT), "WANDB_SILENT": "true", **(env or {})}
     outputs = [] if any(a.startswith("paths.outputs=") for a in args) else [f"paths.outputs={Path(cwd) / 'outputs'}"]
+    if not any(a.startswith("deploy.targets=") for a in args):  # no export and quantization for every target
+        outputs.append("deploy.targets=[torch-fp32]")
     multirun = [a for a in args if a in ("-m", "--multirun")]  # Hydra takes the overrides as one run of words
     return subprocess.run(
         [sys.executable, "-m", "lrx.train", *multirun, *[a for a in args if a not in multirun], *outputs],

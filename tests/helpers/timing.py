@@ -19,6 +19,7 @@ QUICK_OVERRIDES = [  # the same as Hydra overrides, and no waiting for a quiet m
     "latency.estimator.min_rounds=2",
     "latency.estimator.max_rounds=3",
     "latency.quiet_wait_s=0",
+    "deploy.targets=[torch-fp32]",  # the deploy stage, without exporting and quantizing for every target
 ]
 
 
