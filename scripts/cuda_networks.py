@@ -28,7 +28,7 @@ import torch
 
 from lrx.compress.execution import tune
 from lrx.compress.fold import fold_bn
-from lrx.data.cifar import CIFAR10_SPEC, read_binary_batch
+from lrx.data.cifar import CIFAR10_SPEC, CIFARTensors, read_binary_batch
 from lrx.io import write_text
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import time_modules
@@ -39,10 +39,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def test_images(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch file's images, normalised, ``(n, 3, 32, 32)`` float32, and labels ``(n,)``."""
-    images, labels = read_binary_batch(path)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (n, 3, 32, 32)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10_SPEC.mean, CIFAR10_SPEC.std))
-    return (x - mean) / std, torch.from_numpy(labels).long()
+    data = CIFARTensors(*read_binary_batch(path), CIFAR10_SPEC.mean, CIFAR10_SPEC.std)  # normalised as lrx trains
+    return torch.stack([data[i][0] for i in range(len(data))]), data.labels.long()
 
 
 @torch.inference_mode()

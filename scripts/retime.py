@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -46,7 +45,7 @@ from lrx.io import write_json
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import compare, default_threads, machine, spread
 from lrx.measure.load import busy_cores, busy_neighbours, cores
-from lrx.results.files import RETIMED, SERVING
+from lrx.results.files import RETIMED, recommended_serving
 from lrx.results.saved import load_models
 from lrx.runtime.serving import OPENMP_VARIABLES
 
@@ -157,11 +156,7 @@ def table(out: dict) -> str:
 def wanted_env(run_dir: Path, overrides: list[str]) -> dict[str, str]:
     """The OpenMP environment to time in: the torch setting scripts/serving_table.py recommended for
     the run (its ``serving.json``), if any, then ``--env KEY=VALUE`` overrides."""
-    env: dict[str, str] = {}
-    path = run_dir / SERVING
-    if path.is_file():
-        torch_target = json.loads(path.read_text())["targets"].get("torch-fp32")
-        env.update(torch_target["recommended"]["serving"]["settings"] if torch_target else {})
+    env: dict[str, str] = dict(recommended_serving(run_dir).get("torch-fp32", {}).get("settings", {}))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:

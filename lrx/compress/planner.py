@@ -42,7 +42,7 @@ from lrx.lowrank.surgery import layer_record, select_convs
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing
 from lrx.measure.latency import (
     MEMORY_FORMATS,
-    RUNTIMES,
+    check_runtime,
     conv_names,
     dense_vs_lowrank,
     layer_inputs,
@@ -52,7 +52,6 @@ from lrx.measure.latency import (
 from lrx.measure.load import wait_for_quiet
 from lrx.modes import eval_mode
 from lrx.modes import memory_format as in_format
-from lrx.runtime import RUNTIME_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -328,11 +327,10 @@ def plan(
         raise DecompositionError(
             f"memory_format={timed.memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}"
         )
-    if timed.runtime not in RUNTIMES:
-        raise DecompositionError(f"runtime={timed.runtime!r} is unknown; valid: {', '.join(RUNTIMES)}")
-    if timed.precision not in RUNTIME_PRECISIONS[timed.runtime]:
-        valid = ", ".join(RUNTIME_PRECISIONS[timed.runtime])
-        raise DecompositionError(f"precision={timed.precision!r} is not one of runtime={timed.runtime}; valid: {valid}")
+    try:
+        check_runtime(timed.runtime, torch.device("cpu"), timed.precision)
+    except ValueError as e:
+        raise DecompositionError(str(e)) from None
     if calibration is not None and error not in OUTPUT_ERRORS:
         raise DecompositionError(f"planner error={error!r} is unknown; valid: {', '.join(OUTPUT_ERRORS)}")
     selected = check_request(net, layers, target_speedup, metric, methods, options, input_size, rank_multiple)

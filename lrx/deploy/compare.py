@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrx.compress.fold import fold_bn
-from lrx.deploy.targets import TARGETS, Deployed, Target, TargetError, accuracy, check, deploy
+from lrx.deploy.targets import TARGETS, Deployed, Target, TargetError, accuracy, check, deploy, servable
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, measure
 from lrx.measure.latency import machine
 from lrx.measure.load import wait_for_quiet
@@ -157,13 +157,10 @@ def available_targets(key: str = "deploy.targets") -> list[Target]:
     logged with the reason."""
     out = []
     for name in TARGETS:
-        target = Target.of(name, key)
         try:
-            target.require(key)
+            out += servable([name], key)
         except TargetError as e:
             log.info("not deployed to %s: %s", name, e)
-            continue
-        out.append(target)
     return out
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lrx.measure.latency import unsupported
 from lrx.modes import eval_mode
 from lrx.runtime import RUNTIME_PRECISIONS
 from lrx.runtime import onnxruntime as ort
@@ -69,7 +70,7 @@ class Target:
                 ov.require_openvino(f"{key}: {self.name}")
         except ImportError as e:
             raise TargetError(str(e)) from None
-        why = _unsupported(self)
+        why = unsupported(self.runtime, self.precision)
         if why:
             raise TargetError(f"{key}: {self.name} is not served natively on this CPU: {why}")
 
@@ -81,20 +82,6 @@ def servable(names, key: str = "deploy.targets") -> list[Target]:
     for target in targets:
         target.require(key)
     return targets
-
-
-def _unsupported(target: Target) -> str | None:
-    """Why this CPU does not run ``target``'s precision natively; None where it does."""
-    if target.runtime == "openvino":
-        support = ov.cpu_supports(_ov_precision(target.precision))
-        return None if support else support.reason
-    if target.runtime == "torch" and target.precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return "oneDNN reports no bfloat16 support (it needs AVX-512 BF16 or AMX); torch would emulate it, slowly"
-    return None
-
-
-def _ov_precision(precision: str) -> str:
-    return "f32" if precision == "fp32" else precision
 
 
 @dataclass
@@ -150,7 +137,7 @@ def _openvino(net: nn.Module, precision: str, example: torch.Tensor, serving: Se
     model = ov.convert(net, example)
     if precision == "int8":
         model = ov.quantize(model, calibration, images)
-    compiled = ov.compile(model, _ov_precision(precision), serving.threads, serving.settings)
+    compiled = ov.compile(model, ov.precision_of(precision), serving.threads, serving.settings)
 
     def save(dest: Path) -> list[str]:
         xml = ov.save(model, dest / "model.xml")
@@ -161,7 +148,7 @@ def _openvino(net: nn.Module, precision: str, example: torch.Tensor, serving: Se
         partial(ov.run, compiled),
         partial(ov.graph_call, compiled),
         save,
-        {"runtime": ov.runtime_name(_ov_precision(precision))},
+        {"runtime": ov.runtime_name(ov.precision_of(precision))},
     )
 
 

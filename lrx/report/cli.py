@@ -40,7 +40,8 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         "where the run directory has a retime.json. "
         "Best dense deployment: the fastest target of the dense network whose acc@1 there stays within "
         "the margin it records (0.5 point) of its float32 PyTorch acc@1; best final deployment: the final network's "
-        "fastest target; speed-up vs best dense: best dense ms / best final ms, the median of paired rounds, with "
+        "fastest target; speed-up vs best dense: best dense ms / best final ms, timed again on their own (paired "
+        "rounds in one runtime, each alone in two), with "
         f"its IQR (blank: not deployed to targets, from results.json or a {DEPLOYED} beside it). "
         "Solve time: filter reconstruction of the layers kept, summed (a planner's search not included).\n"
     )

@@ -28,3 +28,12 @@ def read_finished(path: Path) -> tuple[dict | None, str]:
     if results["status"] != "complete":
         return None, f"status {results['status']!r}"
     return results, ""
+
+
+def recommended_serving(run_dir: Path) -> dict[str, dict]:
+    """``{target: the serving setting recommended for it}`` (a Serving's fields, lrx.runtime.serving)
+    from ``serving.json`` beside a run (scripts/serving_table.py, deploy.serving=auto); {} without one."""
+    path = Path(run_dir) / SERVING
+    if not path.is_file():
+        return {}
+    return {t: v["recommended"]["serving"] for t, v in json.loads(path.read_text())["targets"].items()}

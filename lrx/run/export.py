@@ -11,7 +11,6 @@ wait policy ``scripts/serving_table.py`` recommended, else those the run timed w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from lrx.deploy.onnx_export import BASELINE_ONNX, MODEL_ONNX, ExportError, deplo
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import points
-from lrx.results.files import ORT, RESULTS, SERVING, read_finished
+from lrx.results.files import ORT, RESULTS, SERVING, read_finished, recommended_serving
 from lrx.results.saved import datamodule_of, load_models
 from lrx.runtime.onnxruntime import OPSET, require_onnx
 from lrx.runtime.serving import Serving
@@ -29,9 +28,8 @@ from lrx.runtime.serving import Serving
 def serving_lines(run_dir: Path) -> list[str]:
     """How to serve each target of the run: the settings ``scripts/serving_table.py`` recommended
     (``serving.json`` beside the run), else the ones its deployments were timed with."""
-    path = Path(run_dir) / SERVING
-    if path.is_file():
-        chosen = {t: v["recommended"]["serving"] for t, v in json.loads(path.read_text())["targets"].items()}
+    chosen = recommended_serving(run_dir)
+    if chosen:
         source = f"recommended by {SERVING}"
     else:
         results, _ = read_finished(Path(run_dir) / RESULTS)

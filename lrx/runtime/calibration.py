@@ -12,13 +12,15 @@ log = logging.getLogger(__name__)
 
 
 def _images(item) -> torch.Tensor:
-    """The images of a calibration item: a (B, C, H, W) tensor, or an (images, labels) batch."""
-    return item[0] if isinstance(item, (tuple, list)) else item
+    """The images of a calibration item, (B, C, H, W): a batch or one (C, H, W) image, or the first
+    of an (images, labels) pair."""
+    images = item[0] if isinstance(item, (tuple, list)) else item
+    return images if images.dim() == 4 else images.unsqueeze(0)
 
 
 def first_images(calibration: Iterable, count: int) -> list[torch.Tensor]:
-    """The first ``count`` images of ``calibration`` (tensors shaped (B, C, H, W) or (images,
-    labels) batches such as a DataLoader's), each a (1, C, H, W) float32 CPU tensor; fewer, with a
+    """The first ``count`` images of ``calibration`` (tensors shaped (B, C, H, W) or (C, H, W), or
+    (images, labels) batches such as a DataLoader's), each a (1, C, H, W) float32 CPU tensor; fewer, with a
     warning, where ``calibration`` holds fewer; a ValueError where it holds none."""
     images: list[torch.Tensor] = []
     for item in calibration:
