@@ -47,7 +47,7 @@ from lrx.measure.latency import compare, default_threads, machine, spread
 from lrx.measure.load import busy_cores, busy_neighbours, cores
 from lrx.results.files import RETIMED, recommended_serving
 from lrx.results.saved import load_models
-from lrx.runtime.serving import OPENMP_VARIABLES
+from lrx.runtime.serving import openmp_env
 
 FOLDED_RETIMED = "retime_bn_folded.json"
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         out = retime(args.run_dir, args.rounds, args.batch_size, args.threads, args.busy, args.fold_bn)
     except ValueError as e:
         sys.exit(f"retime: error: {e}")
-    out["env"] = {k: os.environ[k] for k in OPENMP_VARIABLES if k in os.environ}
+    out["env"] = openmp_env()
     path = args.run_dir / (FOLDED_RETIMED if args.fold_bn else RETIMED)
     write_json(path, out)
     folded = ", BatchNorm folded in both networks" if out["bn_folded"] else ""

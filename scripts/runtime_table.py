@@ -1,117 +1,136 @@
-"""Finished runs timed in PyTorch eager and in ONNX Runtime side by side, at each batch size.
+"""Finished runs deployed to each target and timed there, quiet and next to other work, in the
+serving setting recommended for the run.
 
-For each run directory (results.json and model.pt), loads the baseline and the final network
-(``lrx.results.saved.load_models``), chooses the final network's layer executions on this machine
-(``lrx.compress.execution.tune``), then times both networks ``--rounds`` times at each batch size
-in both runtimes with the run's latency settings (``lrx.measure.latency.compare``: every conv on its real
-input shape and the whole model, by the estimator of ``lrx.measure.estimator``; in ONNX Runtime every
-conv and each network as its own graph, every graph optimisation, torch's thread count). In each
-round the runtimes and batch sizes take turns, so a drift of load hits all of them alike; before
-each round the busy cores (other work on the CPU) are sampled. Prints a markdown table of the medians and ranges, and
-writes them to ``RUN_DIR/runtimes.json`` (atomically):
+For each run directory (results.json and model.pt) and each target (default: the targets the run
+deployed to), both networks are BatchNorm-folded, deployed and timed side by side in a fresh
+process (:mod:`lrx.run.serving_choice`: the settings are process-wide, torch's read at start-up),
+``--rounds`` times quiet and ``--rounds`` times next to ``--busy`` neighbour processes that each
+keep a core busy, the two taking turns. The setting per target is the run's recommendation
+(``serving.json``, from ``scripts/serving_table.py`` or ``deploy.serving=auto``), else the
+runtime's own at the run's thread count; ``--threads`` and ``--wait torch=passive`` time another
+to compare. Prints a markdown table (ms of both networks and the speed-up, quiet and busy, and
+how much of the quiet speed-up survives the load) and writes ``RUN_DIR/runtimes.json``
+(atomically):
 
-    python scripts/runtime_table.py results/runs/cp_headline results/runs/scheme2_3x --rounds 3
+    python scripts/runtime_table.py results/runs/cp_multiple16_ft2 --rounds 3 --data-root ../shared/data
 
-Needs the onnx extra (``pip install -e ".[onnx]"``). Run it on a machine doing nothing else.
+Int8 targets calibrate on the run's training images (``--data-root`` if they are not where the run
+read them). Run it on a machine doing nothing else: the neighbours must be the only other work.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import sys
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
-import torch
 from tqdm import tqdm
 
-from lrx.compress.execution import tune
+from lrx.deploy.compare import available_targets
+from lrx.deploy.targets import Target, TargetError, servable
 from lrx.io import write_json
-from lrx.measure.estimator import Estimator
-from lrx.measure.latency import compare, machine, spread
-from lrx.measure.load import busy_cores
-from lrx.results.files import ORT
-from lrx.results.saved import load_models
-from lrx.runtime.onnxruntime import require_onnx
-
-RUNTIMES = {"torch": "cpu", "onnxruntime": ORT}  # runtime -> its key in results.json
+from lrx.measure.latency import decide_point, machine
+from lrx.measure.load import cores
+from lrx.results.files import RESULTS, recommended_serving
+from lrx.run.serving_choice import in_own_process, load
+from lrx.runtime.serving import Serving
 
 
-def side_by_side(run_dir: Path, rounds: int, batch_sizes: list[int] | None = None) -> dict:
-    """``{"points": {"<runtime key>, batch <b>": {conv_speedup, model_speedup, ms}}, ...}``."""
-    if rounds < 1:
-        raise ValueError(f"rounds={rounds!r} is invalid; valid: an integer >= 1")
-    baseline, final, results = load_models(run_dir)
-    cfg = results["config"]
-    lat, size = cfg["latency"], cfg["model"]["input_size"]
-    batch_sizes = batch_sizes or lat["batch_sizes"]
-    estimator = Estimator.of(lat.get("estimator"))
-    tune(final, torch.randn(max(batch_sizes), 3, size, size), estimator, lat["memory_format"])
-    timings: dict[str, list[dict]] = {}
-    busy = []
-    for _ in tqdm(range(rounds), desc=f"torch and onnxruntime, {run_dir.name}"):
-        busy.append(busy_cores())
-        for bs in batch_sizes:
-            for runtime, key in RUNTIMES.items():
-                t = compare(baseline, final, size, bs, "cpu", estimator, lat["memory_format"], runtime)
-                timings.setdefault(f"{key}, batch {bs}", []).append(t)
-    return {
+def setting(run_dir: Path, target: Target, threads: int | None, waits: dict[str, str]) -> Serving:
+    """The run's recommended setting for ``target`` (else the runtime's own at the run's thread
+    count), with ``threads`` / ``waits[runtime]`` replacing its parts where given."""
+    results = json.loads((run_dir / RESULTS).read_text())
+    recommended = recommended_serving(run_dir).get(target.name)
+    base = Serving(**recommended) if recommended else None
+    threads = threads or (base.threads if base else decide_point(results["config"]["latency"])[1])
+    wait = waits.get(target.runtime) or (base.wait if base else None)
+    return Serving.of(target.runtime, threads, wait, key=f"--wait {target.runtime}")
+
+
+def time_targets(run_dir: Path, targets: list[str] | None, args) -> dict:
+    """Every target of the run in its setting, each in its own process (``args``: rounds, busy,
+    batch_size, calibration_images, data_root, threads, waits)."""
+    results = json.loads((run_dir / RESULTS).read_text())
+    names = targets or list((results.get("deploy") or {}).get("targets") or {}) or None
+    chosen = servable(names, "--targets") if names else available_targets()
+    settings = {t: setting(run_dir, t, args.threads, args.waits) for t in chosen}  # every setting checked first
+    out = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
-        "threads": torch.get_num_threads(),
-        "busy_cores": busy,
+        "rounds": args.rounds,
+        "busy": args.busy,
+        "batch_size": args.batch_size,
+        "bn_folded": True,
         "acc1": results["final"]["acc1"],
         "baseline_acc1": results["baseline"]["acc1"],
-        "macs_speedup": results["speedup"]["macs"],
-        "points": {
-            point: {
-                "setup": ts[0]["setup"],
-                "conv_speedup": spread([t["conv_speedup"] for t in ts]),
-                "model_speedup": spread([t["model_speedup"] for t in ts]),
-                "model_ms": {side: spread([t["model_ms"][side] for t in ts]) for side in ("baseline", "approx")},
-                "layers": {name: spread([t["layers"][name]["speedup"] for t in ts]) for name in ts[0]["layers"]},
-            }
-            for point, ts in timings.items()
-        },
+        "targets": {},
     }
+    for target, serving in tqdm(settings.items(), desc=f"runtimes of {run_dir.name}"):
+        timed = in_own_process(run_dir, target, serving, args)
+        out["targets"][target.name] = {"serving": serving.as_dict(), **timed}
+    return out
 
 
-def _cell(s: dict) -> str:
-    return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
+def _ms(t: dict) -> str:
+    return f"{t['ms']['baseline']:.2f} -> {t['ms']['final']:.2f}"
+
+
+def _speedup(t: dict) -> str:
+    r = t["speedup_rounds"]
+    return f"{t['speedup']:.2f}x ({min(r):.2f}-{max(r):.2f})"
 
 
 def table(rows: dict[str, dict]) -> str:
     lines = [
-        "| run | acc@1 (baseline) | MACs | runtime, batch | conv speed-up | model speed-up "
-        "| model ms, baseline -> final |",
-        "|---|---|---|---|---|---|---|",
+        "| run | target | setting | quiet: dense -> final ms | quiet speed-up (range) | busy: dense -> final ms "
+        "| busy speed-up (range) | busy keeps | busy cores (quiet / busy) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, out in rows.items():
-        for point, p in out["points"].items():
+        for target, t in out["targets"].items():
+            q, b = t["quiet"], t["busy"]
             lines.append(
-                f"| {name} | {out['acc1']:.2f} ({out['baseline_acc1']:.2f}) | {out['macs_speedup']:.2f}x | {point} "
-                f"| {_cell(p['conv_speedup'])} | {_cell(p['model_speedup'])} "
-                f"| {p['model_ms']['baseline']['median']:.2f} -> {p['model_ms']['approx']['median']:.2f} |"
+                f"| {name} | {target} | {Serving(**t['serving']).label} | {_ms(q)} | {_speedup(q)} | {_ms(b)} "
+                f"| {_speedup(b)} | {b['speedup'] / q['speedup']:.0%} | {load(q)} / {load(b)} |"
             )
     return "\n".join(lines)
+
+
+def _waits(items: list[str]) -> dict[str, str]:
+    waits = dict(item.partition("=")[::2] for item in items)
+    if any(not k or not v for k, v in waits.items()):
+        raise ValueError(f"--wait {' '.join(items)} is invalid; valid: RUNTIME=WAIT, e.g. torch=passive")
+    return waits
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dirs", type=Path, nargs="+", help="finished run directories (results.json and model.pt)")
-    ap.add_argument("--rounds", type=int, default=3, help="independent timings of each point (default 3)")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: the run's latency.batch_sizes")
+    ap.add_argument("--targets", nargs="+", default=None, help="default: the targets each run deployed to")
+    ap.add_argument("--rounds", type=int, default=3, help="timings per condition, quiet and busy (default 3)")
+    ap.add_argument("--busy", type=int, default=1, help="neighbour processes keeping a core busy (default 1)")
+    ap.add_argument("--threads", type=int, default=None, help="default: the recommended setting's")
+    ap.add_argument("--wait", nargs="+", default=[], metavar="RUNTIME=WAIT", help="e.g. torch=passive")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--calibration-images", type=int, default=300)
+    ap.add_argument("--data-root", help="where the runs' dataset is, if not where they read it")
     args = ap.parse_args(argv)
+    n = cores()
     try:
-        require_onnx("scripts/runtime_table.py")
-        rows = {d.name: side_by_side(d, args.rounds, args.batch_sizes) for d in args.run_dirs}
-    except (ValueError, ImportError) as e:
-        sys.exit(f"runtime_table: error: {e}")
+        if args.rounds < 1 or not 0 <= args.busy < n or not 1 <= (args.threads or 1) <= n:
+            raise ValueError(
+                f"--rounds {args.rounds} --busy {args.busy} --threads {args.threads} is invalid; valid: rounds >= 1, "
+                f"busy 0 to {n - 1}, threads 1 to {n} (this machine has {n} cores)"
+            )
+        args = SimpleNamespace(**vars(args), waits=_waits(args.wait))
+        rows = {d.name: time_targets(d, args.targets, args) for d in args.run_dirs}
+    except (TargetError, ValueError) as e:
+        ap.error(str(e))
     for d in args.run_dirs:
         write_json(d / "runtimes.json", rows[d.name])
     print(table(rows))
-    busy = [b for out in rows.values() for b in out["busy_cores"]]
-    print(f"\nbusy cores before each round: {min(busy):.2f}-{max(busy):.2f}; threads {torch.get_num_threads()}")
     return 0
 
 

@@ -117,7 +117,7 @@ def test_the_readmes_own_network_example(tmp_path, tiny_root):
     [
         ["model=resnet20_cifar"],
         ["model=torchvision", "model.arch=densenet121"],
-        ["model=torchvision", "model.arch=vgg11_bn"],
+        ["model=torchvision", "model.arch=vgg11_bn", "decomp.layers=[features.4,features.8,features.11]"],
     ],
 )
 def test_residual_and_dense_networks_through_every_stage(model, tmp_path):

@@ -184,29 +184,3 @@ def test_a_committed_run_is_exported_after_the_fact(tmp_path, monkeypatch, data_
     assert all(r["max_rel_error"] <= export.RTOL for r in deployed["onnx"].values())
     (by_batch,) = deployed[ORT].values()  # one thread count: the run's config predates threads
     assert set(by_batch) == {"1", "32"} and all(t["conv_speedup"] > 0 for t in by_batch.values())
-
-
-@pytest.mark.slow
-def test_a_committed_run_is_timed_in_both_runtimes_side_by_side(tmp_path):
-    import json
-    import shutil
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
-    run_dir = tmp_path / "scheme2_3x"
-    shutil.copytree(REPO / "results" / "runs" / "scheme2_3x", run_dir)
-    res = subprocess.run(
-        [sys.executable, "scripts/runtime_table.py", str(run_dir), "--rounds", "1", "--batch-sizes", "2"],
-        cwd=REPO,  # the run names its baseline checkpoint relative to the repository
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads((run_dir / "runtimes.json").read_text())
-    assert set(out["points"]) == {"cpu, batch 2", f"{ORT}, batch 2"} and len(out["busy_cores"]) == 1
-    for point in out["points"].values():
-        assert set(point["layers"]) == set(conv_names(AlexNetCIFAR())) and point["conv_speedup"]["median"] > 0
-    assert "| scheme2_3x |" in res.stdout and "onnxruntime-cpu, batch 2" in res.stdout

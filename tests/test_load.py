@@ -99,3 +99,13 @@ def test_wait_for_quiet_waits_up_to_its_cap_and_says_when_the_machine_stays_busy
     assert out["quiet"] is quiet and ("other work keeps 1.5" in caplog.text) == warned
     if quiet:
         assert out["busy_cores"] == samples  # sampled until the first quiet sample, no longer
+
+
+def test_timing_conditions_keep_the_neighbours_busy_while_inside_and_stop_them_after(monkeypatch):
+    started, real_popen = [], load.subprocess.Popen
+    monkeypatch.setattr(load.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    monkeypatch.setattr(load, "busy_cores", lambda seconds=0.5: 0.0)  # a quiet machine: no wait
+    with load.timing_conditions(0, 1, "the test's layers") as record:
+        assert len(started) == 1 and started[0].poll() is None  # spinning while the timing runs
+    assert record == {"busy_cores": [0.0], "waited_s": record["waited_s"], "quiet": True, "neighbours": 1}
+    assert started[0].poll() is not None

@@ -229,6 +229,36 @@ def test_latency_planning_times_in_the_requested_memory_format(monkeypatch):
         plan(net, "conv2", 1.1, metric="latency", timed=planner.Timed(memory_format="nhwc"))
 
 
+def test_a_plan_for_a_shared_cpu_times_every_candidate_next_to_busy_neighbours(monkeypatch):
+    from contextlib import contextmanager
+
+    from lrx.measure import load
+
+    spinning, busy_at_timing, real_neighbours = [], [], load.busy_neighbours
+
+    @contextmanager
+    def neighbours(count):
+        with real_neighbours(count) as spinners:
+            spinning.extend(spinners)
+            yield spinners
+        spinning.clear()
+
+    def fake_dense(modules, x, *args, **kwargs):
+        busy_at_timing.append(sum(p.poll() is None for p in spinning))
+        return _fake_timing({"dense": 1.0})
+
+    def fake_pair(dense, lowrank, x, *args, **kwargs):
+        busy_at_timing.append(sum(p.poll() is None for p in spinning))
+        return _fake_timing({"dense": 1.0, "lowrank": 0.5}, 2.0)
+
+    monkeypatch.setattr(load, "busy_neighbours", neighbours)
+    monkeypatch.setattr(planner, "time_modules", fake_dense)
+    monkeypatch.setattr(planner, "dense_vs_lowrank", fake_pair)
+    _, report = plan(AlexNetCIFAR(), "conv2", 1.1, "latency", methods=(2,), progress=False, timed=planner.Timed(busy=1))
+    assert len(busy_at_timing) > 5 and set(busy_at_timing) == {1}  # one neighbour spinning at every timing
+    assert report["load"]["neighbours"] == 1 and not spinning
+
+
 def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monkeypatch, caplog):
     """Every dense conv costs 1 and a candidate its MAC share; the assembled network measures 20%
     slower than the plan predicts. The loop aims the next choice at target * target / measured,

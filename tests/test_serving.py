@@ -10,7 +10,7 @@ import torch
 
 from lrx.deploy.targets import Target, TargetError, deploy
 from lrx.models import AlexNetCIFAR
-from lrx.runtime.serving import WAITS, Serving, choices
+from lrx.runtime.serving import WAITS, Serving, choices, openmp_env
 
 
 @pytest.mark.parametrize(
@@ -75,9 +75,13 @@ def test_a_run_with_serving_auto_times_every_setting_in_its_own_process(tmp_path
     import json
 
     from lrx.measure.load import cores
+    from tests.conftest import REPO
     from tests.helpers.runs import run_smoke
 
-    results = run_smoke(tmp_path, tiny_root, "deploy.serving=auto", "latency.guard=false", "finetune.epochs=1")
+    overrides = ("deploy.serving=auto", "latency.guard=false", "finetune.epochs=1", "latency.decide_at.busy=1")
+    results = run_smoke(tmp_path, tiny_root, *overrides)
+    assert results["load"]["final"]["neighbours"] == 1 and results["deploy"]["load"]["neighbours"] == 1  # shared
+    assert results["latency_env"] == openmp_env()  # what this process's torch timings ran under
     assert results["deploy"]["targets"]["torch-fp32"]["final"]["serving"]["runtime"] == "torch"  # what it timed with
     chosen = json.loads((tmp_path / "serving.json").read_text())["targets"]["torch-fp32"]
     assert [Serving(**p["serving"]) for p in chosen["points"]] == choices("torch", cores())
@@ -85,6 +89,17 @@ def test_a_run_with_serving_auto_times_every_setting_in_its_own_process(tmp_path
         assert point["env"] == Serving(**point["serving"]).env()
         assert point["quiet"]["ms"]["final"] > 0 and point["busy"]["ms"]["final"] > 0
     assert chosen["recommended"]["serving"] in [p["serving"] for p in chosen["points"]]
+
+    # runtime_table.py times the run in its recommended setting, here with passive waits to compare
+    argv = [str(tmp_path), "--targets", "torch-fp32", "--rounds", "2", "--wait", "torch=passive", "--batch-size", "2"]
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "runtime_table.py"), *argv], capture_output=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    timed = json.loads((tmp_path / "runtimes.json").read_text())["targets"]["torch-fp32"]
+    recommended = Serving(**chosen["recommended"]["serving"])
+    assert Serving(**timed["serving"]) == Serving.of("torch", recommended.threads, "passive")
+    assert timed["env"] == {"OMP_WAIT_POLICY": "PASSIVE"}  # applied in the process that timed it
+    assert len(timed["quiet"]["speedup_rounds"]) == len(timed["busy"]["speedup_rounds"]) == 2
+    assert b"| torch-fp32 | torch, " in done.stdout and b", passive |" in done.stdout
 
 
 def test_export_prints_how_to_serve_with_the_recommended_settings(tmp_path):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -49,7 +49,7 @@ from lrx.measure.latency import (
     layer_timings,
     time_modules,
 )
-from lrx.measure.load import wait_for_quiet
+from lrx.measure.load import timing_conditions
 from lrx.modes import eval_mode
 from lrx.modes import memory_format as in_format
 
@@ -250,8 +250,9 @@ class Timed:
     """How the planner times (metric=latency): at ``threads`` in ``runtime`` and ``precision``
     (each candidate and its dense conv converted on their own; int8: quantized on the layer's real
     input), by ``estimator``, with weights and inputs in ``memory_format`` as the final timing runs
-    them; before timing it waits up to ``quiet_wait_s`` for other work to stop
-    (:func:`lrx.measure.load.wait_for_quiet`)."""
+    them; before timing it waits up to ``quiet_wait_s`` for other work to stop, and times next to
+    ``busy`` neighbour processes that each keep a core busy, for a network served on a shared CPU
+    (:func:`lrx.measure.load.timing_conditions`)."""
 
     estimator: Estimator = DEFAULT_ESTIMATOR
     threads: int | None = None
@@ -259,6 +260,7 @@ class Timed:
     memory_format: str = "contiguous"
     quiet_wait_s: float = 0.0
     precision: str = "fp32"
+    busy: int = 0
 
     def _run(self, modules: dict[str, nn.Module], x: torch.Tensor, timing) -> Timing:
         """``timing(x)`` with the modules' weights and ``x`` in ``memory_format`` in torch (weights
@@ -343,42 +345,45 @@ def plan(
     inputs = layer_inputs(net, all_convs, x)
     with torch.inference_mode():
         outputs = {name: net.get_submodule(name)(inputs[name]) for name in all_convs}
-    load = wait_for_quiet(timed.quiet_wait_s, "the planner's candidates") if metric == "latency" else None
+    timing = timing_conditions(timed.quiet_wait_s, timed.busy, "the planner's candidates")
+    with timing if metric == "latency" else nullcontext() as load:
 
-    def dense_cost(name: str) -> float:
-        conv = net.get_submodule(name)
-        if metric == "macs":
-            return conv.weight.numel() * outputs[name][0, 0].numel()  # N*C*kh*kw per output pixel
-        return timed.dense_ms(conv, inputs[name])
-
-    costs = {name: dense_cost(name) for name in all_convs}
-    kind = "filter" if calibration is None else error
-    error_of = _filter_error if calibration is None else _output_error(net, [n for n, _ in selected], calibration, kind)
-    candidates: dict[str, list[Candidate]] = {}
-    bar = tqdm(selected, desc="planner", disable=not progress)
-    for name, conv in bar:
-        choices = [Candidate(name, None, None, 0.0, costs[name], conv)]
-        for cls, bases in _grid(conv, methods, rank_multiple):
-            bar.set_postfix_str(f"{name} {cls.method} {bases}")
-            layer = cls.from_conv(conv, bases, **options.get(cls.method, {}))
+        def dense_cost(name: str) -> float:
+            conv = net.get_submodule(name)
             if metric == "macs":
-                cost = costs[name] / layer.report["macs_speedup"]
-            else:
-                cost = costs[name] / timed.speedup(conv, layer.eval(), inputs[name]).ratios["speedup"].median
-            choices.append(Candidate(name, cls.method, bases, error_of(name, layer), cost, layer))
-        candidates[name] = choices
-    total = sum(costs.values())
-    fixed = total - sum(costs[name] for name, _ in selected)
-    picks = choose(candidates, fixed, total / target_speedup)
-    if picks is None:
-        cheapest = fixed + sum(min(o.cost for o in opts) for opts in candidates.values())
-        raise DecompositionError(
-            f"target_speedup={target_speedup} is out of reach for layers {[n for n, _ in selected]}: "
-            f"the cheapest candidates give {total / cheapest:.2f}x ({metric}); select more layers or lower the target"
-        )
-    rounds = []
-    if metric == "latency" and closed_loop_rounds:
-        picks, rounds = close_loop(net, x, candidates, fixed, total, target_speedup, picks, timed, closed_loop_rounds)
+                return conv.weight.numel() * outputs[name][0, 0].numel()  # N*C*kh*kw per output pixel
+            return timed.dense_ms(conv, inputs[name])
+
+        costs = {name: dense_cost(name) for name in all_convs}
+        kind = "filter" if calibration is None else error
+        names = [n for n, _ in selected]
+        error_of = _filter_error if calibration is None else _output_error(net, names, calibration, kind)
+        candidates: dict[str, list[Candidate]] = {}
+        bar = tqdm(selected, desc="planner", disable=not progress)
+        for name, conv in bar:
+            choices = [Candidate(name, None, None, 0.0, costs[name], conv)]
+            for cls, bases in _grid(conv, methods, rank_multiple):
+                bar.set_postfix_str(f"{name} {cls.method} {bases}")
+                layer = cls.from_conv(conv, bases, **options.get(cls.method, {}))
+                if metric == "macs":
+                    cost = costs[name] / layer.report["macs_speedup"]
+                else:
+                    cost = costs[name] / timed.speedup(conv, layer.eval(), inputs[name]).ratios["speedup"].median
+                choices.append(Candidate(name, cls.method, bases, error_of(name, layer), cost, layer))
+            candidates[name] = choices
+        total = sum(costs.values())
+        fixed = total - sum(costs[name] for name, _ in selected)
+        picks = choose(candidates, fixed, total / target_speedup)
+        if picks is None:
+            cheapest = fixed + sum(min(o.cost for o in opts) for opts in candidates.values())
+            raise DecompositionError(
+                f"target_speedup={target_speedup} is out of reach for layers {names}: the cheapest candidates "
+                f"give {total / cheapest:.2f}x ({metric}); select more layers or lower the target"
+            )
+        rounds = []
+        if metric == "latency" and closed_loop_rounds:
+            loop = (candidates, fixed, total, target_speedup, picks, timed, closed_loop_rounds)
+            picks, rounds = close_loop(net, x, *loop)
     chosen = {c.name: c for c in picks}
     report = {
         "target_speedup": target_speedup,

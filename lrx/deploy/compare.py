@@ -27,7 +27,7 @@ from lrx.compress.fold import fold_bn
 from lrx.deploy.targets import TARGETS, Deployed, Target, TargetError, accuracy, check, deploy, servable
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, measure
 from lrx.measure.latency import machine
-from lrx.measure.load import wait_for_quiet
+from lrx.measure.load import timing_conditions
 
 log = logging.getLogger(__name__)
 
@@ -195,24 +195,26 @@ def compare_deployments(
     calibration: Iterable | None = None,
     calibration_images: int = 300,
     quiet_wait_s: float = 60.0,
+    busy: int = 0,
     keep_in: Path | None = None,
     max_batches: int | None = None,
 ) -> dict:
     """Both ``nets`` (``{"baseline", "final"}``, eval, CPU, float32), their BatchNorms folded as a
     deployment serves them, deployed to every target and checked on ``check_images``; acc@1 of each
     on ``val_loader`` where it runs; every graph timed on ``x`` in the same paired rounds after a
-    wait for a quiet machine; the graphs' files kept under ``keep_in`` when given. Returns what
-    results.json keeps under ``deploy`` (:func:`table`, plus the setup and load)."""
+    wait for a quiet machine, next to ``busy`` neighbours that each keep a core busy; the graphs'
+    files kept under ``keep_in`` when given. Returns what results.json keeps under ``deploy``
+    (:func:`table`, plus the setup and load)."""
     nets = {side: fold_bn(net) for side, net in nets.items()}
     deployed, failed = deploy_both(nets, targets, check_images, threads, memory_format, calibration, calibration_images)
     if not deployed:
         return {"failed": failed, "targets": {}, "best": None}
     acc1 = evaluate_all(deployed, val_loader, max_batches)
     files = keep(deployed, keep_in) if keep_in is not None else None
-    load = wait_for_quiet(quiet_wait_s, "the deployed networks")
-    compared = table(deployed, time_all(deployed, x, estimator, threads), acc1, reference_acc1)
-    if compared["best"]:
-        compared["best"].update(time_best(deployed, compared["best"], x, estimator, threads))
+    with timing_conditions(quiet_wait_s, busy, "the deployed networks") as load:
+        compared = table(deployed, time_all(deployed, x, estimator, threads), acc1, reference_acc1)
+        if compared["best"]:
+            compared["best"].update(time_best(deployed, compared["best"], x, estimator, threads))
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),

@@ -107,6 +107,17 @@ def wait_for_quiet(max_wait_s: float, what: str) -> dict:
 
 
 @contextmanager
+def timing_conditions(max_wait_s: float, neighbours: int, what: str):
+    """The conditions a timing that decides or is reported runs in (``latency.quiet_wait_s``,
+    ``latency.decide_at.busy``): wait up to ``max_wait_s`` for other work to stop, then, for a CPU
+    the network will share, keep ``neighbours`` cores busy while inside. Yields the load record
+    (:func:`wait_for_quiet`'s, plus ``neighbours``)."""
+    load = wait_for_quiet(max_wait_s, what)
+    with busy_neighbours(neighbours):
+        yield {**load, "neighbours": neighbours}
+
+
+@contextmanager
 def busy_neighbours(count: int):
     """``count`` other processes that each keep one core busy (a spinning loop) while inside, to
     measure how timings behave next to other work; they are killed on exit."""

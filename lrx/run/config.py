@@ -255,8 +255,10 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
     if not sizes or min(sizes) < 1:
         raise _bad("latency.batch_sizes", sizes, "a non-empty list of integers >= 1, e.g. [1, 32]")
     threads = lat["threads"]
-    if threads is not None and (not threads or min(threads) < 1):
-        raise _bad("latency.threads", threads, "null (the cores torch uses) or a non-empty list of integers >= 1")
+    if threads is not None and (not threads or min(threads) < 1 or max(threads) > cores()):
+        raise _bad(
+            "latency.threads", threads, f"null (torch's threads) or a non-empty list of integers from 1 to {cores()}"
+        )
     _check_decide_at(lat)
     _choice(lat, "latency", "memory_format", tuple(MEMORY_FORMATS))
     _check_estimator(lat["estimator"], "latency.estimator")
@@ -305,6 +307,8 @@ def _check_decide_at(lat: Mapping) -> None:
     for key, (name, values) in measured.items():
         if at[key] is not None and at[key] not in values:
             raise _bad(f"latency.decide_at.{key}", at[key], f"null or one of the measured latency.{name}: {values}")
+    if not is_int(at["busy"]) or not 0 <= at["busy"] < cores():
+        raise _bad("latency.decide_at.busy", at["busy"], f"an integer from 0 to {cores() - 1} (fewer than the cores)")
 
 
 def _check_estimator(node, group: str) -> None:

@@ -107,10 +107,13 @@ class FinetuneKD(Finetune):
 
 @dataclass
 class DecideAt:
-    """latency.decide_at: the deployment point (null: the largest batch size / thread count)."""
+    """latency.decide_at: the deployment point (null: the largest batch size / thread count); busy:
+    neighbour processes, each keeping a core busy, beside every timing that decides or is reported,
+    for a network served on a shared CPU."""
 
     batch_size: int | None = None
     threads: int | None = None
+    busy: int = 0
 
 
 # latency.estimator: lrx.measure.estimator.Estimator's fields, types and defaults (a frozen

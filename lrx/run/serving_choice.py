@@ -1,8 +1,10 @@
 """Which thread count and wait policy serve a finished run's networks fastest on this CPU, quiet and
 next to other work (``scripts/serving_table.py``, ``deploy.serving=auto``): every setting of
 :mod:`lrx.runtime.serving` timed in its own fresh process (the settings are process-wide, some read
-at start-up), the baseline and final network BatchNorm-folded and side by side in each target,
-first quiet, then with ``busy`` neighbour processes each keeping a core busy. The recommended
+at start-up), the baseline and final network BatchNorm-folded and side by side in each target by
+the run's ``latency.estimator``, quiet and then with ``busy`` neighbour processes each keeping a
+core busy (``rounds`` times each, taking turns; ``scripts/runtime_table.py`` times a run's
+recommended settings this way). The recommended
 setting per target is the one whose final network is never far from the fastest: the least of
 max(quiet ms / fastest quiet ms, busy ms / fastest busy ms). ``serving.json`` beside the run keeps
 every point and the recommendation.
@@ -16,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,21 +37,30 @@ from lrx.measure.latency import machine
 from lrx.measure.load import busy_neighbours, cores, wait_for_quiet
 from lrx.results.files import SERVING
 from lrx.results.saved import datamodule_of, load_models
-from lrx.runtime.serving import OPENMP_VARIABLES, Serving, choices
+from lrx.runtime.serving import Serving, choices, openmp_env
 
 
-def _timing(t) -> dict:
-    r = t.ratios["speedup"]
-    return {"ms": t.ms, "speedup": r.median, "speedup_iqr": [r.q25, r.q75], "busy_cores": t.busy_cores}
+def _timing(rounds: list) -> dict:
+    """Rounds of one condition (quiet or busy): each side's median ms and the median speed-up over
+    the rounds, with every round's speed-up, IQR and load."""
+    speedups = [t.ratios["speedup"] for t in rounds]
+    return {
+        "ms": {side: statistics.median(t.ms[side] for t in rounds) for side in rounds[0].ms},
+        "speedup": statistics.median(r.median for r in speedups),
+        "speedup_rounds": [r.median for r in speedups],
+        "speedup_iqr": [[r.q25, r.q75] for r in speedups],
+        "busy_cores": [t.busy_cores for t in rounds],
+    }
 
 
 def probe(run_dir: Path, target: Target, serving: Serving, busy: int, args) -> dict:
     """In this process (whose environment holds ``serving``'s variables): both networks deployed
-    to ``target`` as ``serving`` says, timed side by side quiet, then next to ``busy`` neighbours."""
+    to ``target`` as ``serving`` says, timed side by side ``args.rounds`` times quiet and next to
+    ``busy`` neighbours, the two taking turns."""
     baseline, final, results = load_models(run_dir)
-    size = results["config"]["model"]["input_size"]
+    lat, size = results["config"]["latency"], results["config"]["model"]["input_size"]
     x = torch.randn(args.batch_size, 3, size, size)
-    estimator = Estimator(max_s=20.0)
+    estimator = Estimator.of(lat.get("estimator"))  # the run's
     with torch.no_grad():
         tune(final, x, estimator, "channels_last")
     calibration = None
@@ -70,15 +82,16 @@ def probe(run_dir: Path, target: Target, serving: Serving, busy: int, args) -> d
             for side, net in {"baseline": baseline, "final": final}.items()
         }
     speedup = {"speedup": lambda r: r["baseline"] / r["final"]}
-    load = wait_for_quiet(60, f"{target.name}, {serving.label}")
-    env = {k: os.environ[k] for k in OPENMP_VARIABLES if k in os.environ}  # what this process runs in
-    out = {"env": env, "load": load, "quiet": _timing(measure(calls, speedup, estimator, serving.threads))}
-    with busy_neighbours(busy):
-        out["busy"] = _timing(measure(calls, speedup, estimator, serving.threads))
-    return out
+    load = wait_for_quiet(lat.get("quiet_wait_s", 60.0), f"{target.name}, {serving.label}")
+    rounds = {"quiet": [], "busy": []}
+    for _ in range(args.rounds):
+        rounds["quiet"].append(measure(calls, speedup, estimator, serving.threads))
+        with busy_neighbours(busy):
+            rounds["busy"].append(measure(calls, speedup, estimator, serving.threads))
+    return {"env": openmp_env(), "load": load, **{when: _timing(ts) for when, ts in rounds.items()}}
 
 
-def _in_own_process(run_dir: Path, target: Target, serving: Serving, args) -> dict:
+def in_own_process(run_dir: Path, target: Target, serving: Serving, args) -> dict:
     """:func:`probe` in a fresh process whose environment applies ``serving``."""
     job = {"run_dir": str(Path(run_dir).resolve()), "target": target.name, "serving": serving.as_dict()}
     argv = [sys.executable, "-m", __name__, json.dumps(job), *_shared_args(args)]
@@ -89,7 +102,7 @@ def _in_own_process(run_dir: Path, target: Target, serving: Serving, args) -> di
 
 
 def _shared_args(args) -> list[str]:
-    out = ["--busy", str(args.busy), "--batch-size", str(args.batch_size)]
+    out = ["--busy", str(args.busy), "--batch-size", str(args.batch_size), "--rounds", str(args.rounds)]
     out += ["--calibration-images", str(args.calibration_images)]
     return out + (["--data-root", args.data_root] if args.data_root else [])
 
@@ -100,6 +113,12 @@ def recommend(points: list[dict]) -> dict:
     regret = lambda p: max(p[when]["ms"]["final"] / best[when] for when in best)  # noqa: E731
     chosen = min(points, key=regret)
     return {"serving": chosen["serving"], "regret": regret(chosen)}
+
+
+def load(timing: dict) -> str:
+    """The busy cores sampled while a condition's rounds ran, e.g. ``"1.02-1.05"``."""
+    cores = [c for c in timing["busy_cores"] if c is not None]
+    return f"{min(cores):.2f}-{max(cores):.2f}" if cores else "not measured"
 
 
 def table(target: str, points: list[dict], chosen: dict) -> str:
@@ -116,7 +135,7 @@ def table(target: str, points: list[dict], chosen: dict) -> str:
         lines.append(
             f"| {Serving(**p['serving']).label}{mark} | {q['ms']['baseline']:.2f} -> {q['ms']['final']:.2f} "
             f"| {q['speedup']:.2f}x | {b['ms']['baseline']:.2f} -> {b['ms']['final']:.2f} | {b['speedup']:.2f}x "
-            f"| {b['speedup'] / q['speedup']:.0%} | {q['busy_cores']} / {b['busy_cores']} |"
+            f"| {b['speedup'] / q['speedup']:.0%} | {load(q)} / {load(b)} |"
         )
     return "\n".join(lines)
 
@@ -133,12 +152,14 @@ def choose(
     written to ``run_dir/serving.json`` (atomically) and returned."""
     if not 0 <= busy < cores():
         raise ValueError(f"busy={busy!r} is invalid; valid: 0 to {cores() - 1} (fewer than the {cores()} cores)")
-    args = SimpleNamespace(busy=busy, batch_size=batch_size, calibration_images=calibration_images, data_root=data_root)
+    args = SimpleNamespace(
+        busy=busy, batch_size=batch_size, calibration_images=calibration_images, data_root=data_root, rounds=1
+    )
     out = {"date": datetime.date.today().isoformat(), "machine": machine(), "busy": busy, "targets": {}}
     out["batch_size"], out["bn_folded"] = batch_size, True
     for target in targets:
         points = [
-            {"serving": s.as_dict(), **_in_own_process(Path(run_dir), target, s, args)}
+            {"serving": s.as_dict(), **in_own_process(Path(run_dir), target, s, args)}
             for s in tqdm(choices(target.runtime, cores()), desc=f"serving {target.name}")
         ]
         out["targets"][target.name] = {"points": points, "recommended": recommend(points)}
@@ -152,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job")
     parser.add_argument("--busy", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--calibration-images", type=int, default=300)
     parser.add_argument("--data-root")
     args = parser.parse_args(argv)

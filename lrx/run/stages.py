@@ -30,7 +30,7 @@ from lrx.measure.accuracy import accuracy
 from lrx.measure.complexity import complexity
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import compare_at, decide_point, devices, memory_format_of, point_label
-from lrx.measure.load import wait_for_quiet
+from lrx.measure.load import timing_conditions
 from lrx.results.files import DEPLOYED_DIR, FOLDED, MODEL, ORT, RESULTS
 from lrx.results.saved import save_network
 from lrx.run import serving_choice
@@ -93,7 +93,13 @@ def _filter_reconstruction(s: State) -> None:
             options=job.planner_options(),
             rank_multiple=job.rank_multiple,
             timed=planner.Timed(
-                Estimator.of(lat.estimator), threads, lat.runtime, lat.memory_format, lat.quiet_wait_s, lat.precision
+                Estimator.of(lat.estimator),
+                threads,
+                lat.runtime,
+                lat.memory_format,
+                lat.quiet_wait_s,
+                lat.precision,
+                lat.decide_at.busy,
             ),
             closed_loop_rounds=p.closed_loop_rounds,
         )
@@ -152,8 +158,9 @@ def _guard(s: State) -> None:
         return
     device = devices()[-1] if lat.runtime == "torch" else torch.device("cpu")
     batch_size, threads = decide_point(lat)
-    s.load["guard"] = wait_for_quiet(lat.quiet_wait_s, "the guard's layers")
-    timed = _timings(s.job, s.net, s.approx, [device], [batch_size], [threads], lat.runtime, precision=lat.precision)
+    with timing_conditions(lat.quiet_wait_s, lat.decide_at.busy, "the guard's layers") as s.load["guard"]:
+        at = ([device], [batch_size], [threads], lat.runtime)
+        timed = _timings(s.job, s.net, s.approx, *at, precision=lat.precision)
     timings = timed[device.type][threads][batch_size]
     where = device.type if lat.runtime == "torch" else ORT  # fp32 in torch or ONNX Runtime
     if lat.precision != "fp32" or lat.runtime == "openvino":
@@ -288,6 +295,7 @@ def _deploy_targets(s: State, run_dir: Path, images: torch.Tensor) -> None:
         dm.calibration_dataloader(dep.calibration_images, seed=job.cfg.seed) if int8 else None,
         dep.calibration_images,
         lat.quiet_wait_s,
+        lat.decide_at.busy,
         run_dir / DEPLOYED_DIR,
         _limit(job.cfg.trainer.get("limit_val_batches")),
     )
@@ -336,8 +344,9 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
         _finetune(s, logger, callbacks)
     images = first_val_images(job)
     check_finite_network(s.approx, "final network", images)  # never timed, reported or saved if broken
-    s.load["final"] = wait_for_quiet(job.cfg.latency.quiet_wait_s, "the final networks")
-    timings = _timings(job, s.net, s.approx, folded=job.cfg.latency.fold_bn)
+    lat = job.cfg.latency
+    with timing_conditions(lat.quiet_wait_s, lat.decide_at.busy, "the final networks") as s.load["final"]:
+        timings = _timings(job, s.net, s.approx, folded=lat.fold_bn)
     _deploy(s, run_dir, images, timings)
     _deploy_targets(s, run_dir, images)
     results = results_of(s, timings)

@@ -14,6 +14,7 @@ from lrx.measure.complexity import complexity
 from lrx.measure.latency import decide_point, points
 from lrx.results.files import MODEL
 from lrx.run.job import Job
+from lrx.runtime.serving import openmp_env
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def results_of(s: State, timings: dict) -> dict:
         },
         "latency": timings,
         "load": s.load,
+        "latency_env": openmp_env(),  # the OpenMP wait variables every torch timing above ran under
         "deploy": s.deployed,
         "layers": s.records,
         "skipped": skipped_convs(s.net),

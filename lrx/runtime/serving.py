@@ -15,6 +15,7 @@ Each runtime's wait policies (``WAITS``):
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 WAITS: dict[str, dict[str, dict]] = {
@@ -78,3 +79,8 @@ def choices(runtime: str, max_threads: int) -> list[Serving]:
     for threads in range(2, max_threads + 1):
         out += [Serving.of(runtime, threads, wait) for wait in WAITS[runtime]]
     return out
+
+
+def openmp_env() -> dict[str, str]:
+    """The OpenMP wait variables this process runs under (what its torch timings were taken in)."""
+    return {k: os.environ[k] for k in OPENMP_VARIABLES if k in os.environ}
