@@ -8,10 +8,11 @@ neighbours) with the run's batch size and memory format (``lrx.measure.latency.c
 its real input shape and the whole model, by the estimator of ``lrx.measure.estimator``, whose settings
 are the run's ``latency.estimator`` where it has one). ``--busy 1`` starts one process that keeps
 a core busy while that point is timed (default: quiet, then one busy neighbour). It times in the
-OpenMP environment ``scripts/serving_table.py`` recommended for the run (``serving.json``), if
-any; ``--env OMP_WAIT_POLICY=PASSIVE`` times in another, in a fresh process (the variables are read
-at start-up), and ``retime.json`` records it. Prints a table of the conv and model speed-ups (median
-and range of the rounds' medians, and the widest IQR within a round) and writes everything to
+OpenMP environment and at the thread count ``scripts/serving_table.py`` recommended for the run
+(``serving.json``), if any; ``--env OMP_WAIT_POLICY=PASSIVE`` times in another, in a fresh
+process (the variables are read at start-up), and ``retime.json`` records it. Prints a table of the
+conv and model speed-ups (median and range of the rounds' medians, and the widest IQR within a
+round) and writes everything to
 ``RUN_DIR/retime.json`` (atomically; the run's ``results.json`` is left as it was).
 ``--fold-bn`` first folds every BatchNorm of BOTH networks into the layer before it
 (``lrx.compress.fold``, what a deployment runs) and writes ``retime_bn_folded.json`` instead:
@@ -153,10 +154,16 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def recommended_torch(run_dir: Path) -> dict:
+    """The torch-fp32 setting scripts/serving_table.py recommended for the run (its ``serving.json``,
+    a Serving's fields), {} without one."""
+    return recommended_serving(run_dir).get("torch-fp32", {})
+
+
 def wanted_env(run_dir: Path, overrides: list[str]) -> dict[str, str]:
-    """The OpenMP environment to time in: the torch setting scripts/serving_table.py recommended for
-    the run (its ``serving.json``), if any, then ``--env KEY=VALUE`` overrides."""
-    env: dict[str, str] = dict(recommended_serving(run_dir).get("torch-fp32", {}).get("settings", {}))
+    """The OpenMP environment to time in: the recommended torch setting's, then ``--env KEY=VALUE``
+    overrides."""
+    env: dict[str, str] = dict(recommended_torch(run_dir).get("settings", {}))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -170,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path, help="a finished run directory (holds results.json and model.pt)")
     ap.add_argument("--rounds", type=int, default=5, help="independent timings per point (default 5)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the run's largest latency batch size")
-    ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch thread counts (default: torch's)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="default: the recommended, else torch's")
     ap.add_argument(
         "--busy", type=int, nargs="+", default=[0, 1], help="busy neighbour processes per point (default: 0, then 1)"
     )
@@ -191,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv is not None:
             sys.exit(f"retime: error: start the process with {env} in its environment")
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], {**os.environ, **env})
+    recommended = recommended_torch(args.run_dir)
+    threads = args.threads or ([recommended["threads"]] if recommended else None)
     try:
-        out = retime(args.run_dir, args.rounds, args.batch_size, args.threads, args.busy, args.fold_bn)
+        out = retime(args.run_dir, args.rounds, args.batch_size, threads, args.busy, args.fold_bn)
     except ValueError as e:
         sys.exit(f"retime: error: {e}")
     out["env"] = openmp_env()

@@ -161,9 +161,9 @@ def test_a_finished_run_can_be_timed_again(tmp_path, monkeypatch, run_in):
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
     results = run_in()
     recorded = (tmp_path / "results.json").read_text()
-    # serving.json recommends passive waiting for torch: retime times in it, in a fresh process, and
-    # --env adds a setting to compare
-    passive = {"runtime": "torch", "threads": 2, "wait": "passive", "settings": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    # serving.json recommends one passive thread for torch: retime times in it, in a fresh process,
+    # and --env adds a setting to compare
+    passive = {"runtime": "torch", "threads": 1, "wait": "passive", "settings": {"OMP_WAIT_POLICY": "PASSIVE"}}
     write_json(tmp_path / "serving.json", {"targets": {"torch-fp32": {"recommended": {"serving": passive}}}})
     argv = [str(tmp_path), "--rounds", "2", "--busy", "0", "--env", "GOMP_SPINCOUNT=20000"]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
@@ -178,7 +178,8 @@ def test_a_finished_run_can_be_timed_again(tmp_path, monkeypatch, run_in):
     retimed = json.loads((tmp_path / "retime.json").read_text())
     assert retimed["env"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}  # applied where it timed
     assert len(retimed["conv_speedup"]["rounds"]) == 2 and retimed["conv_speedup"]["min"] > 0
-    (point,) = retimed["points"].values()
+    ((label, point),) = retimed["points"].items()
+    assert label == "1 thread, quiet" and point["setup"]["threads"] == 1
     baseline, _, _ = load_models(tmp_path)
     assert set(point["layers"]) == set(conv_names(baseline)) and len(point["conv_speedup_iqr"]) == 2
     assert retimed["recorded"]["conv"] == results["speedup"]["conv"]["cpu"]  # the fake timing the run recorded

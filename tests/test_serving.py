@@ -70,6 +70,24 @@ def test_a_setting_for_another_runtime_is_refused(tmp_path):
         )
 
 
+def _point(threads, wait, quiet_ms, busy_ms):
+    """A timed setting: (dense, final) ms quiet and busy."""
+    cond = lambda ms: {"ms": {"baseline": ms[0], "final": ms[1]}, "speedup": ms[0] / ms[1]}  # noqa: E731
+    return {"serving": Serving.of("torch", threads, wait).as_dict(), "quiet": cond(quiet_ms), "busy": cond(busy_ms)}
+
+
+def test_the_recommendation_is_the_least_regret_among_settings_that_keep_the_speed_up_under_load():
+    from lrx.run.serving_choice import recommend
+
+    spin = _point(2, "spin", (30.0, 9.0), (60.0, 24.0))  # fastest quiet, keeps 75% of 3.33x busy
+    one = _point(1, "spin", (50.0, 15.0), (52.0, 16.0))  # keeps 98%: regret 15 / 9
+    passive = _point(2, "passive", (32.0, 18.0), (52.0, 16.0))  # keeps 182%: regret 18 / 9
+    chosen = recommend([spin, one, passive])
+    assert chosen["serving"] == one["serving"] and chosen["robust"] and chosen["regret"] == 15.0 / 9.0
+    fragile = recommend([spin, _point(2, "passive", (30.0, 12.0), (60.0, 70.0))])  # none keeps it
+    assert fragile["serving"] == spin["serving"] and not fragile["robust"]
+
+
 @pytest.mark.slow
 def test_a_run_with_serving_auto_times_every_setting_in_its_own_process(tmp_path, tiny_root):
     import json

@@ -4,10 +4,10 @@ next to other work (``scripts/serving_table.py``, ``deploy.serving=auto``): ever
 at start-up), the baseline and final network BatchNorm-folded and side by side in each target by
 the run's ``latency.estimator``, quiet and then with ``busy`` neighbour processes each keeping a
 core busy (``rounds`` times each, taking turns; ``scripts/runtime_table.py`` times a run's
-recommended settings this way). The recommended
-setting per target is the one whose final network is never far from the fastest: the least of
-max(quiet ms / fastest quiet ms, busy ms / fastest busy ms). ``serving.json`` beside the run keeps
-every point and the recommendation.
+recommended settings this way). The recommended setting per target (:func:`recommend`) is, among
+those under which the final network keeps its advantage next to the neighbours, the one whose
+final network is never far from the fastest. ``serving.json`` beside the run keeps every point
+and the recommendation.
 
     python -m lrx.run.serving_choice JOB_JSON ...   (the timing process itself)
 """
@@ -107,12 +107,25 @@ def _shared_args(args) -> list[str]:
     return out + (["--data-root", args.data_root] if args.data_root else [])
 
 
+KEEPS = 0.8  # a robust setting: next to the neighbours, the final network keeps this share of its quiet speed-up
+
+
+def robust(point: dict) -> bool:
+    """Next to the neighbours, the final network stays faster than the dense one and keeps at least
+    KEEPS of its quiet speed-up."""
+    quiet, busy = point["quiet"]["speedup"], point["busy"]["speedup"]
+    return busy > 1 and busy >= KEEPS * quiet
+
+
 def recommend(points: list[dict]) -> dict:
-    """The point whose final network is never far from the fastest, quiet or busy."""
+    """Among the robust points (all of them where none is), the one whose final network is never
+    far from the fastest, quiet or busy: the least of max(quiet ms / fastest quiet ms, busy ms /
+    fastest busy ms)."""
     best = {when: min(p[when]["ms"]["final"] for p in points) for when in ("quiet", "busy")}
     regret = lambda p: max(p[when]["ms"]["final"] / best[when] for when in best)  # noqa: E731
-    chosen = min(points, key=regret)
-    return {"serving": chosen["serving"], "regret": regret(chosen)}
+    kept = [p for p in points if robust(p)]
+    chosen = min(kept or points, key=regret)
+    return {"serving": chosen["serving"], "regret": regret(chosen), "robust": bool(kept)}
 
 
 def load(timing: dict) -> str:
