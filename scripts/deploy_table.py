@@ -1,6 +1,6 @@
 """Deploy finished runs' baseline and final network to every target, and compare them: each graph
-checked against torch, its acc@1 measured on the validation split where it runs, every graph of
-both networks timed in the same paired rounds, and the speed-up against the best dense deployment
+checked against torch, its acc@1 measured on the validation split where it runs, each target's two
+graphs timed in paired rounds of their own, and the speed-up against the best dense deployment
 (lrx.deploy.compare).
 
     python scripts/deploy_table.py RUN_DIR [RUN_DIR ...] [--targets T ...] [--threads N] [--batch-size B]

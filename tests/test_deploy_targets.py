@@ -70,32 +70,40 @@ def test_a_graph_that_disagrees_with_its_network_is_refused(nets, tmp_path):
         check(d, nets["baseline"], torch.randn(4, 3, 32, 32))
 
 
-def _timing(ms: dict[str, float]):
-    """A measurement as :func:`compare.time_all` returns it, every round alike."""
-    ratios = {
-        compare._pair(b, f): Ratio(ms[b] / ms[f], ms[b] / ms[f], ms[b] / ms[f], 0.1)
-        for b in ms
-        if b.startswith("baseline@")
-        for f in ms
-        if f.startswith("final@")
-    }
-    return SimpleNamespace(ms=ms, ratios=ratios, record=lambda: {"rounds": 10})
+def _timings(ms: dict[str, tuple[float, float]]) -> dict:
+    """Per target a measurement as :func:`compare.time_all` returns it, every round alike:
+    ``ms[target] = (baseline ms, final ms)``."""
+    out = {}
+    for t, (b, f) in ms.items():
+        ratio = Ratio(b / f, b / f, b / f, 0.1)
+        record = lambda: {"rounds": 10}  # noqa: E731
+        out[t] = SimpleNamespace(ms={"baseline": b, "final": f}, ratios={"speedup": ratio}, record=record, threads=1)
+        out[t].busy_cores = 0.0
+    return out
 
 
 def test_the_reference_is_the_fastest_dense_target_that_keeps_the_accuracy():
     """int8 is the fastest dense target but loses a point: the reference is bf16 (within half a
-    point); the final network's fastest target is int8; the speed-up is bf16 dense / int8 final."""
+    point); the final network's fastest target is int8; each target's speed-up is its own pair's."""
     deployed = {t: {"baseline": SimpleNamespace(info={}), "final": SimpleNamespace(info={})} for t in TARGETS[:3]}
     names = list(deployed)
-    ms = {f"baseline@{names[0]}": 20.0, f"baseline@{names[1]}": 5.0, f"baseline@{names[2]}": 2.0}
-    ms |= {f"final@{names[0]}": 8.0, f"final@{names[1]}": 4.0, f"final@{names[2]}": 2.5}
+    ms = {names[0]: (20.0, 8.0), names[1]: (5.0, 4.0), names[2]: (2.0, 2.5)}
     acc1 = {names[0]: {"baseline": 87.5, "final": 87.0}, names[1]: {"baseline": 87.2, "final": 86.9}}
     acc1[names[2]] = {"baseline": 86.4, "final": 86.6}
-    out = compare.table(deployed, _timing(ms), acc1, reference_acc1=87.5)
-    best = out["best"]
-    assert (best["dense"], best["final"]) == (names[1], names[2]) and best["speedup"] == pytest.approx(2.0)
+    out = compare.table(deployed, _timings(ms), acc1, reference_acc1=87.5)
+    assert (out["best"]["dense"], out["best"]["final"]) == (names[1], names[2])
     assert out["targets"][names[0]]["speedup"] == pytest.approx(2.5)
-    assert compare.table(deployed, _timing(ms), acc1, reference_acc1=99.0)["best"] is None
+    assert out["targets"][names[2]]["final"]["ms"] == 2.5 and out["targets"][names[2]]["timing"] == {"rounds": 10}
+    assert compare.table(deployed, _timings(ms), acc1, reference_acc1=99.0)["best"] is None
+
+
+def test_each_targets_two_graphs_are_timed_on_their_own_one_target_after_another(monkeypatch):
+    timed = []
+    monkeypatch.setattr(compare, "measure", lambda calls, ratios, *args: timed.append(sorted(calls)) or len(timed))
+    graph = SimpleNamespace(timer=lambda x: lambda: None)
+    deployed = {t: {"baseline": graph, "final": graph} for t in TARGETS[:3]}
+    assert compare.time_all(deployed, None) == {t: i + 1 for i, t in enumerate(TARGETS[:3])}
+    assert timed == [["baseline", "final"]] * 3  # never two targets' graphs in one measurement
 
 
 def test_a_target_that_fails_its_check_is_left_out_and_the_others_go_on(nets, monkeypatch, caplog):

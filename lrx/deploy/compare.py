@@ -1,11 +1,11 @@
 """The baseline and the final network deployed to every target, side by side: each deployed graph
-checked against its torch network, its acc@1 measured where it runs, every graph of both networks
-timed in the same paired rounds, and the headline speed-up against the best dense deployment.
+checked against its torch network, its acc@1 measured where it runs, each target's two graphs
+timed in paired rounds of their own, and the headline speed-up against the best dense deployment.
 
 The best dense deployment is the fastest baseline target whose acc@1 is within ``within`` points
 (0.5) of the baseline's float32 acc@1 in PyTorch; the final network's is its fastest target. The
-speed-up is the median over rounds of best dense ms / best final ms, with its IQR (both measured
-in the same rounds, in this process), then timed again on their own for the headline.
+two are then timed again for the headline (:func:`time_best`): as a pair in one runtime, each
+alone across two.
 :func:`compare_deployments` does it all, for a run's stage and for ``scripts/deploy_table.py``.
 """
 
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from lrx.compress.fold import fold_bn
 from lrx.deploy.targets import TARGETS, Deployed, Target, TargetError, accuracy, check, deploy, servable
-from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, measure
+from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing, measure
 from lrx.measure.latency import machine
 from lrx.measure.load import timing_conditions
 
@@ -69,63 +69,57 @@ def deploy_both(
     return out, failed
 
 
-def _pair(a: str, b: str) -> str:
-    return f"{a} / {b}"
-
-
 def time_all(
     deployed: dict[str, dict[str, Deployed]], x: torch.Tensor, estimator: Estimator = DEFAULT_ESTIMATOR, threads=None
-):
-    """Every deployed graph of both networks on ``x``, in the same paired rounds; the ratio of
-    every baseline target's ms to every final target's (the headline picks one of them)."""
-    calls = {f"{side}@{t}": d.timer(x) for t, sides in deployed.items() for side, d in sides.items()}
-    base = [k for k in calls if k.startswith("baseline@")]
-    final = [k for k in calls if k.startswith("final@")]
-    ratios = {_pair(b, f): (lambda r, b=b, f=f: r[b] / r[f]) for b in base for f in final}
-    return measure(calls, ratios, estimator, threads)
+) -> dict[str, Timing]:
+    """Each target's two graphs on ``x`` in paired rounds of their own, one target after another:
+    with every graph of every runtime taking turns in one measurement, a runtime whose threads still
+    spin after its call slows the next one, and the fastest target would be chosen on inflated
+    times. ``{target: Timing}``, its ratio ``speedup`` = baseline ms / final ms."""
+    speedup = {"speedup": lambda r: r["baseline"] / r["final"]}
+    return {
+        t: measure({side: d.timer(x) for side, d in sides.items()}, speedup, estimator, threads)
+        for t, sides in tqdm(deployed.items(), desc="timing the targets", leave=False)
+    }
 
 
 def table(
     deployed: dict[str, dict[str, Deployed]],
-    timing,
+    timings: dict[str, Timing],
     acc1: dict[str, dict[str, float]],
     reference_acc1: float,
     within: float = WITHIN,
 ) -> dict:
     """What results.json keeps: per target and side its ms, acc@1, check and runtime; per target
     the final network's speed-up over the baseline in the same target; and ``best``: the best
-    dense and final targets and the speed-up between them (None where no dense target is within
-    ``within`` points of ``reference_acc1``)."""
+    dense target (the fastest within ``within`` points of ``reference_acc1``; None where there is
+    none) and the best final target, whose speed-up :func:`time_best` measures."""
     targets = {}
     for t, sides in deployed.items():
-        row = {side: {"ms": timing.ms[f"{side}@{t}"], "acc1": acc1[t][side], **d.info} for side, d in sides.items()}
-        same = timing.ratios[_pair(f"baseline@{t}", f"final@{t}")]
-        targets[t] = {**row, **same.record()}
+        timing = timings[t]
+        row = {side: {"ms": timing.ms[side], "acc1": acc1[t][side], **d.info} for side, d in sides.items()}
+        targets[t] = {**row, **timing.ratios["speedup"].record(), "timing": timing.record()}
     eligible = [t for t in targets if targets[t]["baseline"]["acc1"] >= reference_acc1 - within]
     best = None
     if eligible:
         dense = min(eligible, key=lambda t: targets[t]["baseline"]["ms"])
         final = min(targets, key=lambda t: targets[t]["final"]["ms"])
-        ratio = timing.ratios[_pair(f"baseline@{dense}", f"final@{final}")]
         best = {
             "dense": dense,
             "final": final,
-            "dense_ms": targets[dense]["baseline"]["ms"],
-            "final_ms": targets[final]["final"]["ms"],
             "dense_acc1": targets[dense]["baseline"]["acc1"],
             "final_acc1": targets[final]["final"]["acc1"],
             "within": within,
-            **ratio.record(),
         }
-    return {"targets": targets, "best": best, **timing.record()}
+    busy = [t.busy_cores for t in timings.values()]
+    return {"targets": targets, "best": best, "threads": next(iter(timings.values())).threads, "busy_cores": busy}
 
 
 def time_best(deployed: dict[str, dict[str, Deployed]], best: dict, x: torch.Tensor, estimator, threads) -> dict:
-    """The best dense and best final graphs timed again on their own, for the headline: with every
-    graph of every runtime taking turns, a runtime whose threads still spin after its call slows
-    the next one. In the same runtime they are timed as a pair (paired rounds); in two runtimes each
-    alone, one after the other (pairing them would time one's spinning against the other), the
-    speed-up then the ratio of their medians, its range from their quartiles."""
+    """The best dense and best final graphs timed again, for the headline: in the same runtime as a
+    pair (paired rounds); in two runtimes each alone, one after the other (pairing them would time
+    one's spinning against the other), the speed-up then the ratio of their medians, its range
+    from their quartiles."""
     dense, final = deployed[best["dense"]]["baseline"], deployed[best["final"]]["final"]
     if dense.target.runtime == final.target.runtime:
         calls = {"dense": dense.timer(x), "final": final.timer(x)}
@@ -201,8 +195,8 @@ def compare_deployments(
 ) -> dict:
     """Both ``nets`` (``{"baseline", "final"}``, eval, CPU, float32), their BatchNorms folded as a
     deployment serves them, deployed to every target and checked on ``check_images``; acc@1 of each
-    on ``val_loader`` where it runs; every graph timed on ``x`` in the same paired rounds after a
-    wait for a quiet machine, next to ``busy`` neighbours that each keep a core busy; the graphs'
+    on ``val_loader`` where it runs; each target's two graphs timed on ``x`` (:func:`time_all`) after
+    a wait for a quiet machine, next to ``busy`` neighbours that each keep a core busy; the graphs'
     files kept under ``keep_in`` when given. Returns what results.json keeps under ``deploy``
     (:func:`table`, plus the setup and load)."""
     nets = {side: fold_bn(net) for side, net in nets.items()}

@@ -48,8 +48,8 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
     deployments = deployment_markdown(rows)
     if deployments:
         text += (
-            "\n## Deployments\n\nBoth networks in every target, timed in the same paired rounds; acc@1 measured "
-            "in the target on the validation split.\n\n" + deployments
+            "\n## Deployments\n\nBoth networks in every target, each target's pair timed in paired rounds; "
+            "acc@1 measured in the target on the validation split.\n\n" + deployments
         )
     if unfinished:
         text += f"\nSkipped {len(unfinished)} unfinished:\n\n" + "".join(f"- `{p}`: {why}\n" for p, why in unfinished)
