@@ -160,13 +160,16 @@ def choose(
     batch_size: int = 32,
     calibration_images: int = 300,
     data_root: str | None = None,
+    rounds: int = 1,
 ) -> dict:
     """Every setting of every target timed in its own process, the recommendation per target;
     written to ``run_dir/serving.json`` (atomically) and returned."""
     if not 0 <= busy < cores():
         raise ValueError(f"busy={busy!r} is invalid; valid: 0 to {cores() - 1} (fewer than the {cores()} cores)")
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds!r} is invalid; valid: an integer >= 1")
     args = SimpleNamespace(
-        busy=busy, batch_size=batch_size, calibration_images=calibration_images, data_root=data_root, rounds=1
+        busy=busy, batch_size=batch_size, calibration_images=calibration_images, data_root=data_root, rounds=rounds
     )
     out = {"date": datetime.date.today().isoformat(), "machine": machine(), "busy": busy, "targets": {}}
     out["batch_size"], out["bn_folded"] = batch_size, True
