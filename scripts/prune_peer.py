@@ -40,11 +40,11 @@ from tqdm.auto import tqdm
 
 import lrx.run.schema  # noqa: F401  (the ConfigStore schemas that conf/ extends)
 from lrx.compress import fold
-from lrx.compress.prune import IMPORTANCE, METHOD, compare_pruned, prune_channels
+from lrx.compress.prune import IMPORTANCE, METHOD, prune_channels
 from lrx.io import PROJECT, check_writable, write_json
 from lrx.measure.complexity import count_macs
 from lrx.measure.estimator import Estimator
-from lrx.measure.latency import machine, thread_counts
+from lrx.measure.latency import compare, machine, thread_counts
 from lrx.measure.load import timing_conditions
 from lrx.results.files import FOLDED, MODEL, RESULTS
 from lrx.results.saved import save_network
@@ -108,7 +108,7 @@ def pruned_copy(net: torch.nn.Module, cfg: DictConfig, args) -> tuple[torch.nn.M
 
 
 def timings(job: Job, baseline: torch.nn.Module, pruned: torch.nn.Module) -> dict:
-    """``{device: {threads: {batch size: compare_pruned(...)}}}`` on the CPU at every configured point,
+    """``{device: {threads: {batch size: compare(...)}}}`` on the CPU at every configured point,
     as a run's final timing (with ``latency.fold_bn``, also both networks folded)."""
     lat, size = job.cfg.latency, job.cfg.model.input_size
     pairs = {"cpu": (baseline, pruned)}
@@ -118,8 +118,8 @@ def timings(job: Job, baseline: torch.nn.Module, pruned: torch.nn.Module) -> dic
     out = {}
     for where, (b, p) in pairs.items():
         for t, bs in tqdm(points, desc=f"timing ({where})", leave=False):
-            out.setdefault(where, {}).setdefault(t, {})[bs] = compare_pruned(
-                b, p, size, bs, t, Estimator.of(lat.estimator), lat.memory_format
+            out.setdefault(where, {}).setdefault(t, {})[bs] = compare(
+                b, p, size, bs, "cpu", Estimator.of(lat.estimator), lat.memory_format, threads=t
             )
     return out
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lrx.compress.prune import compare_pruned, convs, kept_channels, prune_channels
+from lrx.compress.prune import convs, kept_channels, prune_channels
 from lrx.measure.complexity import count_macs
+from lrx.measure.latency import compare
 from lrx.models import AlexNetCIFAR
 from lrx.results.saved import load_network, save_network
 from tests.conftest import REPO
@@ -109,7 +110,7 @@ def test_a_pruned_pair_times_every_conv_of_both_networks_on_its_own_input(monkey
     pruned = copy.deepcopy(net)
     prune_channels(pruned, 0.5, 8, 32)
     with param_clock(monkeypatch):
-        out = compare_pruned(net, pruned, 32, 2, 1, ON_PARAM_CLOCK)
+        out = compare(net, pruned, 32, 2, "cpu", ON_PARAM_CLOCK, "channels_last", threads=1)
     names = list(convs(net))
     assert list(out["layers"]) == names and all(v["replaced"] for v in out["layers"].values())
     for name in names:

@@ -6,9 +6,8 @@ output channels, those whose filters ``W[n]`` (each ``C x kh x kw``) have the sm
 the layers that read them (BatchNorm, the next conv's input channels, the classifier's inputs). A
 conv keeps ``floor(floor(N (1 - ratio)) / round_to) * round_to`` filters (:func:`kept_channels`).
 
-The pruned convs keep their names and type but not their shapes, so :func:`compare_pruned` times
-each conv of both networks on its own input (what :func:`lrx.measure.latency.compare` does for a
-low-rank network, whose replaced layers take the baseline's inputs).
+The pruned convs keep their names and type but not their shapes: :func:`lrx.measure.latency.compare`
+counts each as replaced and times it on the pruned network's own input.
 """
 
 from __future__ import annotations
@@ -18,10 +17,7 @@ import time
 import torch
 from torch import nn
 
-from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, measure
-from lrx.measure.latency import call_of, conv_names, layer_inputs, memory_format_of, setup_for, time_modules
 from lrx.modes import eval_mode
-from lrx.modes import memory_format as in_format
 
 METHOD, LABEL, LETTER = "prune", "prune", "N"  # a record's method, the report's label, and what "bases" counts
 IMPORTANCE = "L1 norm of each conv's filters (Torch-Pruning MagnitudeImportance(p=1, group_reduction='first'))"
@@ -77,53 +73,3 @@ def prune_channels(net: nn.Module, ratio: float, round_to: int, input_size: int)
         }
         for name, m in convs(net).items()
     ]
-
-
-def compare_pruned(
-    baseline: nn.Module,
-    pruned: nn.Module,
-    input_size: int,
-    batch_size: int,
-    threads: int,
-    estimator: Estimator = DEFAULT_ESTIMATOR,
-    memory_format: str = "channels_last",
-) -> dict:
-    """What :func:`lrx.measure.latency.compare` returns, in torch on the CPU, for ``baseline``
-    against its ``pruned`` copy: every conv of both networks timed on its own real input in the
-    same rounds (each counts as replaced), the conv speed-up per round ``Σ baseline conv ms /
-    Σ pruned conv ms``, then both whole networks side by side (the model speed-up)."""
-    fmt = memory_format_of(memory_format)
-    nets = {"baseline": baseline, "approx": pruned}
-    names = conv_names(baseline)
-    with in_format(fmt, baseline, pruned, device="cpu"):
-        x = torch.randn(batch_size, 3, input_size, input_size).contiguous(memory_format=fmt)
-        calls = {}
-        for side, net in nets.items():
-            inputs = layer_inputs(net, names, x)
-            calls |= {f"{n}/{side}": call_of(net.get_submodule(n), inputs[n], threads=threads) for n in names}
-        ratios = {n: (lambda r, n=n: r[f"{n}/baseline"] / r[f"{n}/approx"]) for n in names}
-        ratios["conv"] = lambda r: sum(r[f"{n}/baseline"] for n in names) / sum(r[f"{n}/approx"] for n in names)
-        with eval_mode(baseline, pruned):
-            t = measure(calls, ratios, estimator, threads)
-        model = {"model": lambda r: r["baseline"] / r["approx"]}
-        whole = time_modules(nets, x, estimator, threads=threads, ratios=model)
-    layers = {
-        n: {
-            "baseline_ms": t.ms[f"{n}/baseline"],
-            "approx_ms": t.ms[f"{n}/approx"],
-            **t.ratios[n].record(),
-            "replaced": True,
-            "rounds": t.rounds,
-        }
-        for n in names
-    }
-    return {
-        "setup": setup_for(torch.device("cpu"), batch_size, memory_format, threads=threads).as_dict(),
-        "layers": layers,
-        "conv_ms": {side: sum(t.ms[f"{n}/{side}"] for n in names) for side in nets},
-        **t.ratios["conv"].record("conv_"),
-        "conv_timing": t.record(),
-        "model_ms": whole.ms,
-        **whole.ratios["model"].record("model_"),
-        "model_timing": whole.record(),
-    }

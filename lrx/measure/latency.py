@@ -223,7 +223,11 @@ EXACT = Ratio(1.0, 1.0, 1.0, Estimator.rel_iqr)  # an untouched layer's speed-up
 
 
 def _unchanged(base_m: nn.Module, approx_m: nn.Module) -> bool:
-    return type(approx_m) is type(base_m)  # untouched, or put back by the guard
+    """Untouched, or put back by the guard: the same type and weight shape (a pruned conv keeps
+    its type, not its shape)."""
+    if type(approx_m) is not type(base_m):
+        return False
+    return getattr(base_m, "weight", None) is None or base_m.weight.shape == approx_m.weight.shape
 
 
 def layer_timings(
@@ -236,18 +240,21 @@ def layer_timings(
     precision: str = "fp32",
 ) -> tuple[dict[str, dict], dict]:
     """Every conv of ``baseline`` timed on its real input for the network input ``x`` (in
-    ``runtime`` and ``precision``), all in the same rounds: a replaced one beside its low-rank
-    module in ``approx``, an untouched one once, counting on both sides. Returns ``({name:
+    ``runtime`` and ``precision``), all in the same rounds: a replaced one (a low-rank module, or a
+    pruned conv) beside its counterpart in ``approx`` on that network's own input, an untouched one
+    once, counting on both sides. Returns ``({name:
     {"baseline_ms", "approx_ms", "speedup", "speedup_iqr", "unstable", "replaced", "rounds"}},
     conv)``, ``conv`` the summed latencies, the
     conv speed-up (its per-round value: sum(baseline) / sum(approximation)) and ``conv_timing``
     (rounds, seconds, threads and busy cores of the measurement all the layers shared)."""
     names = conv_names(baseline)
-    inputs = layer_inputs(baseline, names, x)
     replaced = [n for n in names if not _unchanged(baseline.get_submodule(n), approx.get_submodule(n))]
-    modules = {f"{n}/baseline": baseline.get_submodule(n) for n in names}
-    modules |= {f"{n}/approx": approx.get_submodule(n) for n in replaced}
-    calls = {k: call_of(m, inputs[k.split("/")[0]], runtime, threads, precision) for k, m in modules.items()}
+    inputs = {"baseline": layer_inputs(baseline, names, x), "approx": layer_inputs(approx, replaced, x)}
+    modules = {(n, "baseline"): baseline.get_submodule(n) for n in names}
+    modules |= {(n, "approx"): approx.get_submodule(n) for n in replaced}
+    calls = {
+        f"{n}/{side}": call_of(m, inputs[side][n], runtime, threads, precision) for (n, side), m in modules.items()
+    }
 
     def side(r: dict, name: str) -> float:
         return r[f"{name}/approx" if name in replaced else f"{name}/baseline"]
@@ -281,7 +288,7 @@ def compare(
     threads: int | None = None,
     precision: str = "fp32",
 ) -> dict:
-    """Time ``baseline`` against ``approx`` (the same network with some convs replaced), at
+    """Time ``baseline`` against ``approx`` (the same network with some convs replaced or pruned), at
     ``threads`` (default: :func:`default_threads`), in ``runtime`` and ``precision``.
 
     Returns the setup, per-conv latencies and speed-ups (:func:`layer_timings`), the conv
