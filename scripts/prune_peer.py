@@ -36,21 +36,18 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 import lrx.run.schema  # noqa: F401  (the ConfigStore schemas that conf/ extends)
-from lrx.compress import fold
 from lrx.compress.prune import IMPORTANCE, METHOD, prune_channels
 from lrx.io import PROJECT, check_writable, write_json
 from lrx.measure.complexity import count_macs
-from lrx.measure.estimator import Estimator
-from lrx.measure.latency import compare, machine, thread_counts
+from lrx.measure.latency import machine
 from lrx.measure.load import timing_conditions
-from lrx.results.files import FOLDED, MODEL, RESULTS
+from lrx.results.files import MODEL, RESULTS
 from lrx.results.saved import save_network
 from lrx.run.baseline import check_finite_network
 from lrx.run.job import Job, first_val_images, prepare
-from lrx.run.stages import _accuracies, _baseline, _deploy_targets, _finetune
+from lrx.run.stages import _accuracies, _baseline, _deploy_targets, _finetune, _timings
 from lrx.run.summary import State, results_of
 from lrx.run.train import RUN_FAULTS
 from lrx.runtime.extras import missing, require
@@ -107,23 +104,6 @@ def pruned_copy(net: torch.nn.Module, cfg: DictConfig, args) -> tuple[torch.nn.M
     return rebuilt.eval(), node, records
 
 
-def timings(job: Job, baseline: torch.nn.Module, pruned: torch.nn.Module) -> dict:
-    """``{device: {threads: {batch size: compare(...)}}}`` on the CPU at every configured point,
-    as a run's final timing (with ``latency.fold_bn``, also both networks folded)."""
-    lat, size = job.cfg.latency, job.cfg.model.input_size
-    pairs = {"cpu": (baseline, pruned)}
-    if lat.fold_bn:
-        pairs[f"cpu{FOLDED}"] = (fold.fold_bn(baseline), fold.fold_bn(pruned))
-    points = [(t, bs) for t in thread_counts(lat.threads) for bs in lat.batch_sizes]
-    out = {}
-    for where, (b, p) in pairs.items():
-        for t, bs in tqdm(points, desc=f"timing ({where})", leave=False):
-            out.setdefault(where, {}).setdefault(t, {})[bs] = compare(
-                b, p, size, bs, "cpu", Estimator.of(lat.estimator), lat.memory_format, threads=t
-            )
-    return out
-
-
 def run(job: Job, args, run_dir: Path, started: float) -> dict:
     """Baseline, pruning, fine-tuning, timing and deployment, as :func:`lrx.run.stages.run` does a
     run's; writes ``model.pt`` then ``results.json``; returns the results."""
@@ -141,7 +121,7 @@ def run(job: Job, args, run_dir: Path, started: float) -> dict:
     check_finite_network(s.approx, "pruned network", images)
     lat = cfg.latency
     with timing_conditions(lat.quiet_wait_s, lat.decide_at.busy, "the final networks") as s.load["final"]:
-        measured = timings(job, s.net, s.approx)
+        measured = _timings(job, s.net, s.approx, folded=lat.fold_bn)
     _deploy_targets(s, run_dir, images)
     results = results_of(s, measured)
     results |= {

@@ -38,13 +38,12 @@ from lrx.run.serving_choice import in_own_process, load
 from lrx.runtime.serving import Serving
 
 
-def setting(run_dir: Path, target: Target, threads: int | None, waits: dict[str, str]) -> Serving:
-    """The run's recommended setting for ``target`` (else the runtime's own at the run's thread
-    count), with ``threads`` / ``waits[runtime]`` replacing its parts where given."""
-    results = json.loads((run_dir / RESULTS).read_text())
-    recommended = recommended_serving(run_dir).get(target.name)
-    base = Serving(**recommended) if recommended else None
-    threads = threads or (base.threads if base else decide_point(results["config"]["latency"])[1])
+def setting(target: Target, recommended: dict, run_threads: int, threads: int | None, waits: dict) -> Serving:
+    """The setting ``recommended`` for ``target`` (serving.json's, a Serving's fields; else the
+    runtime's own at the run's thread count), with ``threads`` / ``waits[runtime]`` replacing its
+    parts where given."""
+    base = Serving(**recommended[target.name]) if target.name in recommended else None
+    threads = threads or (base.threads if base else run_threads)
     wait = waits.get(target.runtime) or (base.wait if base else None)
     return Serving.of(target.runtime, threads, wait, key=f"--wait {target.runtime}")
 
@@ -55,7 +54,8 @@ def time_targets(run_dir: Path, targets: list[str] | None, args) -> dict:
     results = json.loads((run_dir / RESULTS).read_text())
     names = targets or list((results.get("deploy") or {}).get("targets") or {}) or None
     chosen = servable(names, "--targets") if names else available_targets()
-    settings = {t: setting(run_dir, t, args.threads, args.waits) for t in chosen}  # every setting checked first
+    recommended, run_threads = recommended_serving(run_dir), decide_point(results["config"]["latency"])[1]
+    settings = {t: setting(t, recommended, run_threads, args.threads, args.waits) for t in chosen}  # checked first
     out = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
