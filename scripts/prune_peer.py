@@ -1,6 +1,6 @@
 """The structured channel pruning peer: what a user would pick instead of a low-rank expansion,
 measured the same way. Prunes the same fraction of every conv's output channels of the trained
-network with Torch-Pruning (L1 norm of the filters, :mod:`lrx.compress.prune`), fine-tunes it with
+network with Torch-Pruning (L1 norm of the filters, :mod:`lrx.compress.torch_pruning_peer`), fine-tunes it with
 the run's recipe, times both networks, deploys both to every target and writes a run directory:
 
     python scripts/prune_peer.py --ratio 0.3 [--round-to 16] [--name NAME] [--out DIR] [OVERRIDE ...]
@@ -38,7 +38,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import lrx.run.schema  # noqa: F401  (the ConfigStore schemas that conf/ extends)
-from lrx.compress.prune import IMPORTANCE, METHOD, prune_channels
+from lrx.compress.torch_pruning_peer import IMPORTANCE, METHOD, prune_channels
 from lrx.io import PROJECT, check_writable, write_json
 from lrx.measure.complexity import count_macs
 from lrx.measure.latency import machine

@@ -272,7 +272,7 @@ def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monk
     )
     total = len(conv_names(net))
 
-    def slower(_net, _x, picks, _timed):
+    def slower(_net, _x, picks, _timed, _options=None):
         predicted = total / (total - len(picks) + sum(c.cost for c in picks))
         return {"conv_speedup": 0.8 * predicted, "conv_speedup_iqr": [0.78 * predicted, 0.82 * predicted]}
 
@@ -285,8 +285,9 @@ def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monk
     assert rounds[1]["aim"] == pytest.approx(2.0 * 2.0 / rounds[0]["measured"])
     assert rounds[1]["predicted"] > rounds[0]["predicted"]  # cheaper candidates
     closest = min(rounds, key=lambda r: abs(r["measured"] / 2.0 - 1))
-    assert report["plan"] == {n: {"method": m, "bases": b, "error": report["plan"][n]["error"]}
-                              for n, (m, b) in closest["plan"].items()}  # fmt: skip
+    assert {n: (v["method"], v["bases"]) for n, v in report["plan"].items()} == {
+        n: (m, b) for n, (m, b) in closest["plan"].items()
+    }
     assert caplog.text.count("closed loop, round") == len(rounds)
 
 
@@ -312,7 +313,8 @@ def test_the_plan_installs_the_method_it_reports():
     chosen, report = plan(net, ["conv3", "conv4"], 1.3, methods=("channel_svd", "2"), progress=False)
     assert set(chosen) == {"conv3", "conv4"}
     for name, c in chosen.items():
-        assert report["plan"][name] == {"method": c.method, "bases": c.bases, "error": c.error}
+        dense = {"dense": next(o["cost"] for o in report["candidates"][name] if o["method"] is None)}
+        assert report["plan"][name] == {"method": c.method, "bases": c.bases, "error": c.error, "cost": c.cost, **dense}
         if c.method is not None:
             assert c.method in ("channel_svd", "scheme2") and type(c.layer).method == c.method
     records = planner.apply(net, chosen)

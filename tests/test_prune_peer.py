@@ -1,4 +1,4 @@
-"""The structured channel pruning peer (lrx.compress.prune, scripts/prune_peer.py): which channels
+"""The structured channel pruning peer (lrx.compress.torch_pruning_peer, scripts/prune_peer.py): which channels
 it keeps and how many, the network it saves, the conv timing of a pruned pair, and bad flags."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lrx.compress.prune import convs, kept_channels, prune_channels
+from lrx.compress.torch_pruning_peer import convs, kept_channels, prune_channels
 from lrx.measure.complexity import count_macs
 from lrx.measure.latency import compare
 from lrx.models import AlexNetCIFAR

@@ -6,6 +6,8 @@ import copy
 
 from torch import nn
 
+from lrx.compress.prune import METHOD
+
 
 def put_back_slower(
     approx: nn.Module, baseline: nn.Module, records: list[dict], layer_timings: dict, where: str = "this device"
@@ -16,9 +18,17 @@ def put_back_slower(
     device, or the runtime and precision, with threads and batch size) is not confidently above 1:
     a layer stays only if the LOWER quartile of its speed-up is above 1.
     Marks each record with ``kept``, ``guard`` (the speed-up and IQR it decided on, and where)
-    and, where put back, ``put_back_reason``; returns the names put back."""
+    and, where put back, ``put_back_reason``; returns the names put back. A pruned conv is not
+    guarded: its channels are gone from the layers that read them too, so the planner that chose
+    it and the whole network's timing judge it.
+
+    ``baseline`` is what a layer is put back from: the original network, or with a plan that
+    prunes, the original with those prunings (a conv whose input channels were pruned is put back
+    as that narrower dense conv)."""
     put_back = []
     for rec in records:
+        if rec["method"] == METHOD:
+            continue
         t = layer_timings[rec["name"]]
         low = t["speedup_iqr"][0]
         rec["kept"] = low > 1.0

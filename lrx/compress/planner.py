@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lrx.compress import prune
 from lrx.compress.data_recon import refit_final, relative_error
 from lrx.compress.execution import has_choice, select
 from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, is_int, method_class
@@ -56,6 +57,7 @@ from lrx.modes import memory_format as in_format
 log = logging.getLogger(__name__)
 
 METRICS = ("macs", "latency")
+PRUNE = prune.METHOD  # among the methods: channel pruning at each of ``Pruning.ratios``
 OUTPUT_ERRORS = ("data", "kl")  # measured on calibration images; without them, the filter error
 
 
@@ -66,7 +68,10 @@ class Candidate:
     bases: int | tuple[int, int] | None
     error: float  # e_l, as the plan's error kind defines it
     cost: float
-    layer: nn.Module = field(repr=False)
+    layer: nn.Module | None = field(repr=False)  # the low-rank layer; None for pruning
+    keep: torch.Tensor | None = field(default=None, repr=False)  # pruning: the output channels kept
+    ratio: float | None = None  # pruning: the ratio asked for
+    criterion: str | None = None  # pruning: how channels were ranked
 
     @property
     def penalty(self) -> float:
@@ -74,12 +79,38 @@ class Candidate:
         return self.error**2
 
 
+@dataclass(frozen=True)
+class Pruning:
+    """Pruning candidates (with ``prune`` among the methods): each prunable conv at each of
+    ``ratios``, channels ranked by ``criterion`` (:mod:`lrx.compress.prune`)."""
+
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    criterion: str = "l1"
+
+    def check(self) -> None:
+        if not self.ratios:
+            raise DecompositionError(
+                "planner.prune.ratios=[] is invalid; valid: a non-empty list of fractions in (0, 1)"
+            )
+        for r in self.ratios:
+            prune.check_ratio(r, "planner.prune.ratios")
+        if self.criterion not in ("l1", "l2"):
+            raise DecompositionError(
+                f"planner.prune.criterion={self.criterion!r} is unknown; valid: l1, l2 (the planner ranks channels "
+                "by their filters' norm)"
+            )
+
+
+def _lowrank(methods) -> list:
+    return [m for m in methods if m != PRUNE]
+
+
 def _grid(conv: nn.Conv2d, methods, rank_multiple: int = 1) -> list[tuple[type, object]]:
     """Every method's candidate ranks for ``conv``, rounded to multiples of ``rank_multiple`` (a
     method whose full rank holds no multiple has none)."""
     g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
     grid = []
-    for cls in map(method_class, methods):
+    for cls in map(method_class, _lowrank(methods)):
         try:
             ranks = {cls.round_bases(g, b, rank_multiple) for b in cls.planner_ranks(g)}
         except DecompositionError:
@@ -128,13 +159,13 @@ def check_request(
         raise DecompositionError("planner methods=[] is invalid; valid: a non-empty list of methods")
     if not is_int(rank_multiple) or rank_multiple < 1:
         raise DecompositionError(f"rank_multiple={rank_multiple!r} is invalid; valid: an integer >= 1")
-    classes = [method_class(m) for m in methods]
+    classes = [method_class(m) for m in _lowrank(methods)]
     for name, opts in (options or {}).items():
         if method_class(name) not in classes:
             raise DecompositionError(f"planner options for {name!r}, which is not among the methods {list(methods)}")
         method_class(name).check_options(opts)
     selected = select_convs(net, layers)
-    if metric == "macs":
+    if metric == "macs" and PRUNE not in methods:  # pruning's reach depends on its ratios: the plan says
         check_macs_reachable(net, selected, target_speedup, methods, input_size, rank_multiple)
     return selected
 
@@ -189,19 +220,98 @@ def check_macs_reachable(
     )
 
 
-def apply(net: nn.Module, chosen: dict[str, Candidate]) -> list[dict]:
-    """Install the planned layers in ``net``; one record per replaced layer, as ``decompose`` gives."""
+def _solved_again(conv: nn.Conv2d, layer: nn.Module, options: dict) -> nn.Module:
+    """``layer``'s method at its bases (each clamped to the full rank of ``conv``) solved for
+    ``conv``, a conv that lost input channels to a pruning since ``layer`` was solved."""
+    cls = type(layer)
+    full = cls.full_rank(ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size))
+    bases = tuple(map(min, layer.bases, full)) if isinstance(full, tuple) else min(layer.bases, full)
+    return cls.from_conv(conv, bases, **options.get(cls.method, {})).eval()
+
+
+def apply(net: nn.Module, chosen: dict[str, Candidate], options: dict | None = None) -> list[dict]:
+    """Install the plan in ``net``: first every pruning (which narrows the inputs of the convs that
+    read the pruned channels), then every low-rank layer; one whose conv lost input channels is
+    solved again for the conv as it now is (:func:`_solved_again`, with the methods' ``options``).
+    One record per pruned or replaced layer, as ``decompose`` and ``prune`` give."""
+    picks = [c for c in chosen.values() if c.method is not None]
+    found = prune.groups(net) if any(c.method == PRUNE for c in picks) else {}
     records = []
-    for name, c in chosen.items():
-        if c.method is None:
-            continue
-        records.append(layer_record(name, net.get_submodule(name), c.layer))
-        net.set_submodule(name, c.layer)
+    for c in picks:
+        if c.method == PRUNE:
+            before = list(net.get_submodule(c.name).weight.shape)
+            prune.remove_channels(net, found[c.name], c.keep)
+            records.append(prune.record(c.name, before, len(c.keep), c.criterion, found[c.name], c.ratio))
+    for c in picks:
+        if c.method != PRUNE:
+            conv, layer = net.get_submodule(c.name), c.layer
+            if conv.in_channels != layer.geometry.in_channels:
+                layer = _solved_again(conv, layer, options or {})
+            records.append(layer_record(c.name, conv, layer))
+            net.set_submodule(c.name, layer)
     return records
 
 
 def _filter_error(_name: str, layer: nn.Module) -> float:
     return layer.report["rel_error"]
+
+
+def _prune_filter_error(net: nn.Module, group: prune.Group, keep: torch.Tensor) -> float:
+    """||W[removed filters]||_F / ||W||_F of the pruned conv."""
+    w = net.get_submodule(group.conv).weight.detach()
+    return math.sqrt(1 - float(w[keep].square().sum() / w.square().sum()))
+
+
+@torch.no_grad()
+def _prune_output_error(net: nn.Module, images: torch.Tensor, kind: str, chunk: int = 64):
+    """``error(group, keep)`` for pruning ``group.conv`` to the channels ``keep``, on the
+    calibration ``images``: ``data``, the relative error of its readers' outputs (the next layers',
+    as a low-rank candidate's is of its own output) once the other channels are zeroed in their
+    inputs; ``kl``, sqrt(KL(p || q)) with q the network's predictions with those channels zeroed."""
+    images = images.to(next(net.parameters()).device)
+    log_p = _log_probs(net, images, chunk) if kind == "kl" else None
+
+    @torch.no_grad()
+    def error(group: prune.Group, keep: torch.Tensor) -> float:
+        channels = net.get_submodule(group.conv).out_channels
+        if kind == "kl":
+            mask = lambda _m, args: (prune.masked(args[0], keep, channels),)
+            hooks = [net.get_submodule(n).register_forward_pre_hook(mask) for n in group.consumers]
+            try:
+                log_q = _log_probs(net, images, chunk)
+            finally:
+                for h in hooks:
+                    h.remove()
+            kl = torch.nn.functional.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+            return math.sqrt(max(kl.item(), 0.0))
+        inputs = layer_inputs(net, list(group.consumers), images)
+        diff = total = 0.0
+        for n in group.consumers:
+            reader = net.get_submodule(n)
+            for i in range(0, images.shape[0], chunk):
+                x = inputs[n][i : i + chunk]
+                t = reader(x)
+                diff += float((reader(prune.masked(x, keep, channels)) - t).square().sum())
+                total += float(t.square().sum())
+        return math.sqrt(diff / total)
+
+    return error
+
+
+def _prune_candidates(net, group, ratios, criterion, multiple, cost_of, error_of) -> list[Candidate]:
+    """Pruning ``group.conv`` at each of ``ratios`` (each channel count once; none that keeps all)."""
+    conv = net.get_submodule(group.conv)
+    scores = prune.weight_importance(conv, criterion)
+    out, seen = [], set()
+    for ratio in ratios:
+        k = prune.kept_channels(conv.out_channels, ratio, multiple, group.conv)
+        if k in seen or k == conv.out_channels:
+            continue
+        seen.add(k)
+        keep = prune.top_channels(scores, k)
+        error, cost = error_of(group, keep), cost_of(group, keep)
+        out.append(Candidate(group.conv, PRUNE, k, error, cost, None, keep, ratio, criterion))
+    return out
 
 
 def _log_probs(net: nn.Module, images: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -307,6 +417,7 @@ def plan(
     rank_multiple: int = 1,
     timed: Timed = Timed(),
     closed_loop_rounds: int = 0,
+    pruning: Pruning = Pruning(),
 ) -> tuple[dict[str, Candidate], dict]:
     """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
 
@@ -321,6 +432,13 @@ def plan(
     candidate against the dense conv on its real input at ``batch_size`` as ``timed`` says
     (a candidate's cost: the dense conv's ms / its paired speed-up), and with
     ``closed_loop_rounds`` > 0 then measures the assembled network (:func:`close_loop`).
+
+    With ``prune`` among ``methods``, every selected conv whose channels can be pruned
+    (:func:`lrx.compress.prune.groups`) also has a candidate per ratio of ``pruning``. Its cost
+    counts what the pruning saves in the convs that read the channels too; its error is that of
+    their outputs (``data``), of the predictions (``kl``) or of the removed filters (``filter``).
+    The costs of the layers are added as if each choice were alone: the closed loop measures them
+    together.
 
     Returns the chosen candidate per selected layer (method None keeps the conv) and a report
     with the predicted conv speed-up and every candidate's (method, bases, error, cost).
@@ -337,6 +455,9 @@ def plan(
         raise DecompositionError(f"planner error={error!r} is unknown; valid: {', '.join(OUTPUT_ERRORS)}")
     selected = check_request(net, layers, target_speedup, metric, methods, options, input_size, rank_multiple)
     options = {method_class(m).method: opts for m, opts in (options or {}).items()}
+    if PRUNE in methods:
+        pruning.check()
+    found = prune.groups(net) if PRUNE in methods else {}
     for name, conv in selected:
         check_finite(conv, name)
     device = next(net.parameters()).device
@@ -358,6 +479,20 @@ def plan(
         kind = "filter" if calibration is None else error
         names = [n for n, _ in selected]
         error_of = _filter_error if calibration is None else _output_error(net, names, calibration, kind)
+        prune_error = None
+        if found:
+            prune_error = _prune_output_error(net, calibration, kind) if calibration is not None else None
+            prune_error = prune_error or (lambda group, keep: _prune_filter_error(net, group, keep))
+
+        def prune_cost(group: prune.Group, keep: torch.Tensor) -> float:
+            """The pruned conv's cost plus what its reading convs save."""
+            frac = len(keep) / net.get_submodule(group.conv).out_channels
+            if metric == "macs":
+                return costs[group.conv] * frac + sum(costs[b] * (frac - 1) for b in group.convs)
+            own = timed.dense_ms(prune.narrowed(net.get_submodule(group.conv), keep, 0), inputs[group.conv])
+            readers = [(prune.narrowed(net.get_submodule(b), keep, 1), inputs[b][:, keep]) for b in group.convs]
+            return own + sum(timed.dense_ms(m, x) - costs[b] for (m, x), b in zip(readers, group.convs))
+
         candidates: dict[str, list[Candidate]] = {}
         bar = tqdm(selected, desc="planner", disable=not progress)
         for name, conv in bar:
@@ -370,6 +505,11 @@ def plan(
                 else:
                     cost = costs[name] / timed.speedup(conv, layer.eval(), inputs[name]).ratios["speedup"].median
                 choices.append(Candidate(name, cls.method, bases, error_of(name, layer), cost, layer))
+            if isinstance(found.get(name), prune.Group):
+                bar.set_postfix_str(f"{name} prune")
+                choices += _prune_candidates(
+                    net, found[name], pruning.ratios, pruning.criterion, rank_multiple, prune_cost, prune_error
+                )
             candidates[name] = choices
         total = sum(costs.values())
         fixed = total - sum(costs[name] for name, _ in selected)
@@ -382,7 +522,7 @@ def plan(
             )
         rounds = []
         if metric == "latency" and closed_loop_rounds:
-            loop = (candidates, fixed, total, target_speedup, picks, timed, closed_loop_rounds)
+            loop = (candidates, fixed, total, target_speedup, picks, timed, closed_loop_rounds, options)
             picks, rounds = close_loop(net, x, *loop)
     chosen = {c.name: c for c in picks}
     report = {
@@ -395,7 +535,10 @@ def plan(
         "error": kind,
         "predicted_conv_speedup": total / (fixed + sum(c.cost for c in picks)),
         "closed_loop": rounds,
-        "plan": {c.name: {"method": c.method, "bases": c.bases, "error": c.error} for c in picks},
+        "plan": {
+            c.name: {"method": c.method, "bases": c.bases, "error": c.error, "cost": c.cost, "dense": costs[c.name]}
+            for c in picks
+        },
         "candidates": {
             name: [{"method": o.method, "bases": o.bases, "error": o.error, "cost": o.cost} for o in opts]
             for name, opts in candidates.items()
@@ -407,13 +550,14 @@ def plan(
 TOLERANCE = 0.05  # the closed loop stops once the measured conv speed-up is within 5% of the target
 
 
-def measured_conv_speedup(net: nn.Module, x: torch.Tensor, picks: list[Candidate], timed: Timed):
-    """The conv speed-up of ``net`` with ``picks`` installed (a copy; ``net`` is untouched), measured
-    by ``timed`` on the network input ``x``: the ``Ratio`` of :func:`lrx.measure.latency.layer_timings`."""
+def measured_conv_speedup(
+    net: nn.Module, x: torch.Tensor, picks: list[Candidate], timed: Timed, options: dict | None = None
+):
+    """The conv speed-up of ``net`` with ``picks`` installed (:func:`apply` on a copy; ``net`` is
+    untouched), measured by ``timed`` on the network input ``x``: the ``Ratio`` of
+    :func:`lrx.measure.latency.layer_timings`."""
     approx = copy.deepcopy(net)
-    for c in picks:
-        if c.method is not None:
-            approx.set_submodule(c.name, c.layer)
+    apply(approx, {c.name: c for c in picks}, options)
     fmt = MEMORY_FORMATS[timed.memory_format]
     with in_format(fmt, net, approx):
         xs = x.contiguous(memory_format=fmt) if timed.runtime == "torch" else x
@@ -431,6 +575,7 @@ def close_loop(
     picks: list[Candidate],
     timed: Timed,
     max_rounds: int,
+    options: dict | None = None,
 ) -> tuple[list[Candidate], list[dict]]:
     """Measure the assembled network's conv speed-up; while it misses ``target`` by more than
     TOLERANCE, aim the choice at target * target / measured (so a plan that measures slower
@@ -440,7 +585,7 @@ def close_loop(
     round measured closest to the target."""
     rounds, aim = [], target
     for i in range(max_rounds):
-        conv = measured_conv_speedup(net, x, picks, timed)
+        conv = measured_conv_speedup(net, x, picks, timed, options)
         measured = conv["conv_speedup"]
         rounds.append(
             {

@@ -1,9 +1,10 @@
 """Saved networks: a state_dict with what rebuilds the network, loaded with ``weights_only=True``.
 
-``model.pt`` of a run holds ``{"format": 1, "model": <the model config's net node>, "layers":
-{name: LowRankConv.spec()}, "state_dict": ...}``: the network is rebuilt from its model config
-(Hydra's ``instantiate``), each replaced conv becomes the layer its spec describes (through the
-method registry), then the weights load. Nothing is unpickled but tensors and plain values, and
+``model.pt`` of a run holds ``{"format": 1, "model": <the model config's net node>, "pruned":
+{name: channel counts}, "layers": {name: LowRankConv.spec()}, "state_dict": ...}``: the network is
+rebuilt from its model config (Hydra's ``instantiate``), each pruned module takes its channel
+counts (:mod:`lrx.compress.prune`), each replaced conv becomes the layer its spec describes
+(through the method registry), then the weights load. Nothing is unpickled but tensors and plain values, and
 the file does not depend on where lrx's classes live.
 """
 
@@ -16,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from lrx.compress.prune import pruned_shapes, resize
 from lrx.io import PROJECT, save_torch
 from lrx.lowrank import LowRankConv
 from lrx.results.files import MODEL, RESULTS, read_finished
@@ -88,11 +90,13 @@ def load_state_dict(net: nn.Module, path: str | Path, key: str | None = None) ->
 
 
 def save_network(path: str | Path, net: nn.Module, model_net: dict) -> Path:
-    """Write ``net`` (built by the model config node ``model_net``, its convs partly replaced) to
-    ``path`` atomically, as the module docstring describes."""
+    """Write ``net`` (built by the model config node ``model_net``, its convs partly replaced or
+    pruned) to ``path`` atomically, as the module docstring describes."""
     layers = {name: m.spec() for name, m in net.named_modules() if isinstance(m, LowRankConv)}
+    pruned = pruned_shapes(net, instantiate(OmegaConf.create(model_net)))
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    return save_torch(path, {"format": FORMAT, "model": model_net, "layers": layers, "state_dict": state})
+    saved = {"format": FORMAT, "model": model_net, "pruned": pruned, "layers": layers, "state_dict": state}
+    return save_torch(path, saved)
 
 
 def load_network(path: str | Path) -> nn.Module:
@@ -103,6 +107,7 @@ def load_network(path: str | Path) -> nn.Module:
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{path} is not a network saved by lrx (format {FORMAT})")
     net = instantiate(OmegaConf.create(saved["model"]))
+    resize(net, saved.get("pruned", {}))  # files written before pruning was a method have none
     for name, spec in saved["layers"].items():
         parent, _, leaf = name.rpartition(".")
         setattr(net.get_submodule(parent), leaf, LowRankConv.from_spec(spec))

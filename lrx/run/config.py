@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lrx.compress.data_recon import MODES, OPTIMIZERS
+from lrx.compress.planner import PRUNE, Pruning
 from lrx.deploy.targets import AUTO, TARGETS, TargetError, servable
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
@@ -179,9 +180,15 @@ def _check_planner(c: dict, ignored: list[str]) -> None:
     _choice(p, "planner", "error", PLAN_ERRORS)
     _int(p, "planner", "samples", 1)
     methods = p["methods"]
-    if not methods or not all(map(_is_method, methods)):
-        raise _bad("planner.methods", methods, f"a non-empty list of {', '.join(METHODS)}")
-    chosen = {method_class(m).method for m in methods}
+    if not methods or not all(m == PRUNE or _is_method(m) for m in methods):
+        raise _bad("planner.methods", methods, f"a non-empty list of {', '.join(METHODS)} or {PRUNE}")
+    chosen = {method_class(m).method for m in methods if m != PRUNE}
+    try:
+        Pruning(tuple(p["prune"]["ratios"]), p["prune"]["criterion"]).check()
+    except DecompositionError as e:
+        raise ConfigError(str(e)) from None
+    if PRUNE not in methods and p["prune"] != asdict(schema.PlannerPrune()):
+        ignored.append(f"planner.prune ({PRUNE} is not among planner.methods={methods})")
     for name, opts in p["options"].items():
         if not _is_method(name):
             raise _bad("planner.options", name, f"options keyed by method: {', '.join(METHODS)}")

@@ -60,6 +60,14 @@ class DecompMethod(DecompPlan):
 
 
 @dataclass
+class PlannerPrune:
+    """planner.prune: the pruning candidates, when prune is among planner.methods."""
+
+    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    criterion: str = "l1"
+
+
+@dataclass
 class Planner:
     """planner (with decomp=plan): which convs to replace by which method, with how many bases."""
 
@@ -70,6 +78,7 @@ class Planner:
     samples: int = 256
     methods: list[str] = field(default_factory=lambda: ["scheme1", "scheme2"])
     options: dict[str, Any] = field(default_factory=dict)
+    prune: PlannerPrune = field(default_factory=PlannerPrune)
 
 
 @dataclass

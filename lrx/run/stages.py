@@ -102,11 +102,16 @@ def _filter_reconstruction(s: State) -> None:
                 lat.decide_at.busy,
             ),
             closed_loop_rounds=p.closed_loop_rounds,
+            pruning=planner.Pruning(tuple(p.prune.ratios), p.prune.criterion),
         )
         log.info(
             "plan (%s, predicted conv speed-up %.2fx): %s", p.metric, s.plan["predicted_conv_speedup"], s.plan["plan"]
         )
-        s.records = planner.apply(s.approx, chosen)
+        s.records = planner.apply(s.approx, chosen, job.planner_options())
+        pruned = {n: c for n, c in chosen.items() if c.method == planner.PRUNE}
+        if pruned:  # the guard puts back these dense convs, their channels pruned as in the plan
+            s.reference = copy.deepcopy(s.net)
+            planner.apply(s.reference, pruned)
     s.stages["filter"] = _accuracies(job, s.approx, "filter")
 
 
@@ -166,7 +171,7 @@ def _guard(s: State) -> None:
     if lat.precision != "fp32" or lat.runtime == "openvino":
         where = f"{lat.runtime}-{lat.precision}-{device.type}"  # e.g. openvino-int8-cpu
     where = point_label(where, threads, batch_size)
-    put_back = put_back_slower(s.approx, s.net, s.records, timings["layers"], where)
+    put_back = put_back_slower(s.approx, s.reference or s.net, s.records, timings["layers"], where)
     reset_strategies(s.approx)  # timing chose the executions; fitting computes the same numbers in every run
     if put_back:
         log.warning("put back the original conv of %s: not faster at %s", put_back, where)
@@ -183,10 +188,12 @@ def _data_reconstruction(s: State) -> None:
         return
     loader = job.datamodule.calibration_dataloader(dr.batch_size, seed=job.cfg.seed)
     batches = [x for (x, _), _ in zip(loader, range(dr.batches))]
+    if not s.fitted:
+        return
     fitted = reconstruct(
         s.net,
         s.approx,
-        s.kept,
+        s.fitted,
         batches,
         mode=dr.mode,
         lstsq=dr.lstsq,

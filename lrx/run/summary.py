@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import OmegaConf
 
+from lrx.compress.prune import METHOD as PRUNE
 from lrx.lowrank.surgery import skipped_convs
 from lrx.measure.complexity import complexity
 from lrx.measure.latency import decide_point, points
@@ -33,10 +34,16 @@ class State:
     finetune_reverted: bool = False
     deployed: dict | None = None  # deploy.onnx's exported graphs; deploy.targets' table (lrx.deploy.compare)
     load: dict = field(default_factory=dict)  # per timing stage, the other work's load (measure.load)
+    reference: torch.nn.Module | None = None  # the baseline with the plan's prunings: what the guard puts back
 
     @property
     def kept(self) -> list[str]:
         return [r["name"] for r in self.records if r.get("kept", True)]
+
+    @property
+    def fitted(self) -> list[str]:
+        """The kept low-rank layers: what data reconstruction refits (a pruned conv has no last pass)."""
+        return [r["name"] for r in self.records if r.get("kept", True) and r["method"] != PRUNE]
 
 
 def _slower(iqr: list[float]) -> bool:
