@@ -28,6 +28,7 @@ import copy
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import torch
 import torch.nn.functional as F
@@ -299,6 +300,44 @@ def record(name: str, shape: list[int], kept: int, criterion: str, group: Group,
         "macs_speedup": shape[0] / kept,
         "kept": True,
     }
+
+
+def ratios_for(net: nn.Module, layers, ratio, multiple: int = 1) -> dict[str, float]:
+    """The request of ``decomp=prune`` checked against ``net``, as ``{conv name: ratio}``, nothing
+    pruned. ``layers``: conv names, glob patterns over the prunable convs, or ``all`` (every prunable
+    conv); ``ratio``: one fraction in (0, 1) for all, or ``{name: ratio}``. Each error is one line
+    naming the key, the bad value and what would be valid."""
+    found = groups(net)
+    prunable = [n for n, g in found.items() if isinstance(g, Group)]
+    items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    if isinstance(ratio, Mapping):
+        items = items if layers != "all" else list(ratio)
+        unknown = [n for n in ratio if n not in items]
+        if unknown:
+            raise DecompositionError(f"decomp.ratio names {unknown[0]!r}, which decomp.layers does not select")
+    names: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise DecompositionError(
+                f"decomp.layers={item!r} is invalid for pruning; valid: conv names, globs or 'all' of {prunable}"
+            )
+        if item == "all" or any(ch in item for ch in "*?["):
+            matched = [n for n in prunable if fnmatchcase(n, "*" if item == "all" else item)]
+            if not matched:
+                raise DecompositionError(f"decomp.layers={item!r} selects no prunable conv; prunable: {prunable}")
+            names += matched
+        else:
+            group_of(net, item, found)
+            names.append(item)
+    out = {}
+    for name in dict.fromkeys(names):
+        r = ratio.get(name) if isinstance(ratio, Mapping) else ratio
+        if r is None:
+            raise DecompositionError(f"decomp.ratio has no ratio for {name!r}; valid: one ratio, or one per layer")
+        check_ratio(r, "decomp.ratio" if not isinstance(ratio, Mapping) else f"decomp.ratio.{name}")
+        kept_channels(net.get_submodule(name).out_channels, r, multiple, name)
+        out[name] = r
+    return out
 
 
 def prune(

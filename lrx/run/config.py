@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lrx.compress.data_recon import MODES, OPTIMIZERS
 from lrx.compress.planner import PRUNE, Pruning
+from lrx.compress.prune import CRITERIA
 from lrx.deploy.targets import AUTO, TARGETS, TargetError, servable
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
@@ -140,7 +141,7 @@ def _changed_from_defaults(node: Mapping, group: str, defaults: type, keys, why:
 def _check_decomp(c: dict, ignored: list[str]) -> None:
     d = c["decomp"]
     method = d.get("method")
-    valid = f"{', '.join(METHODS)}, {PLAN} or {KEEP}"
+    valid = f"{', '.join(METHODS)}, {PRUNE}, {PLAN} or {KEEP}"
     if method == KEEP:
         _keys(d, "decomp", _names(schema.Decomp), " with decomp=none (the baseline is kept, nothing is replaced)")
         return
@@ -149,6 +150,14 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
         _int(d, "decomp", "rank_multiple", 1)
         if "planner" not in c:
             raise ConfigError("decomp=plan needs the planner group (select decomp=plan, which adds it)")
+        return
+    if method == PRUNE:
+        _keys(d, "decomp", _names(schema.DecompPrune), " with decomp=prune")
+        _int(d, "decomp", "rank_multiple", 1)
+        _int(d, "decomp", "samples", 1)
+        _choice(d, "decomp", "criterion", CRITERIA)
+        if d["criterion"] != "taylor" and d["samples"] != schema.DecompPrune.samples:
+            ignored.append("decomp.samples (only decomp.criterion=taylor reads training images)")
         return
     try:
         method_class(method)

@@ -14,7 +14,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lrx.compress import fold, planner
+from lrx.compress import fold, planner, prune
+from lrx.compress.planner import PRUNE
 from lrx.lowrank import DecompositionError, method_class
 from lrx.lowrank.surgery import validate
 from lrx.modes import eval_mode
@@ -45,6 +46,15 @@ class Job:
     @property
     def plans(self) -> bool:
         return self.method == config.PLAN
+
+    @property
+    def prunes(self) -> bool:
+        return self.method == PRUNE
+
+    def prune_ratios(self, net: torch.nn.Module) -> dict[str, float]:
+        """decomp=prune: ``{conv name: ratio}`` for ``net``, checked (:func:`lrx.compress.prune.ratios_for`)."""
+        d = OmegaConf.to_container(self.cfg.decomp, resolve=True)
+        return prune.ratios_for(net, d["layers"], d["ratio"], self.rank_multiple)
 
     @property
     def rank_multiple(self) -> int:
@@ -137,6 +147,11 @@ def _check_request(job: Job) -> None:
     """The layers and bases (or the planner's target) against the network, before any solving;
     an error names the decomp keys."""
     layers, bases = job.layers_and_bases()
+    if job.prunes:
+        prune.ratios_for(
+            job.net, layers, OmegaConf.to_container(job.cfg.decomp, resolve=True)["ratio"], job.rank_multiple
+        )
+        return
     keys = f"decomp.layers={layers!r}" + ("" if job.plans else f", decomp.bases={bases!r}")
     try:
         if job.plans:

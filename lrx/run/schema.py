@@ -60,6 +60,15 @@ class DecompMethod(DecompPlan):
 
 
 @dataclass
+class DecompPrune(DecompPlan):
+    """decomp=prune: channel pruning (lrx.compress.prune) of the selected convs."""
+
+    ratio: Any = 0.5  # a fraction in (0, 1) of each conv's output channels, or {name: ratio}
+    criterion: str = "l1"  # l1 | l2 (the filters' norm) | taylor (first-order, on training batches)
+    samples: int = 256  # criterion=taylor: training images it averages over
+
+
+@dataclass
 class PlannerPrune:
     """planner.prune: the pruning candidates, when prune is among planner.methods."""
 
@@ -175,6 +184,7 @@ SCHEMAS = {
     "decomp/none": Decomp,
     "decomp/plan": DecompPlan,
     "decomp/method": DecompMethod,
+    "decomp/prune": DecompPrune,
     "planner": Planner,
     "data_recon": DataRecon,
     "finetune/ce": Finetune,

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.benchmark.utils.common import set_torch_threads
 
-from lrx.compress import fold, planner
+from lrx.compress import fold, planner, prune
 from lrx.compress.data_recon import reconstruct
 from lrx.compress.execution import reset_strategies, tune
 from lrx.compress.guard import put_back_slower
@@ -72,7 +72,15 @@ def _filter_reconstruction(s: State) -> None:
     job, lat = s.job, s.job.cfg.latency
     s.approx = copy.deepcopy(s.net)
     layers, bases = job.layers_and_bases()
-    if not job.plans:
+    if job.prunes:
+        d = job.cfg.decomp
+        ratios = prune.ratios_for(s.approx, layers, OmegaConf.to_container(d, resolve=True)["ratio"], job.rank_multiple)
+        batches = (
+            job.datamodule.calibration_dataloader(d.samples, seed=job.cfg.seed) if d.criterion == "taylor" else None
+        )
+        s.records = prune.prune(s.approx, ratios, d.criterion, job.rank_multiple, batches)
+        log.info("pruned %s", {r["name"]: f"{r['shape'][0]} -> {r['bases']}" for r in s.records})
+    elif not job.plans:
         s.records = decompose(s.approx, layers, job.method, bases, job.rank_multiple, **job.options())
     else:
         p, lat = job.cfg.planner, job.cfg.latency
