@@ -19,6 +19,15 @@ CONF = REPO / "conf"
 DATA_ROOT = Path(os.environ.get("LRX_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(items) -> None:
+    """A test marked ``run_if(cuda=True)`` (tests/helpers/run_if.py) carries the ``cuda`` marker too,
+    so that ``pytest -m cuda`` (scripts/cuda_check.sh) selects it."""
+    for item in items:
+        if any(mark.kwargs.get("cuda") for mark in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "cifar-10-batches-bin").is_dir():

@@ -16,6 +16,7 @@ from lrx.compress.data_recon import CacheLimitError, DataReconError, NonFiniteEr
 from lrx.lowrank import METHODS, ConvGeometry
 from tests.helpers.methods import NAMES as METHOD_NAMES
 from tests.helpers.methods import fast_options
+from tests.helpers.run_if import run_if
 
 CONVS = ("conv1", "conv2", "conv3")
 RANKS = {"conv1": 2, "conv2": 3, "conv3": 3}
@@ -360,8 +361,7 @@ def test_progress_bar_names_the_layer(net, batches, capsys):
     assert "data reconstruction conv1" in capsys.readouterr().err
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@run_if(cuda=True)
 def test_cuda(net, batches):
     net = net.cuda()
     approx = approximate(net, RANKS).cuda()  # the test's factorisation builds its layers on the CPU

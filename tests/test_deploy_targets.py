@@ -12,9 +12,9 @@ from lrx.deploy.targets import TARGETS, TOLERANCE, Target, TargetError, check, d
 from lrx.lowrank import decompose
 from lrx.measure.estimator import Estimator, Ratio
 from lrx.models import AlexNetCIFAR
+from tests.helpers.run_if import run_if
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("openvino")
+pytestmark = run_if(onnxruntime=True, openvino=True)
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +27,10 @@ def nets():
     return {"baseline": base, "final": final}
 
 
-def _servable(name: str) -> Target:
-    target = Target.of(name)
-    try:
-        target.require()
-    except TargetError as e:
-        pytest.skip(str(e))
-    return target
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("name", TARGETS)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=run_if(target=name)) for name in TARGETS])
 def test_every_target_runs_the_network_within_its_tolerance(name, nets, tmp_path):
-    target = _servable(name)
+    target = Target.of(name)
     images = torch.randn(6, 3, 32, 32)
     calibration = [torch.randn(8, 3, 32, 32) for _ in range(2)]
     for net in nets.values():

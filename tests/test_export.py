@@ -10,20 +10,19 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
-
-from lrx.deploy import onnx_export as export  # noqa: E402
-from lrx.lowrank import METHODS, decompose  # noqa: E402
-from lrx.measure.latency import compare, conv_names, layer_inputs  # noqa: E402
-from lrx.models import AlexNetCIFAR  # noqa: E402
-from lrx.results.files import ORT  # noqa: E402
-from lrx.run import export as export_cli  # noqa: E402
-from lrx.runtime import onnxruntime as onnx_graphs  # noqa: E402
+from lrx.deploy import onnx_export as export
+from lrx.lowrank import METHODS, decompose
+from lrx.measure.latency import compare, conv_names, layer_inputs
+from lrx.models import AlexNetCIFAR
+from lrx.results.files import ORT
+from lrx.run import export as export_cli
+from lrx.runtime import onnxruntime as onnx_graphs
 from tests.helpers.convs import geometry_of
 from tests.helpers.methods import fast_options, one_thread  # noqa: F401
+from tests.helpers.run_if import run_if
 from tests.helpers.timing import QUICK
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [run_if(onnxruntime=True), pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

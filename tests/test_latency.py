@@ -12,6 +12,7 @@ from lrx.models import AlexNetCIFAR
 from lrx.modes import eval_mode, memory_format
 from tests.helpers.convs import small_model
 from tests.helpers.methods import one_thread  # noqa: F401
+from tests.helpers.run_if import run_if
 from tests.helpers.timing import ON_PARAM_CLOCK, QUICK, param_clock, size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,8 +97,7 @@ def test_the_decide_at_point_defaults_to_the_largest_batch_and_thread_count():
     assert points(timings) == [("cpu, 1 thread, batch 32", "a"), ("cpu, 2 threads, batch 1", "b")]
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@run_if(cuda=True)
 def test_compare_times_both_networks_on_cuda():
     net = AlexNetCIFAR().eval()
     approx = copy.deepcopy(net)

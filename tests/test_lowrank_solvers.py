@@ -9,6 +9,7 @@ from lrx.lowrank.methods.channel_svd import solve_channel_svd
 from lrx.lowrank.methods.scheme1 import LowRankExpConvV1, solve_scheme1
 from lrx.lowrank.methods.scheme2 import solve_scheme2
 from tests.helpers.methods import one_thread  # noqa: F401
+from tests.helpers.run_if import run_if
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,8 +145,7 @@ def test_scheme1_progress_bar(capsys):
     assert "scheme 1" in capsys.readouterr().err
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@run_if(cuda=True)
 def test_solvers_run_on_the_weight_device():
     w = torch.randn(16, 8, 3, 3, device="cuda")
     assert solve_scheme1(w, 2, lam_steps=2, iters=3)[0].device == w.device

@@ -11,6 +11,7 @@ import torch
 from lrx.deploy.targets import Target, TargetError, deploy
 from lrx.models import AlexNetCIFAR
 from lrx.runtime.serving import WAITS, Serving, choices, openmp_env
+from tests.helpers.run_if import run_if
 
 
 @pytest.mark.parametrize(
@@ -44,8 +45,8 @@ def _net():
     return AlexNetCIFAR(num_classes=10).eval()
 
 
+@run_if(onnxruntime=True)
 def test_onnx_runtime_applies_the_wait_policy_to_its_session(tmp_path):
-    pytest.importorskip("onnxruntime")
     serving = Serving.of("onnxruntime", 2, "passive")
     d = deploy(_net(), Target.of("onnxruntime-fp32"), torch.randn(2, 3, 32, 32), 1, tmp_path, serving=serving)
     options = d.run.args[0].get_session_options()  # run = partial(ort.run, session)
@@ -53,8 +54,8 @@ def test_onnx_runtime_applies_the_wait_policy_to_its_session(tmp_path):
     assert options.intra_op_num_threads == 2 and d.info["serving"]["wait"] == "passive"
 
 
+@run_if(openvino=True)
 def test_openvino_applies_the_pinning_to_its_compiled_model(tmp_path):
-    pytest.importorskip("openvino")
     for wait, pinned in (("unpinned", False), ("pinned", True)):
         serving = Serving.of("openvino", 1, wait)
         d = deploy(_net(), Target.of("openvino-fp32"), torch.randn(2, 3, 32, 32), 2, tmp_path, serving=serving)
