@@ -3,6 +3,7 @@ and its dense conv compiled by OpenVINO in the precision the network will be ser
 quantized by NNCF on the layer's own input); the config refuses what cannot run before any work."""
 
 import copy
+from functools import cache
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 import lrx.measure.latency
 import lrx.run.stages
 from lrx.compress import planner
+from lrx.deploy.targets import TOLERANCE
 from lrx.lowrank import decompose
 from lrx.lowrank.base import DecompositionError
 from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
@@ -18,21 +20,14 @@ from lrx.measure.latency import call_of, check_runtime, compare, conv_names
 from lrx.models import AlexNetCIFAR
 from lrx.run import config
 from lrx.runtime import RUNTIME_PRECISIONS
+from lrx.runtime import openvino as ov
 from tests.conftest import compose_cfg
 from tests.helpers.methods import one_thread  # noqa: F401
+from tests.helpers.run_if import run_if
 from tests.helpers.runs import fix_planner_speedups
 from tests.helpers.timing import QUICK
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _openvino():
-    """lrx.runtime.openvino, where the openvino extra is installed (else the test is skipped)."""
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
-    from lrx.runtime import openvino
-
-    return openvino
 
 
 def _layers() -> tuple[nn.Conv2d, nn.Module, torch.Tensor]:
@@ -45,17 +40,17 @@ def _rel(out, ref: torch.Tensor) -> float:
     return float((torch.as_tensor(out, dtype=torch.float32) - ref).norm() / ref.norm())
 
 
+@run_if(openvino=True)
 @torch.no_grad()
 def test_an_openvino_fp32_call_computes_the_module():
-    _openvino()
     conv, layer, x = _layers()
     for module in (conv, layer):
         out = call_of(module, x, "openvino", 1, "fp32")()  # the timed call's own outputs
         assert _rel(out[0], module(x)) < 1e-4
 
 
+@run_if(openvino=True)
 def test_an_int8_call_compiles_the_module_quantized_on_its_own_input(monkeypatch):
-    ov = _openvino()
     compiled, calibrated, real_compile, real_quantize = [], [], ov.compile, ov.quantize
     monkeypatch.setattr(ov, "compile", lambda model, *a: compiled.append((model, *a)) or real_compile(model, *a))
     monkeypatch.setattr(ov, "quantize", lambda m, d, **k: calibrated.append((d, k)) or real_quantize(m, d, **k))
@@ -63,7 +58,7 @@ def test_an_int8_call_compiles_the_module_quantized_on_its_own_input(monkeypatch
     for module in (conv, layer):
         out = call_of(module, x, "openvino", 1, "int8")()
         with torch.no_grad():
-            assert _rel(out[0], module(x)) < 0.25  # quantized, not broken
+            assert _rel(out[0], module(x)) <= TOLERANCE["int8"]  # quantized, not broken
     assert [(ov.is_quantized(model), precision) for model, precision, _ in compiled] == [(True, "int8")] * 2
     assert all(data[0] is x and k == {"subset_size": len(x)} for data, k in calibrated)
 
@@ -83,9 +78,9 @@ def test_a_precision_the_runtime_lacks_is_refused(runtime, precision):
         planner.plan(AlexNetCIFAR(), ["conv2"], 2, "latency", timed=planner.Timed(runtime=runtime, precision=precision))
 
 
+@run_if(openvino=True)
 @pytest.mark.slow  # every conv and both networks quantized: about 10 s
 def test_compare_in_openvino_int8_names_the_runtime_and_precision():
-    _openvino()
     torch.manual_seed(0)
     base = AlexNetCIFAR(widths=(8, 8, 8, 8, 8)).eval()
     approx = copy.deepcopy(base)
@@ -97,10 +92,10 @@ def test_compare_in_openvino_int8_names_the_runtime_and_precision():
     assert all(v["baseline_ms"] > 0 and v["approx_ms"] > 0 for v in t["layers"].values())
 
 
+@run_if(openvino=True)
 def test_the_planner_times_its_candidates_in_openvino_int8(monkeypatch):
     """Every candidate and its dense conv really run quantized in OpenVINO; the reported speed-up is
     then fixed (low-rank twice as fast), so that the plan does not depend on this machine's timing."""
-    ov = _openvino()
     quantized, real_compile = [], ov.compile
     monkeypatch.setattr(ov, "compile", lambda m, *a: quantized.append(ov.is_quantized(m)) or real_compile(m, *a))
     timed = fix_planner_speedups(monkeypatch)
@@ -120,12 +115,10 @@ def _check(tmp_path, *overrides) -> list[str]:
     return config.check(compose_cfg(list(overrides), tmp_path))
 
 
+@run_if(openvino=True)
 def test_the_config_defaults_to_fp32_and_accepts_every_servable_pair(tmp_path):
-    _openvino()
     assert compose_cfg([], tmp_path).latency.precision == "fp32"
     for precision in RUNTIME_PRECISIONS["openvino"]:
-        from lrx.runtime import openvino as ov
-
         if ov.cpu_supports(ov.precision_of(precision)):
             assert _check(tmp_path, "latency.runtime=openvino", f"latency.precision={precision}") == []
 
@@ -159,10 +152,8 @@ def test_openvino_without_its_extra_is_refused_naming_the_key(tmp_path, monkeypa
         _check(tmp_path, "latency.runtime=openvino", "latency.precision=int8")
 
 
+@run_if(openvino=True)
 def test_bf16_where_the_cpu_lacks_it_is_refused(tmp_path, monkeypatch):
-    _openvino()
-    from lrx.runtime import openvino as ov
-
     class NoBF16:
         def get_property(self, device, name):
             return {"OPTIMIZATION_CAPABILITIES": ["FP32", "INT8"], "FULL_DEVICE_NAME": "Old CPU"}[name]
@@ -182,9 +173,9 @@ def test_a_precision_nothing_times_in_is_an_ignored_key(tmp_path):
     assert _check(tmp_path, "decomp=none", "latency.precision=bf16")[0].startswith("latency.precision (neither")
 
 
+@run_if(openvino=True)
 def test_the_guard_decides_in_openvino_int8_and_its_records_say_so(monkeypatch, tmp_path, tiny_root):
     """The guard's timing runs in the configured runtime and precision (made-up times: conv2 at 0.5x)."""
-    _openvino()
     from omegaconf import open_dict
 
     from lrx.run.job import prepare
@@ -222,13 +213,25 @@ def test_the_guard_decides_in_openvino_int8_and_its_records_say_so(monkeypatch, 
     assert set(asked[1:]) == {("torch", "fp32")}
 
 
-def test_onnx_runtime_int8_times_the_layer_quantized_on_its_own_input():
-    pytest.importorskip("onnxruntime")
+@cache
+def _onnx_runtime_int8_error() -> float:
+    """The relative error of a conv timed in ONNX Runtime int8 (quantized on its own input)."""
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(8, 16, 3, padding=1).eval()
     x = torch.randn(4, 8, 12, 12)
     out = torch.from_numpy(call_of(conv, x, "onnxruntime", threads=1, precision="int8")()[0])
     with torch.no_grad():
         ref = conv(x)
-    rel = float((out - ref).norm() / ref.norm())
-    assert 0 < rel < 0.05  # quantized (not the float graph), yet close: calibrated on x itself
+    return float((out - ref).norm() / ref.norm())
+
+
+@run_if(onnxruntime=True)
+def test_onnx_runtime_int8_times_the_layer_quantized_on_its_own_input():
+    # quantized (not the float graph), and within what lrx accepts of an int8 deployment on any CPU
+    # (without VNNI u8 x s8 products saturate in pairs: about 0.15 here, on AVX2)
+    assert 0 < _onnx_runtime_int8_error() <= TOLERANCE["int8"]
+
+
+@run_if(onnxruntime=True, vnni=True)
+def test_with_vnni_onnx_runtime_int8_is_as_close_as_its_quantization_steps():
+    assert _onnx_runtime_int8_error() < 0.05  # calibrated on x itself
