@@ -101,11 +101,20 @@ def test_wait_for_quiet_waits_up_to_its_cap_and_says_when_the_machine_stays_busy
         assert out["busy_cores"] == samples  # sampled until the first quiet sample, no longer
 
 
-def test_timing_conditions_keep_the_neighbours_busy_while_inside_and_stop_them_after(monkeypatch):
-    started, real_popen = [], load.subprocess.Popen
+def test_timing_conditions_wait_for_quiet_then_keep_the_neighbours_busy_while_inside(machine, monkeypatch):
+    """Other work keeps 1.5 cores busy for 2 s: the samples (0.5 s, then 1 s each) see it until it
+    stops, and only then do the neighbours start; they spin while inside and are stopped after."""
+    started, real_popen, spinners_while_sleeping = [], load.subprocess.Popen, []
     monkeypatch.setattr(load.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
-    monkeypatch.setattr(load, "busy_cores", lambda seconds=0.5: 0.0)  # a quiet machine: no wait
-    with load.timing_conditions(0, 1, "the test's layers") as record:
+    busy_until = machine.now + 2.0
+
+    def sleep(seconds: float) -> None:
+        spinners_while_sleeping.append(len(started))
+        machine.run(seconds, others=1.5 if machine.now < busy_until else 0.0)
+
+    monkeypatch.setattr(load.time, "sleep", sleep)
+    with load.timing_conditions(60, 1, "the test's layers") as record:
         assert len(started) == 1 and started[0].poll() is None  # spinning while the timing runs
-    assert record == {"busy_cores": [0.0], "waited_s": record["waited_s"], "quiet": True, "neighbours": 1}
+    assert record == {"busy_cores": [1.5, 1.5, 1.5, 0.0], "waited_s": 3.5, "quiet": True, "neighbours": 1}
+    assert spinners_while_sleeping == [0, 0, 0, 0, 1]  # four samples, then the neighbours' start-up
     assert started[0].poll() is not None
