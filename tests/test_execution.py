@@ -77,14 +77,27 @@ def test_the_fastest_timed_execution_is_applied_whatever_its_name(monkeypatch, m
 
 
 def test_a_choice_is_cached_per_shape_and_thread_count(monkeypatch):
-    timed = _fake_times(monkeypatch, lambda calls: calls[-1])
+    """The measured choice is kept per input shape and thread count, and applied from the cache to
+    another layer of the same shape; another shape or thread count is timed and chosen on its own."""
+    fastest = {"name": "last"}
+    timed = _fake_times(monkeypatch, lambda calls: calls[-1] if fastest["name"] == "last" else calls[0])
     layer = LowRankExpConvV1(8, 16, 5, 2, padding=2).eval()
+    names = sorted(layer.executions(torch.randn(2, 8, 12, 12)))
     x = torch.randn(2, 8, 12, 12)
-    first = select(layer, x, QUICK)
-    assert first["times_ms"] and len(timed) == 1
-    assert select(layer, x, QUICK) == {"strategy": first["strategy"], "times_ms": {}} and len(timed) == 1
-    select(layer, torch.randn(3, 8, 12, 12), QUICK)  # another input shape: timed again
-    assert len(timed) == 2
+    assert select(layer, x, QUICK) == {"strategy": names[-1], "times_ms": {n: 2.0 for n in names} | {names[-1]: 1.0}}
+    twin = LowRankExpConvV1(8, 16, 5, 2, padding=2).eval()
+    assert twin.strategy == twin.default_strategy != names[-1]
+    assert select(twin, x, QUICK) == {"strategy": names[-1], "times_ms": {}} and twin.strategy == names[-1]
+    assert len(timed) == 1  # from the cache
+    fastest["name"] = "first"
+    assert select(layer, torch.randn(3, 8, 12, 12), QUICK)["strategy"] == names[0]  # another input shape
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)  # another thread count
+        assert select(layer, x, QUICK)["strategy"] == names[0] and len(timed) == 3
+    finally:
+        torch.set_num_threads(threads)
+    assert select(layer, x, QUICK) == {"strategy": names[-1], "times_ms": {}} and len(timed) == 3
 
 
 def test_select_really_times_every_execution():
