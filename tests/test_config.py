@@ -89,11 +89,6 @@ def test_every_logger_writes_into_the_run_dir_and_wandb_is_offline_by_default(lo
         assert built["wandb"]._offline  # no account or network needed (WandbLogger tests its truth value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="conf/logger/wandb.yaml: ${oc.env:LRX_WANDB_OFFLINE,true} gives the string 'false', which WandbLogger "
-    "reads as true (offline); ${oc.decode:${oc.env:LRX_WANDB_OFFLINE,true}} would give a bool",
-)
 def test_lrx_wandb_offline_false_logs_online(tmp_path, monkeypatch):
     monkeypatch.setenv("LRX_WANDB_OFFLINE", "false")  # after `wandb login`
     assert not instantiate(compose_cfg(["logger=wandb"], tmp_path).logger.wandb)._offline
@@ -143,6 +138,7 @@ def test_paths_live_in_one_group(tmp_path):
 TYPED = {
     "decomp=none": ("decomp", schema.Decomp),
     "decomp=plan": ("planner", schema.Planner),
+    "decomp=prune": ("decomp", schema.DecompPrune),
     **{f"decomp={m}": ("decomp", schema.DecompMethod) for m in METHODS},
     "data_recon=default": ("data_recon", schema.DataRecon),
     "data_recon=lstsq": ("data_recon", schema.DataRecon),

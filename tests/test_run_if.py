@@ -4,6 +4,7 @@ that code's own reason; the CPU's features are torch's."""
 import pytest
 import torch
 
+from lrx.runtime import cpu
 from lrx.runtime import openvino as ov
 from tests.conftest import pytest_collection_modifyitems
 from tests.helpers import run_if as helper
@@ -25,14 +26,15 @@ def _skips(mark: pytest.MarkDecorator) -> bool:
     ],
 )
 def test_vnni_follows_the_cpus_features(monkeypatch, capabilities, skips):
-    monkeypatch.setattr(helper, "cpu_capabilities", lambda: capabilities)
+    monkeypatch.setattr(cpu, "capabilities", lambda: capabilities)
     mark = run_if(vnni=True)
     assert _skips(mark) is skips
     assert ("Old EPYC has none" in mark.kwargs["reason"]) is skips
 
 
 def test_the_cpus_features_are_torchs():
-    assert helper.cpu_capabilities() == torch.cpu.get_capabilities()
+    assert cpu.capabilities() == torch.cpu.get_capabilities()
+    assert cpu.flags() == {f: bool(torch.cpu.get_capabilities().get(f, False)) for f in cpu.FLAGS}
 
 
 def test_a_target_skips_with_lrxs_own_reason(monkeypatch):

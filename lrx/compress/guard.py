@@ -27,7 +27,7 @@ def put_back_slower(
     as that narrower dense conv)."""
     put_back = []
     for rec in records:
-        if rec["method"] == METHOD:
+        if rec.get("method") == METHOD:
             continue
         t = layer_timings[rec["name"]]
         low = t["speedup_iqr"][0]

@@ -56,6 +56,10 @@ class Target:
             raise TargetError(f"{key}: {name!r} is not a deployment target; valid: {', '.join(TARGETS)}")
         return cls(runtime, precision)
 
+    def matches(self, runtime: str, precision: str) -> bool:
+        """Whether this target has ``runtime`` and ``precision`` (either ``auto``: any)."""
+        return runtime in (AUTO, self.runtime) and precision in (AUTO, self.precision)
+
     @property
     def name(self) -> str:
         return f"{self.runtime}-{self.precision}"

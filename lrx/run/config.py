@@ -25,7 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from lrx.compress.data_recon import MODES, OPTIMIZERS
 from lrx.compress.planner import PRUNE, Pruning
 from lrx.compress.prune import CRITERIA
-from lrx.deploy.targets import AUTO, TARGETS, TargetError, servable
+from lrx.deploy.compare import available_targets
+from lrx.deploy.targets import AUTO, TARGETS, Target, TargetError, servable
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.measure.estimator import FIELDS as ESTIMATOR_KEYS
@@ -279,15 +280,13 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
     _choice(lat, "latency", "memory_format", tuple(MEMORY_FORMATS))
     _check_estimator(lat["estimator"], "latency.estimator")
     _number(lat, "latency", "quiet_wait_s", 0)
-    _choice(lat, "latency", "runtime", RUNTIMES)
-    _choice(lat, "latency", "precision", PRECISIONS)
+    _choice(lat, "latency", "runtime", (*RUNTIMES, AUTO))
+    _choice(lat, "latency", "precision", (*PRECISIONS, AUTO))
     runtime, precision = lat["runtime"], lat["precision"]
-    if precision not in RUNTIME_PRECISIONS[runtime]:
+    if AUTO not in (runtime, precision) and precision not in RUNTIME_PRECISIONS[runtime]:
         valid = ", ".join(RUNTIME_PRECISIONS[runtime])
-        raise _bad("latency.precision", precision, f"{valid} (the precisions of latency.runtime={runtime})")
-    planner = c.get("planner")
-    decides = c["decomp"].get("method") != KEEP and (lat["guard"] or (planner or {}).get("metric") == "latency")
-    if not decides:
+        raise _bad("latency.precision", precision, f"{valid} or auto (the precisions of latency.runtime={runtime})")
+    if not _decides(c):
         ignored += _changed_from_defaults(
             lat,
             "latency",
@@ -303,6 +302,8 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
             require_openvino("latency.runtime=openvino")
         except ImportError as e:
             raise ConfigError(str(e)) from None
+    if AUTO in (runtime, precision):
+        return  # chosen among deploy.targets: _check_where
     why = unsupported(runtime, precision)
     if why:
         here = ", ".join(p for p in RUNTIME_PRECISIONS[runtime] if not unsupported(runtime, p))
@@ -419,6 +420,28 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
         )
 
 
+def _decides(c: dict) -> bool:
+    """Whether the run times candidates: the guard, or a latency plan."""
+    plan = (c.get("planner") or {}).get("metric") == "latency"
+    return c["decomp"].get("method") != KEEP and (c["latency"]["guard"] or plan)
+
+
+def _check_where(c: dict) -> None:
+    """``latency.runtime`` or ``latency.precision`` ``auto``, where candidates are timed: some target
+    of ``deploy.targets`` must match the other (with no target at all, torch fp32)."""
+    lat, names = c["latency"], c["deploy"]["targets"]
+    runtime, precision = lat["runtime"], lat["precision"]
+    if AUTO not in (runtime, precision) or names == [] or not _decides(c):
+        return
+    targets = available_targets() if names == AUTO else [Target.of(n) for n in names]
+    if not any(t.matches(runtime, precision) for t in targets):
+        raise ConfigError(
+            f"latency.runtime={runtime} latency.precision={precision}: no target of deploy.targets="
+            f"{[t.name for t in targets]} matches, so there is nowhere to time the candidates; valid: a runtime "
+            "and precision among them, or auto"
+        )
+
+
 def _check_targets(dep: Mapping) -> None:
     """``deploy.targets``: "auto" or a list of distinct targets that this installation and CPU serve;
     int8 needs ``deploy.calibration_images`` >= 1."""
@@ -470,5 +493,6 @@ def check(cfg: DictConfig) -> list[str]:
     _check_finetune(c)
     _check_latency(c, ignored)
     _check_deploy(c, ignored)
+    _check_where(c)
     _check_callbacks(c)
     return ignored

@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lrx.compress import fold, planner, prune
 from lrx.compress.planner import PRUNE
+from lrx.deploy.compare import available_targets
+from lrx.deploy.targets import AUTO, Target
 from lrx.lowrank import DecompositionError, method_class
 from lrx.lowrank.surgery import validate
 from lrx.modes import eval_mode
@@ -48,6 +50,17 @@ class Job:
         return self.method == config.PLAN
 
     @property
+    def decides(self) -> bool:
+        """Whether candidates are timed: by the guard, or by a latency plan."""
+        plan = self.plans and self.cfg.planner.metric == "latency"
+        return self.decomposes and (self.cfg.latency.guard or plan)
+
+    def deploy_targets(self) -> list[Target]:
+        """``deploy.targets``: every target this installation and CPU serve (``auto``), or those named."""
+        targets = self.cfg.deploy.targets
+        return available_targets() if targets == AUTO else [Target.of(t) for t in targets]
+
+    @property
     def prunes(self) -> bool:
         return self.method == PRUNE
 
@@ -71,7 +84,7 @@ class Job:
     def planner_options(self) -> dict:
         """Solver options of the planner's methods (those of other methods: a sweep's ignored keys)."""
         p = OmegaConf.to_container(self.cfg.planner, resolve=True)
-        chosen = {method_class(m).method for m in p["methods"]}
+        chosen = {method_class(m).method for m in p["methods"] if m != PRUNE}
         return {
             m: config.method_options({"method": m, **opts}, f"planner.options.{m}")
             for m, opts in p["options"].items()

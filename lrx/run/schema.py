@@ -153,8 +153,8 @@ class Latency:
     quiet_wait_s: float = 60.0
     guard: bool = True
     fold_bn: bool = False
-    runtime: str = "torch"
-    precision: str = "fp32"
+    runtime: str = "auto"
+    precision: str = "auto"
 
 
 @dataclass

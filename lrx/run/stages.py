@@ -22,7 +22,7 @@ from lrx.compress.data_recon import reconstruct
 from lrx.compress.execution import reset_strategies, tune
 from lrx.compress.guard import put_back_slower
 from lrx.deploy import onnx_export as export
-from lrx.deploy.compare import WITHIN, available_targets, compare_deployments
+from lrx.deploy.compare import WITHIN, compare_deployments, fastest_dense
 from lrx.deploy.targets import AUTO, Target
 from lrx.io import write_json
 from lrx.lowrank.surgery import decompose
@@ -67,6 +67,43 @@ def _baseline(s: State, logger, callbacks) -> None:
     }
 
 
+def _where_to_time(s: State) -> None:
+    """Where the guard and the latency planner time their candidates (``s.where``): the configured
+    ``latency.runtime`` and ``latency.precision``; where either is ``auto``, the deployment target
+    among ``deploy.targets`` (those matching the other) that serves the dense network fastest on
+    this machine, each timed alone at ``latency.decide_at``: plan where you serve."""
+    job, lat, dep = s.job, s.job.cfg.latency, s.job.cfg.deploy
+    s.where = {"runtime": lat.runtime, "precision": lat.precision}
+    if AUTO not in (lat.runtime, lat.precision) or not job.decides:
+        return
+    targets = [
+        t for t in job.deploy_targets() if lat.runtime in (AUTO, t.runtime) and lat.precision in (AUTO, t.precision)
+    ]
+    batch_size, threads = decide_point(lat)
+    size, dm = job.cfg.model.input_size, job.datamodule
+    calibration = None
+    if any(t.precision == "int8" for t in targets):
+        calibration = dm.calibration_dataloader(dep.calibration_images, seed=job.cfg.seed)
+    with timing_conditions(lat.quiet_wait_s, lat.decide_at.busy, "the dense network in each target") as s.load["where"]:
+        best, ms = fastest_dense(
+            s.net,
+            targets,
+            torch.randn(batch_size, 3, size, size),
+            first_val_images(job)[: dep.check_images],
+            threads,
+            Estimator.of(lat.estimator),
+            memory_format_of(lat.memory_format),
+            calibration,
+            dep.calibration_images,
+        )
+    s.where = {"runtime": best.runtime, "precision": best.precision, "dense_ms": ms}
+    log.info(
+        "the guard and the planner time in %s, where the dense network is served fastest (%s)",
+        best.name,
+        ", ".join(f"{t} {v:.2f} ms" for t, v in sorted(ms.items(), key=lambda kv: kv[1])),
+    )
+
+
 def _filter_reconstruction(s: State) -> None:
     """Replace the selected convs of the approximation: explicit bases, or the planner's choice."""
     job, lat = s.job, s.job.cfg.latency
@@ -103,10 +140,10 @@ def _filter_reconstruction(s: State) -> None:
             timed=planner.Timed(
                 Estimator.of(lat.estimator),
                 threads,
-                lat.runtime,
+                s.where["runtime"],
                 lat.memory_format,
                 lat.quiet_wait_s,
-                lat.precision,
+                s.where["precision"],
                 lat.decide_at.busy,
             ),
             closed_loop_rounds=p.closed_loop_rounds,
@@ -166,18 +203,18 @@ def _guard(s: State) -> None:
     its real input); at ``latency.decide_at``. A layer stays only if the lower quartile of its
     measured speed-up is above 1. Its records name where it decided (``at``: runtime, precision,
     threads, batch size)."""
-    lat = s.job.cfg.latency
+    lat, runtime, precision = s.job.cfg.latency, s.where["runtime"], s.where["precision"]
     if not lat.guard:
         return
-    device = devices()[-1] if lat.runtime == "torch" else torch.device("cpu")
+    device = devices()[-1] if runtime == "torch" else torch.device("cpu")
     batch_size, threads = decide_point(lat)
     with timing_conditions(lat.quiet_wait_s, lat.decide_at.busy, "the guard's layers") as s.load["guard"]:
-        at = ([device], [batch_size], [threads], lat.runtime)
-        timed = _timings(s.job, s.net, s.approx, *at, precision=lat.precision)
+        at = ([device], [batch_size], [threads], runtime)
+        timed = _timings(s.job, s.net, s.approx, *at, precision=precision)
     timings = timed[device.type][threads][batch_size]
-    where = device.type if lat.runtime == "torch" else ORT  # fp32 in torch or ONNX Runtime
-    if lat.precision != "fp32" or lat.runtime == "openvino":
-        where = f"{lat.runtime}-{lat.precision}-{device.type}"  # e.g. openvino-int8-cpu
+    where = device.type if runtime == "torch" else ORT  # fp32 in torch or ONNX Runtime
+    if precision != "fp32" or runtime == "openvino":
+        where = f"{runtime}-{precision}-{device.type}"  # e.g. openvino-int8-cpu
     where = point_label(where, threads, batch_size)
     put_back = put_back_slower(s.approx, s.reference or s.net, s.records, timings["layers"], where)
     reset_strategies(s.approx)  # timing chose the executions; fitting computes the same numbers in every run
@@ -290,7 +327,7 @@ def _deploy_targets(s: State, run_dir: Path, images: torch.Tensor) -> None:
     ``latency.decide_at``, their graphs kept under ``run_dir/deployed/``; the table joins
     ``s.deployed``."""
     job, dep, lat = s.job, s.job.cfg.deploy, s.job.cfg.latency
-    targets = available_targets() if dep.targets == AUTO else [Target.of(t) for t in dep.targets]
+    targets = job.deploy_targets()
     if not targets:
         return
     batch_size, threads = decide_point(lat)
@@ -353,6 +390,7 @@ def run(job: Job, run_dir: Path, logger=None, callbacks=()) -> dict:
     s = State(job, job.net, job.net)
     _baseline(s, logger, callbacks)
     if job.decomposes:
+        _where_to_time(s)
         _filter_reconstruction(s)
         _guard(s)
         _data_reconstruction(s)

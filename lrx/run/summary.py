@@ -35,6 +35,7 @@ class State:
     deployed: dict | None = None  # deploy.onnx's exported graphs; deploy.targets' table (lrx.deploy.compare)
     load: dict = field(default_factory=dict)  # per timing stage, the other work's load (measure.load)
     reference: torch.nn.Module | None = None  # the baseline with the plan's prunings: what the guard puts back
+    where: dict | None = None  # the runtime and precision the guard and the planner timed in (and why)
 
     @property
     def kept(self) -> list[str]:
@@ -43,7 +44,7 @@ class State:
     @property
     def fitted(self) -> list[str]:
         """The kept low-rank layers: what data reconstruction refits (a pruned conv has no last pass)."""
-        return [r["name"] for r in self.records if r.get("kept", True) and r["method"] != PRUNE]
+        return [r["name"] for r in self.records if r.get("kept", True) and r.get("method") != PRUNE]
 
 
 def _slower(iqr: list[float]) -> bool:
@@ -116,6 +117,7 @@ def results_of(s: State, timings: dict) -> dict:
             **_vs_best_dense(s.deployed),
         },
         "latency": timings,
+        "timed_in": s.where,  # where the guard and the planner timed candidates
         "load": s.load,
         "latency_env": openmp_env(),  # the OpenMP wait variables every torch timing above ran under
         "deploy": s.deployed,

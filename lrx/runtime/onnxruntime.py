@@ -21,6 +21,7 @@ from torch import nn
 from lrx.modes import eval_mode
 from lrx.runtime import extras
 from lrx.runtime.calibration import first_images
+from lrx.runtime.cpu import has_vnni
 
 log = logging.getLogger(__name__)
 for _name in ("onnxscript", "onnx_ir"):  # their INFO lines, hundreds per export, would drown a run's log
@@ -81,7 +82,9 @@ def write_graph(net: nn.Module, x: torch.Tensor, path: Path, opset: int = OPSET)
 def quantize(path: Path, out: Path, calibration: Iterable, subset_size: int = 300) -> Path:
     """The float graph at ``path`` quantized to int8 by ONNX Runtime's static quantization (QDQ
     format, uint8 activations, int8 weights per channel, MinMax ranges) on the first
-    ``subset_size`` images of ``calibration``, written to ``out``."""
+    ``subset_size`` images of ``calibration``, written to ``out``. On a CPU without VNNI the weights
+    use 7 bits (``reduce_range``), so that AVX2's 16-bit sums of products do not saturate
+    (:mod:`lrx.runtime.cpu`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -105,6 +108,7 @@ def quantize(path: Path, out: Path, calibration: Iterable, subset_size: int = 30
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
+        reduce_range=not has_vnni(),
     )
     prepared.unlink()
     return Path(out)

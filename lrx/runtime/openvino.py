@@ -26,6 +26,7 @@ from torch import nn
 from lrx.modes import eval_mode
 from lrx.runtime import extras
 from lrx.runtime.calibration import first_images
+from lrx.runtime.cpu import has_vnni
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,11 @@ def quantize(model, calibration: Iterable, subset_size: int = 300):
     """``model`` (an ``openvino.Model`` in float) quantized to int8 by NNCF post-training
     quantization (default preset, for the CPU) on the first ``subset_size`` images of
     ``calibration``: tensors shaped (B, C, H, W) or (images, labels) batches such as a DataLoader's.
-    The images are fed one at a time, so ``subset_size`` counts images, as NNCF means it."""
+    The images are fed one at a time, so ``subset_size`` counts images, as NNCF means it. On a CPU
+    without VNNI every layer's weights use 7 bits (NNCF's overflow fix), so that AVX2's 16-bit sums
+    of products do not saturate (:mod:`lrx.runtime.cpu`)."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     images = [image.numpy() for image in first_images(calibration, subset_size)]
     return nncf.quantize(
@@ -130,6 +134,7 @@ def quantize(model, calibration: Iterable, subset_size: int = 300):
         nncf.Dataset(images),
         subset_size=len(images),
         target_device=nncf.TargetDevice.CPU,
+        advanced_parameters=None if has_vnni() else AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE),
     )
 
 

@@ -16,27 +16,11 @@ Conditions combine (all must hold). The mark is a ``pytest.mark.skipif`` with it
 from __future__ import annotations
 
 import importlib.util
-from functools import cache
 
 import pytest
 import torch
 
-# The CPU features that sum u8 x s8 products in 32 bits (vpdpbusd, AMX tiles). Without them x86
-# int8 kernels (oneDNN, ONNX Runtime's MLAS) fall back to AVX2's vpmaddubsw, which saturates pairs of
-# products in 16 bits: int8 then loses several times more than its quantization steps.
-VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-@cache
-def cpu_capabilities() -> dict:
-    """This CPU's features as torch reads them (pytorch's cpuinfo: ``{"avx512_vnni": False, ...,
-    "cpu_name": ...}``), on every OS torch runs on."""
-    return dict(torch.cpu.get_capabilities())
-
-
-def has_vnni() -> bool:
-    caps = cpu_capabilities()
-    return any(caps.get(flag, False) for flag in VNNI)
+from lrx.runtime import cpu
 
 
 def _missing_packages(*names: str) -> list[str]:
@@ -78,9 +62,9 @@ def run_if(
         reasons.append(f"needs the openvino extra ({', '.join(missing)} missing): pip install -e '.[openvino]'")
     if bf16 and (why := _why_not_bf16()):
         reasons.append(f"needs native bfloat16: {why}")
-    if vnni and not has_vnni():
-        name = cpu_capabilities().get("cpu_name", "this CPU")
-        reasons.append(f"needs VNNI for exact int8 sums ({' or '.join(VNNI)}); {name} has none")
+    if vnni and not cpu.has_vnni():
+        name = cpu.capabilities().get("cpu_name", "this CPU")
+        reasons.append(f"needs VNNI for exact int8 sums ({' or '.join(cpu.VNNI)}); {name} has none")
     if target and (why := _why_not_target(target)):
         reasons.append(why)  # lrx's own refusal, naming the target
     marks = {"cuda": True} if cuda else {}  # tests/conftest.py adds the cuda marker
