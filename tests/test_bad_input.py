@@ -171,6 +171,28 @@ CASES = [
         error=NonFiniteError,
     ),
     p("baseline.ckpt={files}/inf_bn.pt", "bn1.running_var holds 1 NaN/Inf", error=NonFiniteError),
+    # pruning, and the planner's pruning candidates
+    p("decomp=prune decomp.ratio=1.5", "decomp.ratio=1.5", "(0, 1)"),
+    p("decomp=prune decomp.criterion=l3", "decomp.criterion='l3'", "l1, l2, taylor"),
+    p("decomp=prune decomp.rank_multiple=64", "decomp.rank_multiple=64", "48 channels", "'conv1'"),
+    p(
+        "model=resnet20_cifar decomp=prune decomp.layers=[stage1.block1.conv2]",
+        "cannot prune 'stage1.block1.conv2'",
+        "residual addition",
+        "stage1.block1.conv1",
+    ),
+    p("decomp=plan planner.methods=[prune] planner.prune.ratios=[0.5,1.2]", "planner.prune.ratios=1.2", "(0, 1)"),
+    p("decomp=plan planner.methods=[prune] planner.prune.criterion=taylor", "planner.prune.criterion='taylor'"),
+    p(
+        "decomp=plan planner.methods=[prune] data_recon=default data_recon.mode=symmetric",
+        "data_recon.mode='symmetric'",
+        "asymmetric",
+    ),
+    p(
+        "decomp=plan latency.runtime=onnxruntime deploy.targets=[torch-fp32]",
+        "latency.runtime=onnxruntime latency.precision=auto",
+        "torch-fp32",
+    ),
     # deploy
     p("deploy.targets=[openvino-fp16]", "deploy.targets: 'openvino-fp16' is not a deployment target", "openvino-int8"),
     p("deploy.targets=fast", "deploy.targets='fast'", '"auto"', "torch-bf16"),

@@ -162,7 +162,7 @@ def reconstruct(
 
     with ExitStack() as stack:
         stack.enter_context(eval_mode(original, approx))
-        shapes = _probe(original, approx, names, inputs[0][:1].to(device))
+        shapes = _probe(original, approx, names, inputs[0][:1].to(device), mode)
         per_layer = {
             n: n_total * (s["in_numel"] * s["in_esize"] + s["out_numel"] * s["out_esize"]) for n, s in shapes.items()
         }
@@ -369,9 +369,10 @@ def _tensor_output(name: str, out) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _probe(original: nn.Module, approx: nn.Module, names: list[str], x1: torch.Tensor) -> dict:
+def _probe(original: nn.Module, approx: nn.Module, names: list[str], x1: torch.Tensor, mode: str) -> dict:
     """Per-sample input / output shapes of every layer, from one-sample forwards of both networks;
-    checks that each layer is called and that the approximations fit the originals' shapes."""
+    checks that each layer is called and that the approximations fit the originals' shapes (in
+    asymmetric ``mode`` the inputs are approx's, narrower where a pruning removed channels)."""
     found: dict[str, dict[str, dict]] = {"original": {}, "approx": {}}
     with ExitStack() as stack:
         for net, key in ((original, "original"), (approx, "approx")):
@@ -400,6 +401,8 @@ def _probe(original: nn.Module, approx: nn.Module, names: list[str], x1: torch.T
             if "out_shape" not in found[key].get(name, {}):
                 raise DataReconError(f"{STAGE}: layer {name!r} is not called by the {key} network's forward")
         o, a = found["original"][name], found["approx"][name]
+        if mode == "asymmetric":  # inputs from approx: a layer whose input channels were pruned reads fewer
+            o = {**o, "in_shape": a["in_shape"], "in_dtype": a["in_dtype"]}
         if (o["in_shape"], o["out_shape"]) != (a["in_shape"], a["out_shape"]):
             raise DataReconError(
                 f"{STAGE}: layer {name!r} maps per-sample shape {o['in_shape']} -> {o['out_shape']} in the original "

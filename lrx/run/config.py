@@ -226,6 +226,13 @@ def _check_data_recon(c: dict, ignored: list[str]) -> None:
         return
     _keys(r, "data_recon", _names(schema.DataRecon))
     _choice(r, "data_recon", "mode", MODES)
+    if r["mode"] == "symmetric" and PRUNE in (c.get("planner") or {}).get("methods", []):
+        raise _bad(
+            "data_recon.mode",
+            "symmetric",
+            "asymmetric with prune among planner.methods (a layer whose input channels are pruned reads the "
+            "approximated network's narrower input)",
+        )
     _choice(r, "data_recon", "optimizer", OPTIMIZERS)
     _int(r, "data_recon", "batches", 1)
     _int(r, "data_recon", "holdout_batches", 0)
