@@ -1,39 +1,28 @@
-"""The structured channel pruning peer (lrx.compress.torch_pruning_peer, scripts/prune_peer.py): which channels
-it keeps and how many, the network it saves, the conv timing of a pruned pair, and bad flags."""
+"""The Torch-Pruning peer (lrx.compress.torch_pruning_peer, ``decomp=prune decomp.engine=torch_pruning``):
+which channels it keeps and how many, the network it saves, the conv timing of a pruned pair, and
+bad settings refused before any work."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import sys
-from argparse import Namespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lrx.compress.torch_pruning_peer import convs, kept_channels, prune_channels
 from lrx.measure.complexity import count_macs
 from lrx.measure.latency import compare
 from lrx.models import AlexNetCIFAR
 from lrx.results.saved import load_network, save_network
-from tests.conftest import REPO
+from lrx.run.config import ConfigError
+from lrx.run.job import prepare
+from tests.conftest import compose_cfg
 from tests.helpers.timing import ON_PARAM_CLOCK, param_clock, size
-from tests.helpers.tiny import TinyNet
 
 pytest.importorskip("torch_pruning")
 
 WIDTHS = (16, 32, 48, 48, 32)
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("prune_peer", REPO / "scripts" / "prune_peer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prune_peer = _script()
 
 
 def _trained_like() -> AlexNetCIFAR:
@@ -45,10 +34,6 @@ def _trained_like() -> AlexNetCIFAR:
             m.running_mean.normal_()
             m.running_var.uniform_(0.5, 2.0)
     return net
-
-
-def _config(net_node: dict, name: str = "alexnet_cifar"):
-    return OmegaConf.create({"model": {"name": name, "input_size": 32, "net": net_node}})
 
 
 ALEXNET = {"_target_": "lrx.models.AlexNetCIFAR", "num_classes": 10, "widths": list(WIDTHS)}
@@ -85,23 +70,16 @@ def test_the_filters_of_largest_l1_norm_are_kept_with_their_batchnorm_and_next_l
     assert torch.equal(pruned.fc.weight, net.fc.weight[:, kept["conv5"]])
 
 
-def test_the_pruned_network_is_the_model_with_smaller_widths_and_saves_and_loads_exactly(tmp_path):
+def test_the_pruned_network_saves_and_loads_exactly(tmp_path):
     net = _trained_like()
-    rebuilt, node, records = prune_peer.pruned_copy(net, _config(ALEXNET), Namespace(ratio=0.3, round_to=8))
-    assert type(rebuilt) is AlexNetCIFAR and node["widths"] == [r["bases"] for r in records] == [8, 16, 32, 32, 16]
-    save_network(tmp_path / "model.pt", rebuilt, node)
+    records = prune_channels(net, 0.3, 8, 32)
+    assert [r["bases"] for r in records] == [8, 16, 32, 32, 16]
+    save_network(tmp_path / "model.pt", net, ALEXNET)  # the model's own node: the pruned shapes are recorded
     loaded = load_network(tmp_path / "model.pt")
-    assert loaded.state_dict().keys() == rebuilt.state_dict().keys()
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in rebuilt.state_dict().items())
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in net.state_dict().items())
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(loaded(x), rebuilt(x))
-
-
-def test_a_model_whose_net_takes_no_widths_is_refused_naming_it():
-    node = {"_target_": "tests.helpers.tiny.TinyNet", "num_classes": 10}
-    with pytest.raises(ValueError, match=r"model=tiny: .*valid: a model whose net takes widths"):
-        prune_peer.pruned_copy(TinyNet(), _config(node, "tiny"), Namespace(ratio=0.3, round_to=8))
+        assert torch.equal(loaded(x), net(x))
 
 
 def test_a_pruned_pair_times_every_conv_of_both_networks_on_its_own_input(monkeypatch):
@@ -123,37 +101,23 @@ def test_a_pruned_pair_times_every_conv_of_both_networks_on_its_own_input(monkey
 
 
 @pytest.mark.parametrize(
-    ("argv", "expected"),
+    ("overrides", "expected"),
     [
-        (["--ratio", "1.5"], "--ratio=1.5: valid: a fraction in (0, 1)"),
-        (["--ratio", "0"], "--ratio=0: valid: a fraction in (0, 1)"),
-        (["--ratio", "0.3", "--round-to", "0"], "--round-to=0: valid: an integer >= 1"),
+        (["decomp.ratio=0.9", "decomp.rank_multiple=16"], "decomp.ratio=0.9 rounded down to multiples of"),
+        (["decomp.layers=[conv2]"], "decomp.engine=torch_pruning prunes every conv by one ratio"),
+        (["decomp.criterion=l2"], "decomp.criterion=l1"),
     ],
 )
-def test_a_bad_flag_is_one_error_naming_it(argv, expected, capsys, tmp_path):
-    assert prune_peer.main([*argv, "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("prune_peer.py: error: ") and expected in err and "\n" not in err
-    assert not (tmp_path / "out").exists()
+def test_a_setting_the_peer_cannot_take_is_refused_before_any_work(overrides, expected, tiny_root):
+    cfg = compose_cfg(
+        ["decomp=prune", "decomp.engine=torch_pruning", f"data.root={tiny_root}", "data.val_size=10", *overrides]
+    )
+    with pytest.raises((ConfigError, ValueError), match=expected):
+        prepare(cfg)
 
 
-def test_without_the_extra_it_names_the_extra(monkeypatch, capsys):
+def test_without_the_extra_it_names_the_extra(monkeypatch, tiny_root):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # what find_spec reads as "not installed"
-    assert prune_peer.main(["--ratio", "0.3"]) == 2
-    assert 'needs torch_pruning: install the extra with pip install -e ".[prune]"' in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("argv", "expected"),
-    [
-        (["--ratio", "0.9"], "--ratio=0.9 --round-to=16: ratio 0.9 rounded down to multiples of 16 leaves conv1"),
-        (["--ratio", "0.3", "finetune.epochs=0"], "finetune.epochs=0"),
-    ],
-)
-def test_a_ratio_the_model_cannot_take_or_a_bad_override_is_refused_before_any_work(
-    argv, expected, tiny_root, capsys, tmp_path
-):
-    data = [f"data.root={tiny_root}", "data.val_size=10"]
-    assert prune_peer.main([*argv, "--out", str(tmp_path / "out"), *data]) == 2
-    assert expected in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    cfg = compose_cfg(["decomp=prune", "decomp.engine=torch_pruning", f"data.root={tiny_root}", "data.val_size=10"])
+    with pytest.raises(ConfigError, match=r'needs torch_pruning: install the extra with pip install -e "\.\[prune\]"'):
+        prepare(cfg)

@@ -1,5 +1,6 @@
 """The Torch-Pruning peer: uniform structured channel pruning by another library, a baseline for
-lrx's own pruning (:mod:`lrx.compress.prune`) and for the low-rank methods.
+lrx's own pruning (:mod:`lrx.compress.prune`) and for the low-rank methods
+(``decomp=prune decomp.engine=torch_pruning``).
 
 Torch-Pruning (the ``prune`` extra) removes from every conv the same fraction ``ratio`` of its N
 output channels, those whose filters ``W[n]`` (each ``C x kh x kw``) have the smallest L1 norm
@@ -35,6 +36,17 @@ def convs(net: nn.Module) -> dict[str, nn.Conv2d]:
     return {name: m for name, m in net.named_modules() if isinstance(m, nn.Conv2d)}
 
 
+def check(net: nn.Module, ratio: float, round_to: int) -> None:
+    """A ValueError naming the first conv that ``ratio``, rounded down to multiples of ``round_to``,
+    leaves no filter."""
+    for name, m in convs(net).items():
+        if kept_channels(m.out_channels, ratio, round_to) == 0:
+            raise ValueError(
+                f"decomp.ratio={ratio:g} rounded down to multiples of decomp.rank_multiple={round_to} leaves "
+                f"{name} ({m.out_channels} filters) no filter; valid: a smaller ratio or multiple"
+            )
+
+
 def prune_channels(net: nn.Module, ratio: float, round_to: int, input_size: int) -> list[dict]:
     """Prune the output channels of every conv of ``net`` in place, as the module docstring says
     (Torch-Pruning traces ``net`` on one ``(1, 3, input_size, input_size)`` input, in eval mode).
@@ -45,12 +57,8 @@ def prune_channels(net: nn.Module, ratio: float, round_to: int, input_size: int)
     A ratio that leaves some conv no filter is a ValueError naming it, before anything is pruned."""
     import torch_pruning as tp
 
+    check(net, ratio, round_to)
     before = {name: (m.out_channels, m.in_channels, *m.kernel_size) for name, m in convs(net).items()}
-    for name, (n, *_) in before.items():
-        if kept_channels(n, ratio, round_to) == 0:
-            raise ValueError(
-                f"ratio {ratio:g} rounded down to multiples of {round_to} leaves {name} ({n} filters) no filter"
-            )
     start = time.perf_counter()
     x = torch.randn(1, 3, input_size, input_size, device=next(net.parameters()).device)
     importance = tp.importance.MagnitudeImportance(p=1, normalizer=None, group_reduction="first")

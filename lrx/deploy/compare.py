@@ -28,6 +28,7 @@ from lrx.deploy.targets import TARGETS, Deployed, Target, TargetError, accuracy,
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing, measure
 from lrx.measure.latency import machine
 from lrx.measure.load import timing_conditions
+from lrx.runtime import cpu
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,7 @@ def compare_deployments(
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
+        "cpu_flags": cpu.flags(),
         "batch_size": len(x),
         "bn_folded": True,
         "calibration_images": calibration_images if any(t.precision == "int8" for t in targets) else None,

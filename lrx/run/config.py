@@ -35,12 +35,13 @@ from lrx.measure.load import cores
 from lrx.run import schema
 from lrx.run.callbacks import ModelCost
 from lrx.run.module import LOSSES
-from lrx.runtime import RUNTIME_PRECISIONS
+from lrx.runtime import RUNTIME_PRECISIONS, extras
 from lrx.runtime.onnxruntime import require_onnx
 from lrx.runtime.openvino import require_openvino
 
 SERVING_CHOICES = ("default", "auto")  # deploy.serving
 KEEP, PLAN = "none", "plan"  # decomp.method values that are not methods: keep the baseline, plan
+PRUNE_ENGINES = ("lrx", "torch_pruning")  # decomp=prune: lrx's own pruning, or the Torch-Pruning peer
 PLAN_ERRORS = ("data", "kl", "filter")
 PLAN_METRICS = ("macs", "latency")
 MIN_OPSET = 18  # the dynamo exporter's lowest
@@ -157,8 +158,20 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
         _int(d, "decomp", "rank_multiple", 1)
         _int(d, "decomp", "samples", 1)
         _choice(d, "decomp", "criterion", CRITERIA)
+        _choice(d, "decomp", "engine", PRUNE_ENGINES)
         if d["criterion"] != "taylor" and d["samples"] != schema.DecompPrune.samples:
             ignored.append("decomp.samples (only decomp.criterion=taylor reads training images)")
+        if d["engine"] == "torch_pruning":
+            try:
+                extras.require(extras.missing(["torch_pruning"]), "prune", "decomp.engine=torch_pruning")
+            except ImportError as e:
+                raise ConfigError(str(e)) from None
+            if d["layers"] != "all" or not isinstance(d["ratio"], (int, float)) or d["criterion"] != "l1":
+                raise ConfigError(
+                    f"decomp.engine=torch_pruning prunes every conv by one ratio ranked by the L1 norm; valid with it: "
+                    f"decomp.layers=all, one decomp.ratio and decomp.criterion=l1 (got {d['layers']!r}, "
+                    f"{d['ratio']!r}, {d['criterion']!r})"
+                )
         return
     try:
         method_class(method)

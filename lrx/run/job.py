@@ -14,7 +14,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lrx.compress import fold, planner, prune
+from lrx.compress import fold, planner, prune, torch_pruning_peer
 from lrx.compress.planner import PRUNE
 from lrx.deploy.compare import available_targets
 from lrx.deploy.targets import AUTO, Target
@@ -160,10 +160,11 @@ def _check_request(job: Job) -> None:
     """The layers and bases (or the planner's target) against the network, before any solving;
     an error names the decomp keys."""
     layers, bases = job.layers_and_bases()
+    if job.prunes and job.cfg.decomp.engine == "torch_pruning":
+        torch_pruning_peer.check(job.net, job.cfg.decomp.ratio, job.rank_multiple)
+        return
     if job.prunes:
-        prune.ratios_for(
-            job.net, layers, OmegaConf.to_container(job.cfg.decomp, resolve=True)["ratio"], job.rank_multiple
-        )
+        job.prune_ratios(job.net)
         return
     keys = f"decomp.layers={layers!r}" + ("" if job.plans else f", decomp.bases={bases!r}")
     try:

@@ -66,6 +66,7 @@ class DecompPrune(DecompPlan):
     ratio: Any = 0.5  # a fraction in (0, 1) of each conv's output channels, or {name: ratio}
     criterion: str = "l1"  # l1 | l2 (the filters' norm) | taylor (first-order, on training batches)
     samples: int = 256  # criterion=taylor: training images it averages over
+    engine: str = "lrx"  # lrx | torch_pruning (the peer: the same ratio on every conv, L1, Torch-Pruning's tracing)
 
 
 @dataclass

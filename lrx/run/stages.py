@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.benchmark.utils.common import set_torch_threads
 
-from lrx.compress import fold, planner, prune
+from lrx.compress import fold, planner, prune, torch_pruning_peer
 from lrx.compress.data_recon import reconstruct
 from lrx.compress.execution import reset_strategies, tune
 from lrx.compress.guard import put_back_slower
@@ -74,11 +74,13 @@ def _where_to_time(s: State) -> None:
     this machine, each timed alone at ``latency.decide_at``: plan where you serve."""
     job, lat, dep = s.job, s.job.cfg.latency, s.job.cfg.deploy
     s.where = {"runtime": lat.runtime, "precision": lat.precision}
-    if AUTO not in (lat.runtime, lat.precision) or not job.decides:
+    if AUTO not in (lat.runtime, lat.precision):
         return
-    targets = [
-        t for t in job.deploy_targets() if lat.runtime in (AUTO, t.runtime) and lat.precision in (AUTO, t.precision)
-    ]
+    targets = [t for t in job.deploy_targets() if t.matches(lat.runtime, lat.precision)] if job.decides else []
+    if len(targets) < 2:  # one target: nothing to choose; none (nothing timed, or no deployment): torch
+        t = targets[0] if targets else Target("torch", "fp32")
+        s.where = {"runtime": t.runtime, "precision": t.precision}
+        return
     batch_size, threads = decide_point(lat)
     size, dm = job.cfg.model.input_size, job.datamodule
     calibration = None
@@ -109,13 +111,14 @@ def _filter_reconstruction(s: State) -> None:
     job, lat = s.job, s.job.cfg.latency
     s.approx = copy.deepcopy(s.net)
     layers, bases = job.layers_and_bases()
-    if job.prunes:
+    if job.prunes and job.cfg.decomp.engine == "torch_pruning":
         d = job.cfg.decomp
-        ratios = prune.ratios_for(s.approx, layers, OmegaConf.to_container(d, resolve=True)["ratio"], job.rank_multiple)
-        batches = (
-            job.datamodule.calibration_dataloader(d.samples, seed=job.cfg.seed) if d.criterion == "taylor" else None
-        )
-        s.records = prune.prune(s.approx, ratios, d.criterion, job.rank_multiple, batches)
+        s.records = torch_pruning_peer.prune_channels(s.approx, d.ratio, job.rank_multiple, job.cfg.model.input_size)
+    elif job.prunes:
+        d, batches = job.cfg.decomp, None
+        if d.criterion == "taylor":  # one batch of training images
+            batches = [next(iter(job.datamodule.calibration_dataloader(d.samples, seed=job.cfg.seed)))]
+        s.records = prune.prune(s.approx, job.prune_ratios(s.approx), d.criterion, job.rank_multiple, batches)
         log.info("pruned %s", {r["name"]: f"{r['shape'][0]} -> {r['bases']}" for r in s.records})
     elif not job.plans:
         s.records = decompose(s.approx, layers, job.method, bases, job.rank_multiple, **job.options())

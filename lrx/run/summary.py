@@ -15,6 +15,7 @@ from lrx.measure.complexity import complexity
 from lrx.measure.latency import decide_point, points
 from lrx.results.files import MODEL
 from lrx.run.job import Job
+from lrx.runtime import cpu
 from lrx.runtime.serving import openmp_env
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def results_of(s: State, timings: dict) -> dict:
         "latency": timings,
         "timed_in": s.where,  # where the guard and the planner timed candidates
         "load": s.load,
+        "cpu_flags": cpu.flags(),  # the features that decide int8 and bf16 speed (lrx.runtime.cpu)
         "latency_env": openmp_env(),  # the OpenMP wait variables every torch timing above ran under
         "deploy": s.deployed,
         "layers": s.records,
