@@ -116,8 +116,9 @@ def _check(tmp_path, *overrides) -> list[str]:
 
 
 @run_if(openvino=True)
-def test_the_config_defaults_to_fp32_and_accepts_every_servable_pair(tmp_path):
-    assert compose_cfg([], tmp_path).latency.precision == "fp32"
+def test_the_config_defaults_to_where_it_serves_and_accepts_every_servable_pair(tmp_path):
+    latency = compose_cfg([], tmp_path).latency
+    assert (latency.runtime, latency.precision) == ("auto", "auto")
     for precision in RUNTIME_PRECISIONS["openvino"]:
         if ov.cpu_supports(ov.precision_of(precision)):
             assert _check(tmp_path, "latency.runtime=openvino", f"latency.precision={precision}") == []
@@ -129,11 +130,11 @@ def test_the_config_defaults_to_fp32_and_accepts_every_servable_pair(tmp_path):
         (["latency.precision=fp16"], ["latency.precision='fp16'", "fp32, bf16, int8"]),
         (
             ["latency.runtime=onnxruntime", "latency.precision=bf16"],
-            ["latency.precision='bf16'", "valid: fp32, int8 ("],
+            ["latency.precision='bf16'", "valid: fp32, int8 or auto ("],
         ),
         (
-            ["latency.precision=int8"],
-            ["latency.precision='int8'", "fp32, bf16 (the precisions of latency.runtime=torch)"],
+            ["latency.runtime=torch", "latency.precision=int8"],
+            ["latency.precision='int8'", "fp32, bf16 or auto (the precisions of latency.runtime=torch)"],
         ),
         (["latency.guard=false", "latency.runtime=onnxruntime", "latency.precision=bf16"], ["'bf16'", "valid: fp32"]),
     ],
@@ -164,7 +165,7 @@ def test_bf16_where_the_cpu_lacks_it_is_refused(tmp_path, monkeypatch):
         _check(tmp_path, "latency.runtime=openvino", "latency.precision=bf16")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     with pytest.raises(config.ConfigError, match=r"latency.precision='bf16' .*torch.*oneDNN.*valid here: fp32$"):
-        _check(tmp_path, "latency.precision=bf16")
+        _check(tmp_path, "latency.runtime=torch", "latency.precision=bf16")
 
 
 def test_a_precision_nothing_times_in_is_an_ignored_key(tmp_path):

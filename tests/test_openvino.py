@@ -14,7 +14,8 @@ from lrx.deploy.targets import TOLERANCE
 from lrx.lowrank import decompose
 from lrx.models import AlexNetCIFAR
 from lrx.runtime import openvino as ovr
-from tests.helpers.run_if import has_vnni, run_if
+from lrx.runtime.cpu import has_vnni
+from tests.helpers.run_if import run_if
 
 pytestmark = run_if(openvino=True)
 

@@ -111,7 +111,7 @@ def test_the_guard_decides_in_the_configured_runtime(monkeypatch, run_in):
         return fake(*args, **kwargs)
 
     monkeypatch.setattr(lrx.measure.latency, "compare", compare)
-    results = run_in("latency.runtime=onnxruntime", "latency.batch_sizes=[1,4]")
+    results = run_in("latency.runtime=onnxruntime", "latency.precision=fp32", "latency.batch_sizes=[1,4]")
     (layer,) = results["layers"]
     at = f"onnxruntime-cpu, {_threads()}, batch 4"
     assert layer["guard"] == {"speedup": 0.5, "speedup_iqr": [0.5, 0.5], "at": at} and layer["kept"] is False

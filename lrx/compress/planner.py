@@ -239,9 +239,10 @@ def apply(net: nn.Module, chosen: dict[str, Candidate], options: dict | None = N
     records = []
     for c in picks:
         if c.method == PRUNE:
-            before = list(net.get_submodule(c.name).weight.shape)
+            weight = net.get_submodule(c.name).weight
             prune.remove_channels(net, found[c.name], c.keep)
-            records.append(prune.record(c.name, before, len(c.keep), c.criterion, found[c.name], c.ratio))
+            # the channels were ranked while planning: pruning itself takes no solving
+            records.append(prune.record(c.name, weight, c.keep, c.criterion, found[c.name], c.ratio, 0.0))
     for c in picks:
         if c.method != PRUNE:
             conv, layer = net.get_submodule(c.name), c.layer
@@ -254,12 +255,6 @@ def apply(net: nn.Module, chosen: dict[str, Candidate], options: dict | None = N
 
 def _filter_error(_name: str, layer: nn.Module) -> float:
     return layer.report["rel_error"]
-
-
-def _prune_filter_error(net: nn.Module, group: prune.Group, keep: torch.Tensor) -> float:
-    """||W[removed filters]||_F / ||W||_F of the pruned conv."""
-    w = net.get_submodule(group.conv).weight.detach()
-    return math.sqrt(1 - float(w[keep].square().sum() / w.square().sum()))
 
 
 @torch.no_grad()
@@ -482,7 +477,9 @@ def plan(
         prune_error = None
         if found:
             prune_error = _prune_output_error(net, calibration, kind) if calibration is not None else None
-            prune_error = prune_error or (lambda group, keep: _prune_filter_error(net, group, keep))
+            prune_error = prune_error or (
+                lambda group, keep: prune.filter_error(net.get_submodule(group.conv).weight, keep)
+            )
 
         def prune_cost(group: prune.Group, keep: torch.Tensor) -> float:
             """The pruned conv's cost plus what its reading convs save."""

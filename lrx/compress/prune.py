@@ -25,7 +25,9 @@ network (:func:`lrx.results.saved.save_network` records the new shapes).
 from __future__ import annotations
 
 import copy
+import math
 import operator
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -284,9 +286,20 @@ def remove_channels(net: nn.Module, group: Group, keep: torch.Tensor) -> None:
         _slice(lin, features, 1, "in_features")
 
 
-def record(name: str, shape: list[int], kept: int, criterion: str, group: Group, ratio: float) -> dict:
-    """What results.json keeps of a pruned conv, as of a replaced layer: ``bases`` the channels
-    kept, ``macs_speedup`` the conv's own MAC ratio (its consumers' are not counted here)."""
+def filter_error(weight: torch.Tensor, keep: torch.Tensor) -> float:
+    """||W[removed filters]||_F / ||W||_F: the relative kernel error of keeping only ``keep``."""
+    w = weight.detach()
+    return math.sqrt(max(0.0, 1 - float(w[keep].square().sum() / w.square().sum())))
+
+
+def record(
+    name: str, weight: torch.Tensor, keep: torch.Tensor, criterion: str, group: Group, ratio: float, seconds: float
+) -> dict:
+    """What results.json keeps of a conv of weight ``weight`` pruned to its channels ``keep``, as of
+    a replaced layer: ``bases`` the channels kept, ``rel_error`` the :func:`filter_error`,
+    ``macs_speedup`` the conv's own MAC ratio (its readers' are not counted here), ``solve_time_s``
+    the seconds its pruning took (ranking included)."""
+    shape, kept = list(weight.shape), len(keep)
     return {
         "name": name,
         "shape": shape,
@@ -297,7 +310,9 @@ def record(name: str, shape: list[int], kept: int, criterion: str, group: Group,
         "ratio": ratio,
         "criterion": criterion,
         "consumers": list(group.consumers),
+        "rel_error": filter_error(weight, keep),
         "macs_speedup": shape[0] / kept,
+        "solve_time_s": seconds,
         "kept": True,
     }
 
@@ -359,6 +374,7 @@ def prune(
         g = group_of(net, name, found)
         n = net.get_submodule(name).out_channels
         plan[name] = (g, kept_channels(n, ratio, multiple, name))
+    start = time.perf_counter()
     if criterion == "taylor":
         if batches is None:
             raise DecompositionError("decomp.criterion=taylor needs training batches")
@@ -367,10 +383,10 @@ def prune(
         scores = {n: weight_importance(net.get_submodule(n), criterion) for n in plan}
     records = []
     for name, (g, k) in plan.items():
-        conv = net.get_submodule(name)
-        before = list(conv.weight.shape)
-        remove_channels(net, g, top_channels(scores[name], k))
-        records.append(record(name, before, k, criterion, g, ratios[name]))
+        keep, weight = top_channels(scores[name], k), net.get_submodule(name).weight
+        remove_channels(net, g, keep)
+        seconds = (time.perf_counter() - start) / len(plan)
+        records.append(record(name, weight, keep, criterion, g, ratios[name], seconds))
     return records
 
 

@@ -304,7 +304,8 @@ def _job_row(res: dict, key: tuple) -> dict:
         "batch_size": _batch_size(res),
         "stages_text": " → ".join(f"{name} {s['acc1']:.2f}" for name, s in res["stages"].items())
         + (" (reverted: lower)" if res.get("finetune_reverted") else ""),
-        "solve_s": sum(r["solve_time_s"] for r in kept),  # filter reconstruction of the layers kept
+        # filter reconstruction of the layers kept (the first pruning runs recorded no time for their prunings)
+        "solve_s": sum(r.get("solve_time_s", 0.0) for r in kept),
     }
 
 
