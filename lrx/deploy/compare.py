@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrx.compress.fold import fold_bn
-from lrx.deploy.targets import TARGETS, Deployed, Target, TargetError, accuracy, check, deploy, servable
+from lrx.deploy.targets import AUTO, TARGETS, Deployed, Target, TargetError, accuracy, check, deploy, servable
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing, measure
 from lrx.measure.latency import machine
 from lrx.measure.load import timing_conditions
@@ -157,6 +157,12 @@ def available_targets(key: str = "deploy.targets") -> list[Target]:
         except TargetError as e:
             log.info("not deployed to %s: %s", name, e)
     return out
+
+
+def targets_of(names, key: str = "deploy.targets") -> list[Target]:
+    """The targets ``names`` means: ``auto``, every target this installation and CPU serve; else
+    those named."""
+    return available_targets(key) if names == AUTO else [Target.of(n, key) for n in names]
 
 
 def keep(deployed: dict[str, dict[str, Deployed]], folder: Path) -> dict[str, dict[str, list[str]]]:

@@ -25,8 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 from lrx.compress.data_recon import MODES, OPTIMIZERS
 from lrx.compress.planner import PRUNE, Pruning
 from lrx.compress.prune import CRITERIA
-from lrx.deploy.compare import available_targets
-from lrx.deploy.targets import AUTO, TARGETS, Target, TargetError, servable
+from lrx.deploy.compare import targets_of
+from lrx.deploy.targets import AUTO, TARGETS, TargetError, servable
 from lrx.lowrank import METHODS, method_class
 from lrx.lowrank.base import DecompositionError, is_int
 from lrx.measure.estimator import FIELDS as ESTIMATOR_KEYS
@@ -306,7 +306,7 @@ def _check_latency(c: dict, ignored: list[str]) -> None:
     if AUTO not in (runtime, precision) and precision not in RUNTIME_PRECISIONS[runtime]:
         valid = ", ".join(RUNTIME_PRECISIONS[runtime])
         raise _bad("latency.precision", precision, f"{valid} or auto (the precisions of latency.runtime={runtime})")
-    if not _decides(c):
+    if not decides(c):
         ignored += _changed_from_defaults(
             lat,
             "latency",
@@ -440,7 +440,7 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
         )
 
 
-def _decides(c: dict) -> bool:
+def decides(c: Mapping) -> bool:
     """Whether the run times candidates: the guard, or a latency plan."""
     plan = (c.get("planner") or {}).get("metric") == "latency"
     return c["decomp"].get("method") != KEEP and (c["latency"]["guard"] or plan)
@@ -451,9 +451,9 @@ def _check_where(c: dict) -> None:
     of ``deploy.targets`` must match the other (with no target at all, torch fp32)."""
     lat, names = c["latency"], c["deploy"]["targets"]
     runtime, precision = lat["runtime"], lat["precision"]
-    if AUTO not in (runtime, precision) or names == [] or not _decides(c):
+    if AUTO not in (runtime, precision) or names == [] or not decides(c):
         return
-    targets = available_targets() if names == AUTO else [Target.of(n) for n in names]
+    targets = targets_of(names)
     if not any(t.matches(runtime, precision) for t in targets):
         raise ConfigError(
             f"latency.runtime={runtime} latency.precision={precision}: no target of deploy.targets="

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lrx.compress import fold, planner, prune, torch_pruning_peer
 from lrx.compress.planner import PRUNE
-from lrx.deploy.compare import available_targets
-from lrx.deploy.targets import AUTO, Target
+from lrx.deploy.compare import targets_of
+from lrx.deploy.targets import Target
 from lrx.lowrank import DecompositionError, method_class
 from lrx.lowrank.surgery import validate
 from lrx.modes import eval_mode
@@ -52,13 +52,11 @@ class Job:
     @property
     def decides(self) -> bool:
         """Whether candidates are timed: by the guard, or by a latency plan."""
-        plan = self.plans and self.cfg.planner.metric == "latency"
-        return self.decomposes and (self.cfg.latency.guard or plan)
+        return config.decides(self.cfg)
 
     def deploy_targets(self) -> list[Target]:
         """``deploy.targets``: every target this installation and CPU serve (``auto``), or those named."""
-        targets = self.cfg.deploy.targets
-        return available_targets() if targets == AUTO else [Target.of(t) for t in targets]
+        return targets_of(self.cfg.deploy.targets)
 
     @property
     def prunes(self) -> bool:
