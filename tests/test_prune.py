@@ -5,6 +5,7 @@ channels carry nothing, saved networks that reload, bad input refused in one lin
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from lrx.measure.complexity import count_macs
 from lrx.models.alexnet_cifar import AlexNetCIFAR
 from lrx.models.resnet20_cifar import ResNet20CIFAR
 from lrx.results.saved import load_network, save_network
+from tests.helpers.timing import QUICK
 
 RESNET20 = {"_target_": "lrx.models.ResNet20CIFAR", "num_classes": 10}
 
@@ -143,6 +145,27 @@ def test_the_planner_prunes_when_pruning_is_the_cheapest_way_to_the_target():
     measured = count_macs(net, 32) / count_macs(approx, 32)
     assert measured == pytest.approx(report["predicted_conv_speedup"], rel=0.05)  # fvcore counts the fc too
     assert approx(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_pruned_reader_timed_on_its_full_input_computes_what_the_pruned_network_does():
+    torch.manual_seed(0)
+    conv, keep = nn.Conv2d(16, 8, 3, padding=1), torch.tensor([0, 3, 5, 9, 12, 15])
+    x = torch.randn(2, 16, 8, 8)
+    reader = planner._ReadingKept(prune.narrowed(conv, keep, 1), keep)
+    torch.testing.assert_close(reader(x), conv(prune.masked(x, keep, 16)))
+
+
+def test_latency_planning_times_each_pruning_against_the_dense_convs():
+    """metric=latency: every pruning candidate gets a finite cost from paired timings, and the plan
+    installs and runs."""
+    torch.manual_seed(0)
+    net = AlexNetCIFAR().eval()
+    timed = planner.Timed(QUICK)
+    chosen, report = planner.plan(net, ["conv2"], 1.05, "latency", methods=["prune"], progress=False, timed=timed)
+    pruned = [c for c in report["candidates"]["conv2"] if c["method"] == "prune"]
+    assert pruned and all(math.isfinite(c["cost"]) for c in pruned)
+    planner.apply(net, chosen)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_a_low_rank_layer_whose_inputs_are_pruned_is_solved_again_for_the_narrower_conv():

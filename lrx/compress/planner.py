@@ -293,6 +293,19 @@ def _prune_output_error(net: nn.Module, images: torch.Tensor, kind: str, chunk: 
     return error
 
 
+class _ReadingKept(nn.Module):
+    """A reader conv narrowed to the channels ``keep`` of its full input, for timing it paired
+    with the dense conv on the same input (the selection counts against the pruning)."""
+
+    def __init__(self, conv: nn.Conv2d, keep: torch.Tensor):
+        super().__init__()
+        self.conv = conv
+        self.register_buffer("keep", keep.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.index_select(1, self.keep))
+
+
 def _prune_candidates(net, group, ratios, criterion, multiple, cost_of, error_of) -> list[Candidate]:
     """Pruning ``group.conv`` at each of ``ratios`` (each channel count once; none that keeps all)."""
     conv = net.get_submodule(group.conv)
@@ -482,13 +495,19 @@ def plan(
             )
 
         def prune_cost(group: prune.Group, keep: torch.Tensor) -> float:
-            """The pruned conv's cost plus what its reading convs save."""
+            """The pruned conv's cost plus what its reading convs save: each conv's dense cost over
+            its paired speed-up once narrowed (the reader on its real input, narrowed inside)."""
             frac = len(keep) / net.get_submodule(group.conv).out_channels
             if metric == "macs":
                 return costs[group.conv] * frac + sum(costs[b] * (frac - 1) for b in group.convs)
-            own = timed.dense_ms(prune.narrowed(net.get_submodule(group.conv), keep, 0), inputs[group.conv])
-            readers = [(prune.narrowed(net.get_submodule(b), keep, 1), inputs[b][:, keep]) for b in group.convs]
-            return own + sum(timed.dense_ms(m, x) - costs[b] for (m, x), b in zip(readers, group.convs))
+
+            def narrowed_cost(name: str, layer: nn.Module) -> float:
+                ratio = timed.speedup(net.get_submodule(name), layer.eval(), inputs[name]).ratios["speedup"].median
+                return costs[name] / ratio
+
+            own = narrowed_cost(group.conv, prune.narrowed(net.get_submodule(group.conv), keep, 0))
+            readers = {b: _ReadingKept(prune.narrowed(net.get_submodule(b), keep, 1), keep) for b in group.convs}
+            return own + sum(narrowed_cost(b, reader) - costs[b] for b, reader in readers.items())
 
         candidates: dict[str, list[Candidate]] = {}
         bar = tqdm(selected, desc="planner", disable=not progress)
