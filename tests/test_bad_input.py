@@ -181,6 +181,8 @@ CASES = [
         "residual addition",
         "stage1.block1.conv1",
     ),
+    p("decomp=plan planner.speedups=[2,1]", "planner.speedups=[2.0, 1.0]", "numbers > 1"),
+    p("decomp=plan planner.speedups=[]", "planner.speedups=[]", "numbers > 1"),
     p("decomp=plan planner.methods=[prune] planner.prune.ratios=[0.5,1.2]", "planner.prune.ratios=1.2", "(0, 1)"),
     p("decomp=plan planner.methods=[prune] planner.prune.criterion=taylor", "planner.prune.criterion='taylor'"),
     p(

@@ -307,6 +307,33 @@ def test_cp_candidates_start_at_2x_where_the_others_start_at_1_25x():
     assert LowRankExpConvV1.planner_ranks(ConvGeometry.of(8, 8, 3)) == list(range(1, 9))  # 3x3: below kh*kw
 
 
+def test_planner_speedups_choose_the_ranks_tried():
+    conv = AlexNetCIFAR().conv2
+    g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
+    grid = planner._grid(conv, ("scheme2", "cp"), speedups=(2.0, 4.0))
+    assert [(cls.method, b) for cls, b in grid] == [
+        (cls.method, cls.bases_for_speedup(g, s)) for cls in (LowRankExpConvV2, CPConv) for s in (4.0, 2.0)
+    ]
+
+
+def test_a_method_timed_slower_than_the_dense_conv_is_not_tried_at_larger_ranks(monkeypatch):
+    """Ranks are tried smallest first: once one loses to the dense conv, the larger ones (more
+    MACs) are skipped."""
+    tried = []
+
+    def slower_from_24(dense, lowrank, x, *args, **kwargs):
+        tried.append(lowrank.bases)
+        return _fake_timing({"dense": 1.0, "lowrank": 1.0}, 2.0 if lowrank.bases < 24 else 0.9)
+
+    monkeypatch.setattr(planner, "time_modules", lambda modules, *a, **k: _fake_timing({"dense": 1.0}))
+    monkeypatch.setattr(planner, "dense_vs_lowrank", slower_from_24)
+    conv = AlexNetCIFAR().conv2
+    ranks = [b for _, b in planner._grid(conv, ("scheme2",))]
+    plan(AlexNetCIFAR(), "conv2", 1.1, metric="latency", methods=("scheme2",), progress=False, closed_loop_rounds=0)
+    first_slower = min(b for b in ranks if b >= 24)
+    assert tried == [b for b in ranks if b <= first_slower] and max(ranks) > first_slower
+
+
 def test_the_plan_installs_the_method_it_reports():
     torch.manual_seed(0)
     net = AlexNetCIFAR(widths=(8, 16, 64, 64, 16)).eval()  # conv3 and conv4: most of the MACs

@@ -105,14 +105,15 @@ def _lowrank(methods) -> list:
     return [m for m in methods if m != PRUNE]
 
 
-def _grid(conv: nn.Conv2d, methods, rank_multiple: int = 1) -> list[tuple[type, object]]:
-    """Every method's candidate ranks for ``conv``, rounded to multiples of ``rank_multiple`` (a
-    method whose full rank holds no multiple has none)."""
+def _grid(conv: nn.Conv2d, methods, rank_multiple: int = 1, speedups=None) -> list[tuple[type, object]]:
+    """Every method's candidate ranks for ``conv`` (those of the theoretical ``speedups``, default
+    each method's own), rounded to multiples of ``rank_multiple`` (a method whose full rank holds
+    no multiple has none)."""
     g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
     grid = []
     for cls in map(method_class, _lowrank(methods)):
         try:
-            ranks = {cls.round_bases(g, b, rank_multiple) for b in cls.planner_ranks(g)}
+            ranks = {cls.round_bases(g, b, rank_multiple) for b in cls.planner_ranks(g, speedups)}
         except DecompositionError:
             continue
         grid += [(cls, b) for b in sorted(ranks)]
@@ -147,9 +148,11 @@ def check_request(
     options: dict | None = None,
     input_size: int = 32,
     rank_multiple: int = 1,
+    speedups=None,
 ):
     """Check a planner request without solving; returns the selected ``[(name, conv)]``.
-    ``options``: per method name, its solver options. A MAC target is also checked for reach on
+    ``options``: per method name, its solver options; ``speedups``: the theoretical speed-ups
+    whose ranks are tried (None: each method's own). A MAC target is also checked for reach on
     ``input_size`` images (:func:`check_macs_reachable`); a latency target needs timings."""
     if metric not in METRICS:
         raise DecompositionError(f"target_metric={metric!r} is unknown; valid: {', '.join(METRICS)}")
@@ -159,6 +162,8 @@ def check_request(
         raise DecompositionError("planner methods=[] is invalid; valid: a non-empty list of methods")
     if not is_int(rank_multiple) or rank_multiple < 1:
         raise DecompositionError(f"rank_multiple={rank_multiple!r} is invalid; valid: an integer >= 1")
+    if speedups is not None and (not speedups or not all(isinstance(s, (int, float)) and s > 1 for s in speedups)):
+        raise DecompositionError(f"speedups={speedups!r} is invalid; valid: a non-empty list of numbers > 1")
     classes = [method_class(m) for m in _lowrank(methods)]
     for name, opts in (options or {}).items():
         if method_class(name) not in classes:
@@ -166,7 +171,7 @@ def check_request(
         method_class(name).check_options(opts)
     selected = select_convs(net, layers)
     if metric == "macs" and PRUNE not in methods:  # pruning's reach depends on its ratios: the plan says
-        check_macs_reachable(net, selected, target_speedup, methods, input_size, rank_multiple)
+        check_macs_reachable(net, selected, target_speedup, methods, input_size, rank_multiple, speedups)
     return selected
 
 
@@ -193,7 +198,7 @@ def _output_pixels(net: nn.Module, names: list[str], input_size: int) -> dict[st
 
 
 def check_macs_reachable(
-    net: nn.Module, selected, target_speedup: float, methods, input_size: int, rank_multiple: int = 1
+    net: nn.Module, selected, target_speedup: float, methods, input_size: int, rank_multiple: int = 1, speedups=None
 ) -> None:
     """DecompositionError naming ``planner.target_speedup``, the reachable maximum and the layers
     that limit it, if even the cheapest candidate of ``methods`` on every selected conv (untouched
@@ -206,7 +211,9 @@ def check_macs_reachable(
     cheapest = dict(dense)
     for name, conv in selected:
         g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
-        costs = [dense[name] / cls.theoretical_speedup(g, b) for cls, b in _grid(conv, methods, rank_multiple)]
+        costs = [
+            dense[name] / cls.theoretical_speedup(g, b) for cls, b in _grid(conv, methods, rank_multiple, speedups)
+        ]
         cheapest[name] = min([dense[name], *costs])  # keeping the dense conv is always a candidate
     floor = sum(cheapest.values())
     if not floor or sum(dense.values()) / floor >= target_speedup:
@@ -426,6 +433,7 @@ def plan(
     timed: Timed = Timed(),
     closed_loop_rounds: int = 0,
     pruning: Pruning = Pruning(),
+    speedups=None,
 ) -> tuple[dict[str, Candidate], dict]:
     """Plan a decomposition of ``net``'s selected convs that reaches ``target_speedup``.
 
@@ -438,7 +446,8 @@ def plan(
     images, the error is the filter reconstruction error ‖W − Ŵ‖ / ‖W‖. The installed layers are
     the plain filter-reconstruction solutions in every case. ``metric="latency"`` times every
     candidate against the dense conv on its real input at ``batch_size`` as ``timed`` says
-    (a candidate's cost: the dense conv's ms / its paired speed-up), and with
+    (a candidate's cost: the dense conv's ms / its paired speed-up; once a method's rank is timed
+    slower than the dense conv, its larger ranks are not tried), and with
     ``closed_loop_rounds`` > 0 then measures the assembled network (:func:`close_loop`).
 
     With ``prune`` among ``methods``, every selected conv whose channels can be pruned
@@ -446,7 +455,8 @@ def plan(
     counts what the pruning saves in the convs that read the channels too; its error is that of
     their outputs (``data``), of the predictions (``kl``) or of the removed filters (``filter``).
     The costs of the layers are added as if each choice were alone: the closed loop measures them
-    together.
+    together. ``speedups``: the theoretical speed-ups whose ranks each method tries (None: the
+    method's own ladder).
 
     Returns the chosen candidate per selected layer (method None keeps the conv) and a report
     with the predicted conv speed-up and every candidate's (method, bases, error, cost).
@@ -461,7 +471,7 @@ def plan(
         raise DecompositionError(str(e)) from None
     if calibration is not None and error not in OUTPUT_ERRORS:
         raise DecompositionError(f"planner error={error!r} is unknown; valid: {', '.join(OUTPUT_ERRORS)}")
-    selected = check_request(net, layers, target_speedup, metric, methods, options, input_size, rank_multiple)
+    selected = check_request(net, layers, target_speedup, metric, methods, options, input_size, rank_multiple, speedups)
     options = {method_class(m).method: opts for m, opts in (options or {}).items()}
     if PRUNE in methods:
         pruning.check()
@@ -512,14 +522,18 @@ def plan(
         candidates: dict[str, list[Candidate]] = {}
         bar = tqdm(selected, desc="planner", disable=not progress)
         for name, conv in bar:
-            choices = [Candidate(name, None, None, 0.0, costs[name], conv)]
-            for cls, bases in _grid(conv, methods, rank_multiple):
+            choices, slower = [Candidate(name, None, None, 0.0, costs[name], conv)], set()
+            for cls, bases in _grid(conv, methods, rank_multiple, speedups):
+                if cls in slower:  # a larger rank of a method already timed slower than the dense conv
+                    continue
                 bar.set_postfix_str(f"{name} {cls.method} {bases}")
                 layer = cls.from_conv(conv, bases, **options.get(cls.method, {}))
                 if metric == "macs":
                     cost = costs[name] / layer.report["macs_speedup"]
                 else:
                     cost = costs[name] / timed.speedup(conv, layer.eval(), inputs[name]).ratios["speedup"].median
+                    if cost > costs[name]:
+                        slower.add(cls)
                 choices.append(Candidate(name, cls.method, bases, error_of(name, layer), cost, layer))
             if isinstance(found.get(name), prune.Group):
                 bar.set_postfix_str(f"{name} prune")

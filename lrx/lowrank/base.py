@@ -324,10 +324,12 @@ class LowRankConv(nn.Module):
         return lo
 
     @classmethod
-    def planner_ranks(cls, geometry: ConvGeometry) -> list:
-        """The ranks the planner tries: those of ``planner_targets``, below the full rank."""
+    def planner_ranks(cls, geometry: ConvGeometry, speedups=None) -> list:
+        """The ranks the planner tries: those of ``speedups`` (default ``planner_targets``), below
+        the full rank."""
         full = cls.full_rank(geometry)
-        return sorted({b for b in (cls.bases_for_speedup(geometry, t) for t in cls.planner_targets) if b != full})
+        targets = speedups or cls.planner_targets
+        return sorted({b for b in (cls.bases_for_speedup(geometry, t) for t in targets) if b != full})
 
     @classmethod
     def check_options(cls, options: dict | None = None, names: dict | None = None) -> dict:

@@ -205,6 +205,9 @@ def _check_planner(c: dict, ignored: list[str]) -> None:
     methods = p["methods"]
     if not methods or not all(m == PRUNE or _is_method(m) for m in methods):
         raise _bad("planner.methods", methods, f"a non-empty list of {', '.join(METHODS)} or {PRUNE}")
+    speedups = p.get("speedups")
+    if speedups is not None and (not speedups or not all(s > 1 for s in speedups)):  # the schema makes them floats
+        raise _bad("planner.speedups", speedups, "null or a non-empty list of numbers > 1")
     chosen = {method_class(m).method for m in methods if m != PRUNE}
     try:
         Pruning(tuple(p["prune"]["ratios"]), p["prune"]["criterion"]).check()

@@ -79,6 +79,12 @@ class Job:
         """The chosen method's solver options, from its decomp keys."""
         return config.method_options(OmegaConf.to_container(self.cfg.decomp, resolve=True))
 
+    @property
+    def speedups(self) -> tuple | None:
+        """planner.speedups as a tuple (None: each method's own ladder)."""
+        s = self.cfg.planner.get("speedups")
+        return None if s is None else tuple(s)
+
     def planner_options(self) -> dict:
         """Solver options of the planner's methods (those of other methods: a sweep's ignored keys)."""
         p = OmegaConf.to_container(self.cfg.planner, resolve=True)
@@ -170,7 +176,15 @@ def _check_request(job: Job) -> None:
             p, options = job.cfg.planner, job.planner_options()
             size = job.cfg.model.input_size
             planner.check_request(
-                job.net, layers, p.target_speedup, p.metric, list(p.methods), options, size, job.rank_multiple
+                job.net,
+                layers,
+                p.target_speedup,
+                p.metric,
+                list(p.methods),
+                options,
+                size,
+                job.rank_multiple,
+                job.speedups,
             )
         else:
             validate(job.net, layers, job.method, bases, job.rank_multiple, **job.options())

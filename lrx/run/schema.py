@@ -87,6 +87,7 @@ class Planner:
     error: str = "data"
     samples: int = 256
     methods: list[str] = field(default_factory=lambda: ["scheme1", "scheme2"])
+    speedups: list[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     prune: PlannerPrune = field(default_factory=PlannerPrune)
 

@@ -151,6 +151,7 @@ def _filter_reconstruction(s: State) -> None:
             ),
             closed_loop_rounds=p.closed_loop_rounds,
             pruning=planner.Pruning(tuple(p.prune.ratios), p.prune.criterion),
+            speedups=job.speedups,
         )
         log.info(
             "plan (%s, predicted conv speed-up %.2fx): %s", p.metric, s.plan["predicted_conv_speedup"], s.plan["plan"]
