@@ -28,6 +28,7 @@ from torch import nn
 from lrx.io import save_torch
 from lrx.modes import eval_mode
 from lrx.results.saved import load_state_dict
+from lrx.run.callbacks import TrainingEstimate
 from lrx.run.module import Classifier
 from lrx.run.schema import project_path
 
@@ -130,7 +131,10 @@ def train(cfg: DictConfig, net: nn.Module, datamodule, logger, callbacks, checkp
     last = ModelCheckpoint(
         dirpath=checkpoint_dir, filename=Path(RESUME).stem, save_on_train_epoch_end=True, enable_version_counter=False
     )  # no monitor: overwrites RESUME after every epoch
-    trainer = instantiate(cfg.trainer, logger=logger or False, callbacks=[*callbacks, last], enable_checkpointing=True)
+    estimate = TrainingEstimate("the baseline", "to skip it, pass trained weights: baseline.ckpt=PATH")
+    trainer = instantiate(
+        cfg.trainer, logger=logger or False, callbacks=[*callbacks, last, estimate], enable_checkpointing=True
+    )
     resume = checkpoint_dir / RESUME
     if resume.is_file():
         log.info("resuming the baseline's training from %s", resume)

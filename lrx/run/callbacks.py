@@ -9,12 +9,59 @@ lrx.measure.latency.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import lightning as L
 import torch
 
 from lrx.measure.complexity import complexity
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import MEMORY_FORMATS, time_modules
+
+log = logging.getLogger(__name__)
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a person reads it: 45 s, 12 min, 3 h 24 min."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+class TrainingEstimate(L.Callback):
+    """Logs once, after the first ``steps`` training steps past a warm-up step, how long the
+    whole fit of ``what`` will take at their pace (training steps alone; validation adds its
+    share), followed by ``hint`` (e.g. how to skip it)."""
+
+    def __init__(self, what: str, hint: str = "", steps: int = 5):
+        self.what, self.hint, self.steps = what, hint, steps
+        self._start: tuple[float, int] | None = None
+        self.estimate_s: float | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self.estimate_s is not None:
+            return
+        now, step = time.perf_counter(), trainer.global_step
+        if self._start is None:  # the first step (warm-up) is not counted
+            self._start = (now, step)
+            return
+        done = step - self._start[1]
+        if done < self.steps:
+            return
+        per_step = (now - self._start[0]) / done
+        left = max(trainer.estimated_stepping_batches - step, 0)
+        self.estimate_s = per_step * left
+        log.info(
+            "training %s: about %s more (%d steps at %.2f s each, measured on %d steps)%s",
+            self.what,
+            duration(self.estimate_s),
+            left,
+            per_step,
+            done,
+            f"; {self.hint}" if self.hint else "",
+        )
 
 
 class ModelCost(L.Callback):
