@@ -675,3 +675,11 @@ def test_the_committed_reference_page_is_what_the_report_writes_from_the_committ
     runs = [Path("results/runs")]
     rows, unfinished = report_rows.collect(runs)
     assert (REPO / "results" / "runs" / "report.md").read_text() == cli.markdown(rows, unfinished, runs)
+
+
+def test_each_model_lists_every_run_on_its_baseline_fastest_first(deployed_sweep):
+    text = reference.each_model(report_rows.collect([deployed_sweep])[0])
+    assert text.startswith("### alexnet_cifar on cifar10, baseline 87.56%\n\n92.78 M MACs, 0.934 M params")
+    runs = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "network" not in line]
+    assert runs == ["| s2 K32", "| plan 2.5x s1+s2", "| s1 M8"]
+    assert "| 4.00 (torch-bf16 → openvino-int8; test machine, 2026-12-06) |" in text

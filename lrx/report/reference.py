@@ -7,11 +7,22 @@ command behind its figures (:mod:`lrx.report.provenance`); it reads the rows of
 from __future__ import annotations
 
 from itertools import groupby
+from typing import NamedTuple
 
 from lrx.report.provenance import NOT_RECORDED
 
 WITHIN = 1.0  # "within a point": at most this many points of acc@1 lost
 WHERE = ["machine", "CPU flags", "date", "run", "command"]
+
+
+class Measured(NamedTuple):
+    """One speed-up of a run, with where it was measured and the points of acc@1 it lost."""
+
+    where: dict  # lrx.report.provenance: machine, flags, date, command
+    row: dict
+    kind: str  # "conv": in PyTorch, against the baseline; "dense": against the best dense deployment
+    lost: float
+    speedup: float
 
 
 def sections(rows: list[dict]) -> str:
@@ -55,9 +66,12 @@ def sections(rows: list[dict]) -> str:
 
 
 def best_against_dense(jobs: list[dict]) -> str:
+    """Per model, data and deployment machine, the fastest network against the best dense deployment
+    within :data:`WITHIN` of its acc@1; a line for each without one, naming the fewest points lost."""
     deployed = [r for r in jobs if r["vs_best_dense"] is not None]
     lines, notes = [], []
-    for (model, data, machine), group in _grouped(deployed, lambda r: (r["model"], r["dataset"], _machine(r))):
+    by_machine = _grouped(deployed, lambda r: (r["model"], r["dataset"], r["deploy_where"]["machine"]))
+    for (model, data, machine), group in by_machine:
         within = [r for r in group if _dense_loss(r) <= WITHIN]
         if not within:
             least = min(group, key=_dense_loss)
@@ -85,6 +99,7 @@ def best_against_dense(jobs: list[dict]) -> str:
 
 
 def equal_macs(jobs: list[dict]) -> str:
+    """The runs planned for one MAC ratio, where more than one method was, fastest first."""
     planned = [r for r in jobs if r["plan"] and r["plan"]["metric"] == "macs"]
     lines = []
     for (model, data, target), group in _grouped(
@@ -111,8 +126,11 @@ def equal_macs(jobs: list[dict]) -> str:
 
 
 def planner(jobs: list[dict]) -> str:
+    """Each run planned for a measured speed-up: prediction, closed loop and final measurements."""
     lines = []
-    for r in sorted((r for r in jobs if r["plan"] and r["plan"]["metric"] == "latency"), key=_model_then_run):
+    for r in sorted(
+        (r for r in jobs if r["plan"] and r["plan"]["metric"] == "latency"), key=lambda r: (r["model"], str(r["run"]))
+    ):
         plan = r["plan"]
         runtime, precision = plan.get("runtime") or "torch", plan.get("precision") or "fp32"
         loop = plan.get("closed_loop")
@@ -134,6 +152,7 @@ def planner(jobs: list[dict]) -> str:
 
 
 def each_model(rows: list[dict]) -> str:
+    """Per baseline, its size and time, then every run on it, fastest conv speed-up first."""
     parts = []
     for _, group in groupby(rows, key=lambda r: r["group"]):
         base, *jobs = group
@@ -161,22 +180,24 @@ def each_model(rows: list[dict]) -> str:
 
 
 def each_machine(jobs: list[dict]) -> str:
-    measured = [(r["where"], r, "conv", r["baseline_acc1"] - r["acc1"], r["conv_speedup_cpu"]) for r in jobs]
+    """Per machine and CPU flags: the dates, runs and models measured there, and the fastest within
+    a point in PyTorch and against the best dense deployment."""
+    measured = [Measured(r["where"], r, "conv", r["baseline_acc1"] - r["acc1"], r["conv_speedup_cpu"]) for r in jobs]
     measured += [
-        (r["deploy_where"], r, "dense", _dense_loss(r), r["vs_best_dense"])
+        Measured(r["deploy_where"], r, "dense", _dense_loss(r), r["vs_best_dense"])
         for r in jobs
         if r["vs_best_dense"] is not None
     ]
     lines = []
-    for (machine, flags), group in _grouped(measured, lambda m: (m[0]["machine"], m[0]["flags"])):
-        days = sorted({m[0]["date"] for m in group} - {NOT_RECORDED})
+    for (machine, flags), group in _grouped(measured, lambda m: (m.where["machine"], m.where["flags"])):
+        days = sorted({m.where["date"] for m in group} - {NOT_RECORDED})
         lines.append(
             [
                 machine,
                 flags,
                 f"{days[0]} to {days[-1]}" if len(days) > 1 else days[0] if days else NOT_RECORDED,
-                str(len({m[1]["run"] for m in group})),
-                ", ".join(sorted({m[1]["model"] for m in group})),
+                str(len({m.row["run"] for m in group})),
+                ", ".join(sorted({m.row["model"] for m in group})),
                 _fastest(group, "conv"),
                 _fastest(group, "dense"),
             ]
@@ -198,13 +219,13 @@ def _grouped(items: list, key) -> list[tuple]:
     return [(k, list(g)) for k, g in groupby(ordered, key=key)]
 
 
-def _fastest(group: list[tuple], kind: str) -> str:
-    """The fastest measurement of ``kind`` within a point in ``group``, with its run; - without one."""
-    within = [m for m in group if m[2] == kind and m[3] <= WITHIN]
+def _fastest(group: list[Measured], kind: str) -> str:
+    """The fastest speed-up of ``kind`` within a point in ``group``, with its run; - without one."""
+    within = [m for m in group if m.kind == kind and m.lost <= WITHIN]
     if not within:
         return "-"
-    _, r, _, _, speedup = max(within, key=lambda m: m[4])
-    return f"{speedup:.2f}x (`{r['run']}`)"
+    fastest = max(within, key=lambda m: m.speedup)
+    return f"{fastest.speedup:.2f}x (`{fastest.row['run']}`)"
 
 
 def _where(where: dict, r: dict) -> list[str]:
@@ -222,10 +243,6 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _machine(r: dict) -> str:
-    return r["deploy_where"]["machine"]
-
-
 def _dense_loss(r: dict) -> float:
     """Points of acc@1 the best final deployment loses against the best dense one."""
     return r["best_dense_acc1"] - r["best_final_acc1"]
@@ -233,10 +250,6 @@ def _dense_loss(r: dict) -> float:
 
 def _acc(r: dict) -> str:
     return f"{r['acc1']:.2f} ({r['acc1'] - r['baseline_acc1']:+.2f})"
-
-
-def _model_then_run(r: dict) -> tuple:
-    return r["model"], str(r["run"])
 
 
 def _final_conv(r: dict, runtime: str, precision: str) -> str:
