@@ -24,7 +24,7 @@ torch's default thread count where there is one, else the first quiet point's. R
 machine doing nothing else: the busy neighbours must be the only other work.
 The whole-model time also depends on the memory allocator: in a fresh process glibc returns the
 activations' memory to the OS after each forward pass, which adds the same few milliseconds to
-both networks and lowers the model speed-up (docs/RESULTS.md); the per-conv timings, and so the
+both networks and lowers the model speed-up (docs/LOG.md); the per-conv timings, and so the
 conv speed-up, hardly move.
 """
 

@@ -3,7 +3,7 @@ next to other work (:mod:`lrx.run.serving_choice`): every setting of ``lrx.runti
 (threads x wait policy, per runtime) timed in its own fresh process, both networks BatchNorm-folded
 and side by side in each target, quiet and then next to ``--busy`` neighbour processes each
 keeping a core busy; ``--rounds`` timings of each, taking turns (one timing per setting can
-mislead where threads spin: docs/RESULTS.md section 11).
+mislead where threads spin: docs/LOG.md section 11).
 
     python scripts/serving_table.py RUN_DIR [--targets torch-fp32 onnxruntime-fp32 openvino-int8] \\
         [--busy 1] [--rounds 3] [--data-root ../shared/data]

@@ -1,15 +1,17 @@
 """The pipeline's stage order: the latency guard decides right after filter reconstruction, so data
 reconstruction and fine-tuning fit only the layers that stay."""
 
+import datetime
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 import lrx.measure.latency
@@ -17,7 +19,7 @@ import lrx.run.stages
 from lrx.io import PROJECT, write_json
 from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
 from lrx.measure.complexity import complexity
-from lrx.measure.latency import conv_names
+from lrx.measure.latency import conv_names, machine
 from lrx.results.saved import load_models
 from lrx.run.job import prepare
 from lrx.run.stages import run
@@ -154,6 +156,19 @@ def test_the_final_network_is_saved_and_loads_back(tmp_path, monkeypatch, run_in
     assert not final.training and not baseline.training
     assert complexity(final, 32)["macs"] == results["final"]["macs"] == loaded["final"]["macs"]
     assert complexity(baseline, 32)["macs"] == results["baseline"]["macs"]
+
+
+def test_a_run_records_the_command_that_makes_it_again_its_date_and_machine(tmp_path, monkeypatch, run_in):
+    monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
+    results = run_in("decomp.bases=2")
+    words = shlex.split(results["command"])
+    assert words[:3] == ["python", "-m", "lrx.train"] and "decomp.bases=2" in words
+    again = compose_cfg(words[3:], tmp_path)
+    with open_dict(again):
+        del again["hydra"]
+    assert OmegaConf.to_container(again, resolve=True) == results["config"]
+    assert datetime.datetime.fromisoformat(results["date"]).date() == datetime.date.today()
+    assert results["machine"] == machine()
 
 
 @pytest.mark.slow

@@ -10,9 +10,11 @@ import pytest
 from matplotlib.image import imread
 
 from lrx.lowrank import method_class
-from lrx.report import cli, plot
+from lrx.report import cli, plot, reference
 from lrx.report import rows as report_rows
 from lrx.results.files import DEPLOYED, RETIMED
+
+REPO = Path(__file__).resolve().parents[1]
 
 BASELINE = {
     "acc1": 87.56,
@@ -67,7 +69,7 @@ def results(method, layers, bases, stages, conv_speedup, *, target=None, metric=
         },
         "latency": {},
         "layers": records,
-        "plan": {"target_speedup": target, "metric": metric} if target else None,
+        "plan": {"target_speedup": target, "metric": metric, "predicted_conv_speedup": target} if target else None,
         "config": {
             "model": {"name": "alexnet_cifar", "input_size": 32},
             "latency": {"batch_sizes": [1, 32], "memory_format": "channels_last", "warmup": 3, "repeats": 10},
@@ -185,7 +187,8 @@ def test_main_writes_report_png_and_csv(sweep, tmp_path, capsys):
     assert str(sweep / "3" / "results.json") in warning and str(sweep / "4" / "results.json") in warning
     assert report_rows.table_markdown(report_rows.collect([sweep])[0]) in captured.out
     md = (out / "report.md").read_text()
-    assert md.count("| alexnet_cifar |") == 4 and "Skipped 3 unfinished" in md
+    every_run = md[md.index("## Every run") :]
+    assert every_run.count("| alexnet_cifar |") == 4 and "Skipped 3 unfinished" in md
 
     image = imread(out / "report.png")
     assert image.shape[0] >= 400 and image.shape[1] >= 600
@@ -565,3 +568,118 @@ def test_pareto_front_by_latency():
     pts = [{"ms": ms, "acc1": a} for ms, a in [(10.0, 86.0), (5.0, 85.5), (8.0, 85.0), (20.0, 87.3), (30.0, 87.0)]]
     front = plot.pareto(pts, speed=lambda p: -p["ms"])
     assert [(p["ms"], p["acc1"]) for p in front] == [(20.0, 87.3), (10.0, 86.0), (5.0, 85.5)]
+
+
+FLAGS = {"avx2": True, "avx512_f": True, "avx512_vnni": True, "avx512_bf16": False, "amx_int8": False}
+
+
+def recorded(res: dict, command: str) -> dict:
+    """``res`` as lrx writes it now: with its command, date, machine and CPU flags."""
+    return {
+        **res,
+        "command": command,
+        "date": "2026-12-08T10:00:00+00:00",
+        "machine": "Xeon, 2 cores",
+        "cpu_flags": FLAGS,
+    }
+
+
+def test_each_row_names_the_machine_date_and_command_or_says_they_were_not_recorded(sweep):
+    (sweep / "0" / "results.json").write_text(json.dumps(recorded(S1, "python -m lrx.train decomp.bases=8")))
+    (sweep / "1" / "train.log").write_text("no stamp\n[2026-12-01 09:00:00,000][lrx][INFO] - start\n")
+    (sweep / "2" / DEPLOYED).write_text(json.dumps(DEPLOYMENT))  # made later, by another command
+    rows = {r["label"]: r for r in report_rows.collect([sweep])[0]}
+    s1, s2, plan = rows["s1 M8"], rows["s2 K32"], rows["plan 2.5x s1+s2"]
+    assert s1["where"] == {
+        "machine": "Xeon, 2 cores",
+        "flags": "avx2 avx512_f avx512_vnni",
+        "date": "2026-12-08",
+        "command": "python -m lrx.train decomp.bases=8",
+    }
+    assert s2["where"] == {
+        "machine": "not recorded",
+        "flags": "not recorded",
+        "date": "2026-12-01",
+        "command": "not recorded",
+    }
+    assert plan["where"]["date"] == "not recorded"
+    assert plan["deploy_where"] == {
+        "machine": "test machine",
+        "flags": "not recorded",
+        "date": "2026-12-06",
+        "command": "not recorded",
+    }
+
+
+def test_the_best_within_a_point_against_the_best_dense_deployment_per_model(sweep):
+    # S2 loses 1.5 points against its best dense (85.5 vs 87.0), PLAN 0.5 and S1 0.2
+    close = deployment({"torch-fp32": (30.0, 87.3, 10.0, 86.8)}, ("torch-fp32", "torch-fp32"))
+    closer = deployment({"torch-fp32": (30.0, 87.3, 15.0, 87.1)}, ("torch-fp32", "torch-fp32"))
+    lossy = deployment({"openvino-int8": (10.0, 87.0, 2.0, 85.5)}, ("openvino-int8", "openvino-int8"))
+    command = "python -m lrx.train experiment=plan_mix"
+    (sweep / "0" / "results.json").write_text(json.dumps(with_deployment(S1, closer)))
+    (sweep / "1" / "results.json").write_text(json.dumps(with_deployment(S2, lossy)))
+    (sweep / "2" / "results.json").write_text(json.dumps(recorded(with_deployment(PLAN, close), command)))
+    rows, _ = report_rows.collect([sweep])
+    (line,) = [line for line in reference.best_against_dense(rows[1:]).splitlines() if "alexnet_cifar" in line]
+    assert "| plan 2.5x s1+s2 |" in line and "| **3.00x** (2.80-3.30 unstable) |" in line and "| 0.50 |" in line
+    assert f"| test machine | not recorded | 2026-12-06 | `{sweep / '2'}` | `{command}` |" in line
+
+
+def test_a_model_without_a_network_within_a_point_is_named_with_its_fewest_points_lost(sweep):
+    lossy = deployment({"openvino-int8": (10.0, 87.0, 2.0, 85.5)}, ("openvino-int8", "openvino-int8"))
+    (sweep / "1" / "results.json").write_text(json.dumps(with_deployment(S2, lossy)))
+    text = reference.best_against_dense(report_rows.collect([sweep])[0][1:])
+    assert "|" not in text and "alexnet_cifar on cifar10 (test machine): none within a point" in text
+    assert f"the fewest points lost, 1.50, at 5.00x (`{sweep / '1'}`)" in text
+
+
+def test_methods_at_equal_macs_are_the_runs_planned_for_one_mac_ratio_with_different_methods(tmp_path):
+    runs = {
+        "s1_3x": results("scheme1", ["conv2"], [8], {"filter": 80.0}, 1.2, target=3, metric="macs"),
+        "s2_3x": results("scheme2", ["conv2"], [16], {"filter": 86.0}, 2.0, target=3, metric="macs"),
+        "s2_6x": results("scheme2", ["conv2"], [8], {"filter": 84.0}, 3.0, target=6, metric="macs"),
+        "s2_latency": results("scheme2", ["conv2"], [8], {"filter": 84.0}, 3.0, target=3),
+    }
+    for name, res in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    lines = reference.equal_macs(report_rows.collect([tmp_path])[0][1:]).splitlines()[2:]
+    assert [line.split(" | ")[2:5] for line in lines] == [["3x", "s2", "4.64"], ["3x", "s1", "4.64"]]
+    assert "| 86.00 (-1.56) | 2.00 | 1.80 |" in lines[0]
+
+
+def test_the_planner_table_sets_each_prediction_beside_what_was_measured(tmp_path):
+    res = results("scheme2", ["conv2"], [16], {"filter": 86.0}, 2.9, target=3)
+    res["plan"] |= {"predicted_conv_speedup": 3.01, "closed_loop": [{"measured": 2.7}, {"measured": 2.95}]}
+    deployed = with_deployment(res, deployment({"torch-fp32": (30.0, 87.3, 12.0, 86.8)}, ("torch-fp32", "torch-fp32")))
+    (tmp_path / "results.json").write_text(json.dumps(deployed))
+    (line,) = reference.planner(report_rows.collect([tmp_path])[0][1:]).splitlines()[2:]
+    assert line.startswith("| alexnet_cifar | 3x | torch fp32 | 3.01 | 2.95 (round 2) | 2.90 | 2.50 | 86.00 (-1.56) |")
+    res["plan"] |= {"runtime": "openvino", "precision": "int8", "closed_loop": []}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    (line,) = reference.planner(report_rows.collect([tmp_path])[0][1:]).splitlines()[2:]
+    assert "| openvino int8 | 3.01 | - | not measured | - |" in line
+
+
+def test_each_machine_has_its_dates_runs_and_fastest_network_within_a_point(sweep):
+    (sweep / "0" / "results.json").write_text(json.dumps(recorded(S1, "python -m lrx.train")))
+    table = reference.each_machine(report_rows.collect([sweep])[0][1:])
+    assert "| Xeon, 2 cores | avx2 avx512_f avx512_vnni | 2026-12-08 | 1 | alexnet_cifar | - | - |" in table
+    assert "| not recorded | not recorded | not recorded | 2 | alexnet_cifar | - | - |" in table
+
+
+def test_the_committed_reference_page_is_what_the_report_writes_from_the_committed_runs(monkeypatch):
+    """results/runs/report.md is regenerated by ``python -m lrx.report results/runs``, never edited."""
+    monkeypatch.chdir(REPO)
+    runs = [Path("results/runs")]
+    rows, unfinished = report_rows.collect(runs)
+    assert (REPO / "results" / "runs" / "report.md").read_text() == cli.markdown(rows, unfinished, runs)
+
+
+def test_each_model_lists_every_run_on_its_baseline_fastest_first(deployed_sweep):
+    text = reference.each_model(report_rows.collect([deployed_sweep])[0])
+    assert text.startswith("### alexnet_cifar on cifar10, baseline 87.56%\n\n92.78 M MACs, 0.934 M params")
+    runs = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "network" not in line]
+    assert runs == ["| s2 K32", "| plan 2.5x s1+s2", "| s1 M8"]
+    assert "| 4.00 (torch-bf16 → openvino-int8; test machine, 2026-12-06) |" in text

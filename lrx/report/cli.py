@@ -1,5 +1,7 @@
-"""Sweep report from ``results.json`` files: a markdown table, an acc@1 / speed-up plot, a CSV; for
-runs deployed to targets, a table per run and an acc@1 / latency plot.
+"""Report of the runs under directories, from their ``results.json`` files: report.md answers a
+reader's questions (:mod:`lrx.report.reference`) above the table of every run; an acc@1 / speed-up
+plot, a CSV; for runs deployed to targets, a table per run and an acc@1 / latency plot.
+``python -m lrx.report results/runs`` writes the project's reference page, results/runs/report.md.
 
 python -m lrx.report SWEEP_DIR [SWEEP_DIR ...] [--csv PATH] [--out DIR] [--plot PATH] [--deploy-plot PATH]
 """
@@ -12,15 +14,21 @@ from pathlib import Path
 
 from lrx.io import write_text
 from lrx.report.plot import deploy_plot, plot
+from lrx.report.reference import sections
 from lrx.report.rows import ReportError, collect, deployment_markdown, table_markdown, write_csv
 from lrx.results.files import DEPLOYED
 
 
 def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
-    """report.md: the table, what its columns mean, each deployed run's targets, and what was skipped."""
+    """report.md: the questions' tables, the table of every run and what its columns mean, each
+    deployed run's targets, and what was skipped."""
     sizes = ", ".join(map(str, sorted({r["batch_size"] for r in rows})))
+    where = " ".join(map(str, dirs))
     text = (
-        f"# lrx report\n\nRuns under: {', '.join(f'`{d}`' for d in dirs)}\n\n{table_markdown(rows)}\n"
+        f"# lrx report\n\nRuns under: {', '.join(f'`{d}`' for d in dirs)}. Written by `python -m lrx.report {where}` "
+        "from their results.json files (and the re-timings beside them): change the runs, not this page. "
+        '"not recorded": a run made before lrx recorded it.\n\n'
+        f"{sections(rows)}## Every run\n\n{table_markdown(rows)}\n"
         "acc@1: validation top-1 of the final model (after its last stage); test acc@1: the same on "
         "the test split; acc@1 after each stage: validation top-1 after filter reconstruction, the "
         'latency guard (where it put layers back), data reconstruction and fine-tuning; "reverted: '

@@ -17,6 +17,7 @@ from io import StringIO
 from pathlib import Path
 
 from lrx.io import write_text
+from lrx.report import provenance
 from lrx.results.files import DEPLOYED, FOLDED, ORT, RESULTS, RETIMED, read_finished
 from lrx.results.text import bases_text, lambda_text, rank_text
 
@@ -146,8 +147,14 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
             base = {**_measures(b), "batch_size": _batch_size(res)}
             job = None
             if res["layers"]:
-                deploy = _deployment(res, path.parent)
-                extra = {"run": path.parent, "retimed": _retimed(path.parent / RETIMED), "deploy": deploy}
+                deploy, where = _deployment(res, path.parent), provenance.of_run(res, path.parent)
+                extra = {
+                    "run": path.parent,
+                    "retimed": _retimed(path.parent / RETIMED),
+                    "deploy": deploy,
+                    "where": where,
+                    "deploy_where": deploy and _deployed_where(deploy, res, where),
+                }
                 job = {**_job_row(res, key), **extra, **_headline(deploy)}
         except (KeyError, TypeError, ValueError) as e:
             unfinished.append((path, f"malformed: {e!r}"))
@@ -182,6 +189,13 @@ def _deployment(res: dict, run_dir: Path) -> dict | None:
         path = run_dir / DEPLOYED
         deploy = json.loads(path.read_text()) if path.is_file() else None
     return deploy if isinstance(deploy, dict) and deploy.get("targets") else None
+
+
+def _deployed_where(deploy: dict, res: dict, where: dict) -> dict:
+    """The deployment's :func:`provenance.of_deployment`: the run's command where the run deployed
+    itself, not recorded for the file beside an older run (made later, by another command)."""
+    own = deploy is res.get("deploy")
+    return provenance.of_deployment(deploy, where["command"] if own else provenance.NOT_RECORDED)
 
 
 def _headline(deploy: dict | None) -> dict:
@@ -252,10 +266,13 @@ def _baseline_row(bases: list[dict], key: tuple) -> dict:
         "conv_speedup_ort": 1.0 if ort else None,
         "model_speedup_ort": 1.0 if ort else None,
         "stages": {},
+        "plan": None,
         "stages_text": None,
         "retimed": None,
         "solve_s": None,
         "deploy": None,
+        "where": None,
+        "deploy_where": None,
         **dict.fromkeys(HEADLINE),
     }
 
@@ -301,6 +318,7 @@ def _job_row(res: dict, key: tuple) -> dict:
         "conv_speedup_ort": speedup["conv"].get(ORT),
         "model_speedup_ort": speedup["model"].get(ORT),
         "stages": {name: s["acc1"] for name, s in res["stages"].items()},
+        "plan": plan,
         "batch_size": _batch_size(res),
         "stages_text": " → ".join(f"{name} {s['acc1']:.2f}" for name, s in res["stages"].items())
         + (" (reverted: lower)" if res.get("finetune_reverted") else ""),
@@ -345,7 +363,8 @@ def _bases_text(kept: list[dict], mixed: bool) -> str | None:
     return (values[0] if len(set(values)) == 1 else "/".join(values)) if values else None
 
 
-def _fmt(key: str, value) -> str:
+def fmt(key: str, value) -> str:
+    """``value`` as a table cell: :data:`DIGITS` decimals for a float, "-" for None."""
     if value is None:
         return "-"
     return f"{value:.{DIGITS.get(key, 2)}f}" if isinstance(value, float) else str(value)
@@ -358,7 +377,7 @@ def table_markdown(rows: list[dict]) -> str:
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---:" if k in numeric else "---" for k in COLUMNS.values()) + "|",
     ]
-    lines += ["| " + " | ".join(_fmt(k, r[k]) for k in COLUMNS.values()) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(k, r[k]) for k in COLUMNS.values()) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -398,12 +417,12 @@ def deployment_markdown(rows: list[dict]) -> str:
             iqr = _spread(t.get("speedup_iqr"), t.get("unstable"))
             cells = [
                 name + (f" ({', '.join(marks)})" if marks else ""),
-                *(_fmt("ms", v) for v in (b["ms"], b["acc1"], f["ms"], f["acc1"])),
-                _fmt("speedup", t.get("speedup")) + (f" ({iqr})" if iqr else ""),
+                *(fmt("ms", v) for v in (b["ms"], b["acc1"], f["ms"], f["acc1"])),
+                fmt("speedup", t.get("speedup")) + (f" ({iqr})" if iqr else ""),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         if best:
-            reference = _fmt("acc1", d.get("reference_acc1"))
+            reference = fmt("acc1", d.get("reference_acc1"))
             lines.append(
                 f"\nBest dense: {best['dense']}, {best['dense_ms']:.2f} ms at {best['dense_acc1']:.2f}% (within "
                 f"{best['within']:g} point of the reference {reference}%); best final: {best['final']}, "

@@ -3,16 +3,19 @@ points at which the final network is measurably slower than the baseline."""
 
 from __future__ import annotations
 
+import datetime
 import logging
+import shlex
 from dataclasses import dataclass, field
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from lrx.compress.prune import METHOD as PRUNE
 from lrx.lowrank.surgery import skipped_convs
 from lrx.measure.complexity import complexity
-from lrx.measure.latency import decide_point, points
+from lrx.measure.latency import decide_point, machine, points
 from lrx.results.files import MODEL
 from lrx.run.job import Job
 from lrx.runtime import cpu
@@ -75,6 +78,14 @@ def _vs_best_dense(deployed: dict | None) -> dict:
     return {"vs_best_dense": best and best["speedup"], "vs_best_dense_iqr": best and best["speedup_iqr"]}
 
 
+def command() -> str | None:
+    """The ``python -m lrx.train`` command that makes this run again (a sweep job: its own
+    overrides, without ``-m``), None outside Hydra."""
+    if not HydraConfig.initialized():
+        return None
+    return shlex.join(["python", "-m", "lrx.train", *HydraConfig.get().overrides.task])
+
+
 def results_of(s: State, timings: dict) -> dict:
     """The one place results.json is built. Its headline figures (``speedup``, ``latency_ms``,
     each layer's ``measured_speedup``) are at ``latency.decide_at``; ``latency`` holds every
@@ -120,6 +131,9 @@ def results_of(s: State, timings: dict) -> dict:
         "latency": timings,
         "timed_in": s.where,  # where the guard and the planner timed candidates
         "load": s.load,
+        "command": command(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(),
         "cpu_flags": cpu.flags(),  # the features that decide int8 and bf16 speed (lrx.runtime.cpu)
         "latency_env": openmp_env(),  # the OpenMP wait variables every torch timing above ran under
         "deploy": s.deployed,
