@@ -323,13 +323,26 @@ def test_a_plan_in_macs_is_labelled_apart_from_a_measured_one(tmp_path):
     assert sorted(r["label"] for r in rows[1:]) == ["plan 3x MACs s2", "plan 3x s2"]
 
 
-def test_a_run_timed_again_shows_the_median_and_range_of_its_rounds(sweep):
-    conv = {"median": 2.7, "min": 2.61, "max": 2.78, "rounds": [2.61, 2.7, 2.78]}
-    (sweep / "1" / RETIMED).write_text(json.dumps({"conv_speedup": conv}))
+CONV = {"median": 2.7, "min": 2.61, "max": 2.78, "rounds": [2.61, 2.7, 2.78]}
+
+
+@pytest.mark.parametrize(
+    "retimed",
+    [{"convs": {"conv_speedup": CONV}, "network": {"targets": {}}}, {"conv_speedup": CONV}],
+    ids=["python -m lrx.retime", "scripts/retime.py, before the sections"],
+)
+def test_a_run_timed_again_shows_the_median_and_range_of_its_rounds(sweep, retimed):
+    (sweep / "1" / RETIMED).write_text(json.dumps(retimed))
     rows, _ = report_rows.collect([sweep])
     retimed = {r["conv_speedup_cpu"]: r["retimed"] for r in rows}
     assert retimed == {1.0: None, 1.6: None, 2.5: None, 2.9: "2.70 [2.61-2.78]"}  # job 1 is S2, at 2.9x
     assert "| 2.70 [2.61-2.78] |" in report_rows.table_markdown(rows)
+
+
+def test_a_run_timed_again_only_in_its_targets_shows_no_re_timed_conv_speed_up(sweep):
+    (sweep / "1" / RETIMED).write_text(json.dumps({"network": {"targets": {}}}))
+    rows, _ = report_rows.collect([sweep])
+    assert [r["retimed"] for r in rows] == [None] * len(rows)
 
 
 def test_every_committed_run_is_reported():

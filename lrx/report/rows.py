@@ -167,11 +167,13 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
 
 
 def _retimed(path: Path) -> str | None:
-    """``2.70 [2.61-2.78]``: the median and range of the conv speed-ups in ``retime.json``, if any."""
+    """``2.70 [2.61-2.78]``: the median and range of the re-timed conv speed-ups in ``retime.json``
+    (its ``convs`` section; the top level of a file from before the sections), if any."""
     if not path.is_file():
         return None
-    conv = json.loads(path.read_text())["conv_speedup"]
-    return f"{conv['median']:.2f} [{conv['min']:.2f}-{conv['max']:.2f}]"
+    retimed = json.loads(path.read_text())
+    conv = retimed.get("convs", retimed).get("conv_speedup")
+    return None if conv is None else f"{conv['median']:.2f} [{conv['min']:.2f}-{conv['max']:.2f}]"
 
 
 def _deployment(res: dict, run_dir: Path) -> dict | None:

@@ -10,8 +10,8 @@ RESULTS = "results.json"  # a run's results, written last (the run is finished o
 MODEL = "model.pt"  # the final network (lrx.results.saved)
 DEPLOYED_DIR = "deployed"  # beside it: every deployment target's graphs, deployed/<target>/<side>/ (deploy.targets)
 DEPLOYED = "deploy_targets.json"  # beside it, from scripts/deploy_table.py: results["deploy"]'s shape, older runs
-SERVING = "serving.json"  # beside it, from scripts/serving_table.py: each target's serving settings, timed
-RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
+SERVING = "serving.json"  # beside it, from deploy.serving=auto: each target's serving settings, timed
+RETIMED = "retime.json"  # beside it, from python -m lrx.retime: the run's networks timed again, several rounds
 ORT = "onnxruntime-cpu"  # the device key of ONNX Runtime timings
 FOLDED = " (BN folded)"  # "<device> (BN folded)": the timings of both networks with their BatchNorms folded
 
@@ -31,9 +31,14 @@ def read_finished(path: Path) -> tuple[dict | None, str]:
 
 
 def recommended_serving(run_dir: Path) -> dict[str, dict]:
-    """``{target: the serving setting recommended for it}`` (a Serving's fields, lrx.runtime.serving)
-    from ``serving.json`` beside a run (scripts/serving_table.py, deploy.serving=auto); {} without one."""
-    path = Path(run_dir) / SERVING
-    if not path.is_file():
-        return {}
-    return {t: v["recommended"]["serving"] for t, v in json.loads(path.read_text())["targets"].items()}
+    """``{target: the serving setting recommended for it}`` (a Serving's fields, lrx.runtime.serving):
+    where ``python -m lrx.retime`` timed a target in several settings, its recommendation
+    (``retime.json``), else the run's (``serving.json``, deploy.serving=auto); {} without either."""
+    out = {}
+    serving, retimed = Path(run_dir) / SERVING, Path(run_dir) / RETIMED
+    if serving.is_file():
+        out |= {t: v["recommended"]["serving"] for t, v in json.loads(serving.read_text())["targets"].items()}
+    if retimed.is_file():
+        network = json.loads(retimed.read_text()).get("network", {})  # files from before its sections have none
+        out |= {t: v["recommended"]["serving"] for t, v in network.get("targets", {}).items() if "recommended" in v}
+    return out
