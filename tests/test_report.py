@@ -509,6 +509,16 @@ def test_older_runs_are_read_from_the_file_beside_results_json(sweep):
     assert rows["plan 2.5x s1+s2"]["deploy"] is None and rows["plan 2.5x s1+s2"]["best_dense_text"] is None
 
 
+def test_a_run_deployed_again_by_python_m_lrx_retime_is_read_from_retime_json(sweep):
+    other = deployment({"torch-fp32": (30.0, 87.56, 15.0, 87.0)}, ("torch-fp32", "torch-fp32"))
+    (sweep / "0" / RETIMED).write_text(json.dumps({"convs": {}, "deploy": DEPLOYMENT}))
+    (sweep / "0" / DEPLOYED).write_text(json.dumps(other))  # older: the re-deployment wins
+    (sweep / "1" / RETIMED).write_text(json.dumps({"convs": {}}))  # not deployed again
+    (sweep / "1" / DEPLOYED).write_text(json.dumps(other))
+    rows = {r["label"]: r for r in report_rows.collect([sweep])[0]}
+    assert rows["s1 M8"]["deploy"] == DEPLOYMENT and rows["s2 K32"]["deploy"] == other
+
+
 def test_a_deployment_without_a_best_dense_leaves_the_headline_blank(sweep, tmp_path):
     lossy = {
         **deployment({"openvino-int8": (10.0, 80.0, 5.0, 79.0)}, None),

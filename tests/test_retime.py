@@ -32,8 +32,9 @@ COMMITTED = REPO / "results" / "runs" / "plan_openvino_int8_1.55x_ft4"  # has mo
 
 
 @pytest.fixture
-def finished_run(tmp_path):
-    """A finished run made by hand: a small untrained AlexNet, and the same with conv2 in Scheme 2."""
+def finished_run(tmp_path, tiny_root):
+    """A finished run made by hand, on the tiny data: a small untrained AlexNet, and the same with
+    conv2 in Scheme 2."""
     torch.manual_seed(0)
     baseline = instantiate(OmegaConf.create(NET)).eval()
     torch.save(baseline.state_dict(), tmp_path / "baseline.pt")
@@ -41,10 +42,15 @@ def finished_run(tmp_path):
     final.conv2 = method_class("scheme2").from_conv(final.conv2, 2).eval()
     save_network(tmp_path / "model.pt", final, NET)
     latency = {"batch_sizes": [2], "memory_format": "contiguous", "estimator": QUICK.as_dict(), "quiet_wait_s": 0}
+    data = {
+        **{"_target_": "lrx.data.CIFAR10DataModule", "name": "cifar10", "root": str(tiny_root), "num_classes": 10},
+        **{"input_size": 32, "batch_size": 8, "eval_batch_size": 8, "val_size": 10, "split_seed": 0},
+        **{"num_workers": 0, "resize": 32, "augment": False, "download": False},
+    }
     results = {
         "status": "complete",
-        "baseline": {"origin": {"path": str(tmp_path / "baseline.pt")}},
-        "config": {"model": {"net": NET, "input_size": 32}, "latency": latency},
+        "baseline": {"origin": {"path": str(tmp_path / "baseline.pt")}, "acc1": 0.0},  # any target is close to it
+        "config": {"model": {"net": NET, "input_size": 32}, "latency": latency, "data": data},
         "speedup": {"conv": {"cpu": 1.5}, "model": {"cpu": 1.2}},
     }
     write_json(tmp_path / "results.json", results)
@@ -71,6 +77,17 @@ def test_a_run_is_retimed_in_torch_and_in_a_target_each_setting_in_its_own_proce
     assert len(network["targets"]["torch-fp32"]["settings"][0]["quiet"]["speedup_rounds"]) == 2
     assert recommended_serving(finished_run) == {"torch-fp32": chosen}  # the next re-timing's default
     assert (finished_run / "results.json").read_text() == recorded  # left as it was
+
+
+def test_a_run_is_deployed_again_with_its_acc1_in_each_target_beside_the_network_timings(finished_run):
+    argv = [str(finished_run), "--targets", "torch-fp32", "--no-convs", "--deploy", "--rounds", "1", "--busy", "0"]
+    assert main(argv) == 0
+    retimed = json.loads((finished_run / RETIMED).read_text())
+    assert set(retimed) == {"network", "deploy"}
+    deployed = retimed["deploy"]["targets"]["torch-fp32"]
+    assert 0 <= deployed["baseline"]["acc1"] <= 100 and deployed["final"]["ms"] > 0 and deployed["speedup"] > 0
+    assert retimed["deploy"]["best"]["dense"] == retimed["deploy"]["best"]["final"] == "torch-fp32"
+    assert retimed["deploy"]["bn_folded"] and retimed["deploy"]["estimator"] == QUICK.as_dict()
 
 
 def test_a_section_not_timed_again_is_kept_and_a_file_from_before_the_sections_is_replaced(tmp_path):

@@ -178,11 +178,14 @@ def _retimed(path: Path) -> str | None:
 
 def _deployment(res: dict, run_dir: Path) -> dict | None:
     """The run's deployment to every target: ``results["deploy"]`` where it has ``targets``, else
-    ``deploy_targets.json`` beside results.json (older runs); None where neither has any."""
+    the ``deploy`` section of ``retime.json`` beside results.json (python -m lrx.retime --deploy),
+    else ``deploy_targets.json`` (older runs); None where none has any."""
     deploy = res.get("deploy")
     if not (isinstance(deploy, dict) and deploy.get("targets")):
-        path = run_dir / DEPLOYED
-        deploy = json.loads(path.read_text()) if path.is_file() else None
+        retimed, older = run_dir / RETIMED, run_dir / DEPLOYED
+        deploy = json.loads(retimed.read_text()).get("deploy") if retimed.is_file() else None
+        if not deploy and older.is_file():
+            deploy = json.loads(older.read_text())
     return deploy if isinstance(deploy, dict) and deploy.get("targets") else None
 
 

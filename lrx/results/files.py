@@ -9,9 +9,9 @@ from pathlib import Path
 RESULTS = "results.json"  # a run's results, written last (the run is finished once it exists)
 MODEL = "model.pt"  # the final network (lrx.results.saved)
 DEPLOYED_DIR = "deployed"  # beside it: every deployment target's graphs, deployed/<target>/<side>/ (deploy.targets)
-DEPLOYED = "deploy_targets.json"  # beside it, from scripts/deploy_table.py: results["deploy"]'s shape, older runs
+DEPLOYED = "deploy_targets.json"  # beside older runs, from the former scripts/deploy_table.py: results["deploy"]'s shape
 SERVING = "serving.json"  # beside it, from deploy.serving=auto: each target's serving settings, timed
-RETIMED = "retime.json"  # beside it, from python -m lrx.retime: the run's networks timed again, several rounds
+RETIMED = "retime.json"  # beside it, from python -m lrx.retime: the run timed (and deployed) again, one section a kind
 ORT = "onnxruntime-cpu"  # the device key of ONNX Runtime timings
 FOLDED = " (BN folded)"  # "<device> (BN folded)": the timings of both networks with their BatchNorms folded
 

@@ -6,6 +6,7 @@ valid ones. Run it on a machine doing nothing else: the busy neighbours must be 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,7 +21,8 @@ from lrx.results.files import MODEL, RESULTS, recommended_serving
 from lrx.results.saved import load_models
 from lrx.retime import sections
 from lrx.retime.settings import ALL, settings, thread_counts, wait_policies
-from lrx.retime.tables import convs_table, network_table
+from lrx.retime.tables import text
+from lrx.runtime.serving import Serving
 
 NONE = "none"
 
@@ -40,6 +42,12 @@ def parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="time every conv and the whole network in PyTorch (default: yes)",
+    )
+    ap.add_argument(
+        "--deploy",
+        action="store_true",
+        help="also the run's deploy stage again in the targets: acc@1 there and the speed-up against the best dense "
+        "deployment, at the run's thread count",
     )
     ap.add_argument("--rounds", type=int, default=3, help="timings of each setting, quiet and busy (default 3)")
     ap.add_argument(
@@ -106,9 +114,24 @@ def chosen_targets(names: list[str] | None, results: dict) -> list[Target]:
     return [t for t in here if t.name in deployed] or here
 
 
-def checked(args) -> list[tuple[Path, dict, SimpleNamespace, list, dict]]:
-    """Every flag and run checked, before any work: per run ``(run_dir, results, the timing
-    processes' args, the torch settings of the convs, {target: its settings})``."""
+@dataclass
+class Plan:
+    """What to time for one run."""
+
+    run_dir: Path
+    results: dict
+    job: SimpleNamespace  # the timing processes' args
+    convs: list[Serving]  # the torch settings of the convs
+    network: dict[Target, list[Serving]]  # each target's settings
+    threads: int  # the run's thread count (latency.decide_at), the deploy stage's
+
+    @property
+    def processes(self) -> int:
+        return len(self.convs) + sum(map(len, self.network.values()))
+
+
+def checked(args) -> list[Plan]:
+    """Every flag and run checked, before any work: a :class:`Plan` per run."""
     if args.rounds < 1:
         raise ValueError(f"--rounds {args.rounds} is invalid; valid: an integer >= 1")
     if not 0 <= args.busy < cores():
@@ -132,6 +155,8 @@ def checked(args) -> list[tuple[Path, dict, SimpleNamespace, list, dict]]:
         targets = chosen_targets(args.targets, results)
         if not targets and not args.convs:
             raise ValueError(f"--targets {NONE} with --no-convs leaves nothing to time")
+        if not targets and args.deploy:
+            raise ValueError(f"--targets {NONE} with --deploy leaves nowhere to deploy to")
         lat, recommended = results["config"]["latency"], recommended_serving(run_dir)
         batch_size, run_threads = decide_point(lat)
         job = SimpleNamespace(
@@ -146,7 +171,7 @@ def checked(args) -> list[tuple[Path, dict, SimpleNamespace, list, dict]]:
         )
         convs = settings("torch", recommended.get("torch-fp32"), run_threads, threads, waits) if args.convs else []
         network = {t: settings(t.runtime, recommended.get(t.name), run_threads, threads, waits) for t in targets}
-        plans.append((run_dir, results, job, convs, network))
+        plans.append(Plan(run_dir, results, job, convs, network, run_threads))
     return plans
 
 
@@ -157,32 +182,23 @@ def main(argv: list[str] | None = None) -> int:
         plans = checked(args)
     except ValueError as e:  # TargetError too
         ap.exit(2, f"{ap.prog}: error: {e}\n")
-    total = sum(len(convs) + sum(map(len, network.values())) for _, _, _, convs, network in plans)
-    with tqdm(total=total, desc="re-timing", unit="setting") as bar:
+    with tqdm(total=sum(p.processes + args.deploy for p in plans), desc="re-timing", unit="process") as bar:
 
         def advance(what: str) -> None:
             bar.set_postfix_str(what)
             bar.update()
 
-        for run_dir, results, job, convs, network in plans:
-            bar.set_description(f"re-timing {run_dir.name}")
+        for p in plans:
+            bar.set_description(f"re-timing {p.run_dir.name}")
             timed = {}
-            if convs:
-                timed["convs"] = sections.convs_section(run_dir, results, convs, job, advance)
-            if network:
-                timed["network"] = sections.network_section(run_dir, network, job, advance)
-            path = sections.write(run_dir, timed)
-            rounds = f"{job.rounds} round{'s' if job.rounds > 1 else ''}"
-            lines = [f"{run_dir}: {machine()}, batch {job.batch_size}, {rounds} quiet and next to {job.busy} busy"]
-            if convs:
-                folded = ", BatchNorm folded in both networks" if job.fold_bn else ""
-                recorded = timed["convs"]["recorded"]
-                lines += [f"\nEvery conv and the whole network in PyTorch{folded}:\n", convs_table(timed["convs"])]
-                lines.append(f"recorded in the run: conv {recorded['conv']:.2f}x, model {recorded['model']:.2f}x")
-            if network:
-                lines += ["\nThe whole network in each target, BatchNorm folded:\n", network_table(timed["network"])]
-            lines.append(f"written to {path}\n")
-            tqdm.write("\n".join(lines))
+            if p.convs:
+                timed["convs"] = sections.convs_section(p.run_dir, p.results, p.convs, p.job, advance)
+            if p.network:
+                timed["network"] = sections.network_section(p.run_dir, p.network, p.job, advance)
+            if args.deploy:
+                timed["deploy"] = sections.deploy_section(p.run_dir, list(p.network), p.threads, p.job, advance)
+            path = sections.write(p.run_dir, timed)
+            tqdm.write(f"{p.run_dir}: {machine()}\n{text(timed)}\nwritten to {path}\n")
     return 0
 
 

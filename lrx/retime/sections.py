@@ -5,10 +5,13 @@
   report shows) are the first setting's, quiet;
 - ``network``: the whole network BatchNorm-folded and deployed to each target
   (:func:`lrx.run.serving_choice.probe`), per setting, with the ``recommended`` setting where a
-  target was timed in several.
+  target was timed in several;
+- ``deploy``: the run's deploy stage again (:mod:`lrx.retime.deployment`: acc@1 in each target and
+  the speed-up against the best dense deployment, results.json's ``deploy`` shape).
 
-Each setting is timed in its own fresh process, ``rounds`` times quiet and next to ``busy``
-neighbours, taking turns. A section not timed again is kept from the file already there.
+Each setting of ``convs`` and ``network`` is timed in its own fresh process, ``rounds`` times quiet
+and next to ``busy`` neighbours, taking turns; ``deploy`` in one more. A section not timed again
+is kept from the file already there.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from lrx.deploy.targets import Target
 from lrx.io import write_json
 from lrx.measure.latency import machine
 from lrx.results.files import RETIMED
-from lrx.retime import convs
+from lrx.retime import convs, deployment
 from lrx.run.serving_choice import in_own_process, recommend
 from lrx.runtime.serving import Serving
 
-SECTIONS = ("convs", "network")
+SECTIONS = ("convs", "network", "deploy")
 
 
 def _how(args) -> dict:
@@ -75,6 +78,14 @@ def network_section(run_dir: Path, servings: dict[Target, list[Serving]], args, 
         "calibration_images": args.calibration_images if calibrated else None,
         "targets": targets,
     }
+
+
+def deploy_section(run_dir: Path, targets: list[Target], threads: int, args, advance) -> dict:
+    """The ``deploy`` section: :func:`lrx.retime.deployment.deploy_run` in its own process at
+    ``threads``; ``advance(what)`` after it."""
+    deployed = deployment.in_own_process(run_dir, targets, threads, args)
+    advance("deployed")
+    return {**deployed, "estimator": args.estimator}
 
 
 def write(run_dir: Path, sections: dict) -> Path:

@@ -17,9 +17,12 @@ def _spread(s: dict) -> str:
     return f"{s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f})"
 
 
+def _range(pair: list) -> str:
+    return f"{pair[0]:.2f}-{pair[1]:.2f}"
+
+
 def _widest(iqrs: list) -> str:
-    low, high = max(iqrs, key=lambda q: q[1] - q[0])
-    return f"{low:.2f}-{high:.2f}"
+    return _range(max(iqrs, key=lambda q: q[1] - q[0]))
 
 
 def convs_table(section: dict) -> str:
@@ -64,3 +67,56 @@ def network_table(section: dict) -> str:
                     f"| {busy_text(c['busy_cores'])} |"
                 )
     return "\n".join(lines)
+
+
+def deploy_table(section: dict) -> str:
+    """One row per target: both networks' ms and acc@1 and the speed-up (IQR); then the best dense
+    and best final deployment, and the targets left out."""
+    lines = [
+        "| target | dense ms | dense acc@1 | final ms | final acc@1 | speed-up (IQR) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, t in section["targets"].items():
+        b, f = t["baseline"], t["final"]
+        lines.append(
+            f"| {name} | {b['ms']:.2f} | {b['acc1']:.2f} | {f['ms']:.2f} | {f['acc1']:.2f} "
+            f"| {t['speedup']:.2f}x ({_range(t['speedup_iqr'])}) |"
+        )
+    best = section["best"]
+    if best:
+        lines.append(
+            f"\nbest dense: {best['dense']} {best['dense_ms']:.2f} ms ({best['dense_acc1']:.2f}%); best final: "
+            f"{best['final']} {best['final_ms']:.2f} ms ({best['final_acc1']:.2f}%): {best['speedup']:.2f}x "
+            f"({_range(best['speedup_iqr'])})"
+        )
+    else:
+        lines.append("\nno dense deployment kept its acc@1 close enough to the run's: no best dense")
+    lines += [f"left out: {name} ({why})" for name, why in (section.get("failed") or {}).items()]
+    return "\n".join(lines)
+
+
+def text(sections: dict) -> str:
+    """Every section of one run's re-timing, each with how it was timed, as markdown."""
+    parts = []
+    if "convs" in sections:
+        c = sections["convs"]
+        folded = ", BatchNorm folded in both networks" if c["bn_folded"] else ""
+        parts += [
+            f"Every conv and the whole network in PyTorch{folded} ({_how(c)}):\n",
+            convs_table(c),
+            f"recorded in the run: conv {c['recorded']['conv']:.2f}x, model {c['recorded']['model']:.2f}x",
+        ]
+    if "network" in sections:
+        n = sections["network"]
+        parts += [f"\nThe whole network in each target, BatchNorm folded ({_how(n)}):\n", network_table(n)]
+    if "deploy" in sections:
+        d = sections["deploy"]
+        setting = f"batch {d['batch_size']}, {d['threads']} threads, busy cores while timing {d['busy_cores']}"
+        parts += [f"\nDeployed again, acc@1 in each target ({setting}):\n", deploy_table(d)]
+    return "\n".join(parts)
+
+
+def _how(section: dict) -> str:
+    rounds = f"{section['rounds']} round{'s' if section['rounds'] > 1 else ''}"
+    busy = f" and next to {section['busy']} busy neighbour(s)" if section["busy"] else " (quiet only)"
+    return f"batch {section['batch_size']}, {rounds} quiet{busy}"
