@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import shlex
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from lrx.measure.load import quiet_and_busy
 from lrx.results.files import RETIMED, recommended_serving
 from lrx.results.saved import save_network
 from lrx.retime import sections
-from lrx.retime.__main__ import main
+from lrx.retime.__main__ import estimator_changes, main, parser
 from lrx.retime.settings import settings, thread_counts, wait_policies
 from lrx.run.serving_choice import recommend
 from lrx.runtime.serving import Serving
@@ -159,3 +161,21 @@ def test_bad_input_is_refused_in_one_line_naming_the_flag_before_any_work(argv, 
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and words in err
     assert not (COMMITTED / RETIMED).exists()
+
+
+def _documented() -> list[list[str]]:
+    """The arguments of every ``python -m lrx.retime`` line in the bash blocks of the README and
+    docs/ (a synopsis, in brackets, left out)."""
+    commands = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                if line.split()[:3] == ["python", "-m", "lrx.retime"] and "[" not in line:
+                    commands.append(shlex.split(line, comments=True)[3:])
+    return commands
+
+
+@pytest.mark.parametrize("argv", _documented(), ids=" ".join)
+def test_every_documented_command_names_valid_flags(argv):
+    args = parser().parse_args(argv)
+    thread_counts(args.threads), wait_policies(args.wait), estimator_changes(args.estimator)
