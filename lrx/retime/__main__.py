@@ -28,7 +28,11 @@ NONE = "none"
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m lrx.retime", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m lrx.retime",
+        description="Re-time finished runs: every conv and the whole network in PyTorch, and the whole network in "
+        "any targets, quiet and next to busy neighbours, each setting in its own process; into RUN_DIR/retime.json.",
+    )
     ap.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished runs (results.json, model.pt)")
     ap.add_argument(
         "--targets",
@@ -77,7 +81,10 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--fold-bn", action="store_true", help="fold both networks' BatchNorms before timing the convs")
     ap.add_argument("--calibration-images", type=int, default=300, help="training images int8 calibrates on")
-    ap.add_argument("--data-root", help="where the runs' dataset is, if not where they read it (int8 calibration)")
+    ap.add_argument(
+        "--data-root",
+        help="where the runs' dataset is, if not where they read it (int8 calibration, --deploy's acc@1)",
+    )
     return ap
 
 
