@@ -75,7 +75,8 @@ def test_a_run_is_retimed_in_torch_and_in_a_target_each_setting_in_its_own_proce
     assert set(convs["settings"][1]["quiet"]["layers"]) == set(conv_names(instantiate(OmegaConf.create(NET))))
     assert convs["conv_speedup"] == convs["settings"][0]["quiet"]["conv_speedup"]  # what the report shows
     assert convs["recorded"] == {"conv": 1.5, "model": 1.2} and convs["estimator"] == QUICK.as_dict()
-    chosen = network["targets"]["torch-fp32"]["recommended"]["serving"]
+    chosen = retimed["serving"]["torch-fp32"]["serving"]
+    assert chosen in [spin.as_dict(), passive.as_dict()] and retimed["serving"]["torch-fp32"]["date"] == convs["date"]
     assert len(network["targets"]["torch-fp32"]["settings"][0]["quiet"]["speedup_rounds"]) == 2
     assert recommended_serving(finished_run) == {"torch-fp32": chosen}  # the next re-timing's default
     assert (finished_run / "results.json").read_text() == recorded  # left as it was
@@ -85,7 +86,7 @@ def test_a_run_is_deployed_again_with_its_acc1_in_each_target_beside_the_network
     argv = [str(finished_run), "--targets", "torch-fp32", "--no-convs", "--deploy", "--rounds", "1", "--busy", "0"]
     assert main(argv) == 0
     retimed = json.loads((finished_run / RETIMED).read_text())
-    assert set(retimed) == {"network", "deploy"}
+    assert set(retimed) == {"network", "serving", "deploy"} and retimed["serving"] == {}  # one setting: no choice
     deployed = retimed["deploy"]["targets"]["torch-fp32"]
     assert 0 <= deployed["baseline"]["acc1"] <= 100 and deployed["final"]["ms"] > 0 and deployed["speedup"] > 0
     assert retimed["deploy"]["best"]["dense"] == retimed["deploy"]["best"]["final"] == "torch-fp32"
@@ -94,10 +95,17 @@ def test_a_run_is_deployed_again_with_its_acc1_in_each_target_beside_the_network
 
 def test_a_section_not_timed_again_is_kept_and_a_file_from_before_the_sections_is_replaced(tmp_path):
     write_json(tmp_path / RETIMED, {"conv_speedup": {"median": 2.0}, "points": {}})  # scripts/retime.py's
-    sections.write(tmp_path, {"network": {"targets": {}}})
-    assert json.loads((tmp_path / RETIMED).read_text()) == {"network": {"targets": {}}}
-    sections.write(tmp_path, {"convs": {"settings": []}})
-    assert json.loads((tmp_path / RETIMED).read_text()) == {"network": {"targets": {}}, "convs": {"settings": []}}
+    sections.write(tmp_path, {"network": {"targets": {}}, "serving": {"torch-fp32": "chosen"}})
+    assert json.loads((tmp_path / RETIMED).read_text()) == {
+        "network": {"targets": {}},
+        "serving": {"torch-fp32": "chosen"},
+    }
+    sections.write(tmp_path, {"convs": {"settings": []}, "serving": {"openvino-int8": "chosen"}})
+    assert json.loads((tmp_path / RETIMED).read_text()) == {
+        "network": {"targets": {}},
+        "serving": {"torch-fp32": "chosen", "openvino-int8": "chosen"},  # each target's latest choice
+        "convs": {"settings": []},
+    }
 
 
 def test_quiet_and_busy_rounds_take_turns_with_the_neighbours_running_only_for_busy(monkeypatch):

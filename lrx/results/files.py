@@ -33,12 +33,12 @@ def read_finished(path: Path) -> tuple[dict | None, str]:
 def recommended_serving(run_dir: Path) -> dict[str, dict]:
     """``{target: the serving setting recommended for it}`` (a Serving's fields, lrx.runtime.serving):
     where ``python -m lrx.retime`` timed a target in several settings, its recommendation
-    (``retime.json``), else the run's (``serving.json``, deploy.serving=auto); {} without either."""
+    (``retime.json``'s ``serving`` section), else the run's (``serving.json``, deploy.serving=auto);
+    {} without either."""
     out = {}
     serving, retimed = Path(run_dir) / SERVING, Path(run_dir) / RETIMED
     if serving.is_file():
         out |= {t: v["recommended"]["serving"] for t, v in json.loads(serving.read_text())["targets"].items()}
-    if retimed.is_file():
-        network = json.loads(retimed.read_text()).get("network", {})  # files from before its sections have none
-        out |= {t: v["recommended"]["serving"] for t, v in network.get("targets", {}).items() if "recommended" in v}
+    if retimed.is_file():  # a file from before its sections has no serving section
+        out |= {t: v["serving"] for t, v in json.loads(retimed.read_text()).get("serving", {}).items()}
     return out

@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 timed["convs"] = sections.convs_section(p.run_dir, p.results, p.convs, p.job, advance)
             if p.network:
                 timed["network"] = sections.network_section(p.run_dir, p.network, p.job, advance)
+                timed["serving"] = sections.serving_section(timed["network"])
             if args.deploy:
                 timed["deploy"] = sections.deploy_section(p.run_dir, list(p.network), p.threads, p.job, advance)
             path = sections.write(p.run_dir, timed)

@@ -1,11 +1,12 @@
-"""``retime.json`` beside a run: one section per kind of timing, each with how it was measured.
+"""``retime.json`` beside a run: one section per kind, each with how it was measured.
 
 - ``convs``: every conv and the whole network in PyTorch, baseline beside final
   (:mod:`lrx.retime.convs`), per torch setting; its ``conv_speedup`` / ``model_speedup`` (what the
   report shows) are the first setting's, quiet;
 - ``network``: the whole network BatchNorm-folded and deployed to each target
-  (:func:`lrx.run.serving_choice.probe`), per setting, with the ``recommended`` setting where a
-  target was timed in several;
+  (:func:`lrx.run.serving_choice.probe`), per setting;
+- ``serving``: per target timed in several settings, the recommended one
+  (:func:`lrx.run.serving_choice.recommend`), kept for the targets not timed in several again;
 - ``deploy``: the run's deploy stage again (:mod:`lrx.retime.deployment`: acc@1 in each target and
   the speed-up against the best dense deployment, results.json's ``deploy`` shape).
 
@@ -28,7 +29,7 @@ from lrx.retime import convs, deployment
 from lrx.run.serving_choice import in_own_process, recommend
 from lrx.runtime.serving import Serving
 
-SECTIONS = ("convs", "network", "deploy")
+SECTIONS = ("convs", "network", "serving", "deploy")
 
 
 def _how(args) -> dict:
@@ -70,13 +71,23 @@ def network_section(run_dir: Path, servings: dict[Target, list[Serving]], args, 
         for serving in settings:
             timed.append({"serving": serving.as_dict(), **in_own_process(run_dir, target, serving, args)})
             advance(f"{target.name}, {serving.label}")
-        targets[target.name] = {"settings": timed} | ({"recommended": recommend(timed)} if len(timed) > 1 else {})
+        targets[target.name] = {"settings": timed}
     calibrated = any(t.precision == "int8" for t in servings)
     return {
         **_how(args),
         "bn_folded": True,
         "calibration_images": args.calibration_images if calibrated else None,
         "targets": targets,
+    }
+
+
+def serving_section(network: dict) -> dict:
+    """The ``serving`` section: for each target of the ``network`` section timed in several
+    settings, the recommended one and the day it was chosen; {} where none was."""
+    return {
+        name: {"date": network["date"], **recommend(t["settings"])}
+        for name, t in network["targets"].items()
+        if len(t["settings"]) > 1
     }
 
 
@@ -90,7 +101,11 @@ def deploy_section(run_dir: Path, targets: list[Target], threads: int, args, adv
 
 def write(run_dir: Path, sections: dict) -> Path:
     """``sections`` into ``run_dir/retime.json`` (atomically), beside the sections of the file already
-    there that were not timed again (a file from before the sections is replaced)."""
+    there that were not timed again, and its ``serving`` targets not chosen again (a file from
+    before the sections is replaced)."""
     path = Path(run_dir) / RETIMED
     old = json.loads(path.read_text()) if path.is_file() else {}
-    return write_json(path, {**{k: v for k, v in old.items() if k in SECTIONS}, **sections})
+    kept = {k: v for k, v in old.items() if k in SECTIONS}
+    if "serving" in sections:
+        sections = {**sections, "serving": {**kept.get("serving", {}), **sections["serving"]}}
+    return write_json(path, {**kept, **sections})

@@ -46,15 +46,16 @@ def convs_table(section: dict) -> str:
     return "\n".join(lines)
 
 
-def network_table(section: dict) -> str:
+def network_table(section: dict, recommended: dict) -> str:
     """One row per target, setting and condition: both networks' ms, the speed-up (median and range
-    over the rounds), busy: how much of the quiet speed-up it keeps; the recommended setting marked."""
+    over the rounds), busy: how much of the quiet speed-up it keeps; the setting ``recommended``
+    (the ``serving`` section) marked."""
     lines = [
         "| target | setting | condition | dense -> final ms | speed-up, median (range) | keeps | busy cores |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, t in section["targets"].items():
-        chosen = t.get("recommended", {}).get("serving")
+        chosen = recommended.get(name, {}).get("serving")
         for timed in t["settings"]:
             mark = " **(recommended)**" if timed["serving"] == chosen else ""
             for when in (w for w in CONDITIONS if w in timed):
@@ -108,7 +109,10 @@ def text(sections: dict) -> str:
         ]
     if "network" in sections:
         n = sections["network"]
-        parts += [f"\nThe whole network in each target, BatchNorm folded ({_how(n)}):\n", network_table(n)]
+        parts += [
+            f"\nThe whole network in each target, BatchNorm folded ({_how(n)}):\n",
+            network_table(n, sections.get("serving", {})),
+        ]
     if "deploy" in sections:
         d = sections["deploy"]
         setting = f"batch {d['batch_size']}, {d['threads']} threads, busy cores while timing {d['busy_cores']}"
