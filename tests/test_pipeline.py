@@ -3,11 +3,8 @@ reconstruction and fine-tuning fit only the layers that stay."""
 
 import datetime
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,14 +13,14 @@ from torch import nn
 
 import lrx.measure.latency
 import lrx.run.stages
-from lrx.io import PROJECT, write_json
+from lrx.io import PROJECT
 from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
 from lrx.measure.complexity import complexity
 from lrx.measure.latency import conv_names, machine
 from lrx.results.saved import load_models
 from lrx.run.job import prepare
 from lrx.run.stages import run
-from tests.conftest import REPO, compose_cfg
+from tests.conftest import compose_cfg
 from tests.helpers.data import smoke_args
 from tests.helpers.methods import one_thread  # noqa: F401
 from tests.helpers.timing import QUICK, QUICK_OVERRIDES, param_clock, size
@@ -169,36 +166,6 @@ def test_a_run_records_the_command_that_makes_it_again_its_date_and_machine(tmp_
     assert OmegaConf.to_container(again, resolve=True) == results["config"]
     assert datetime.datetime.fromisoformat(results["date"]).date() == datetime.date.today()
     assert results["machine"] == machine()
-
-
-@pytest.mark.slow
-def test_a_finished_run_can_be_timed_again(tmp_path, monkeypatch, run_in):
-    monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
-    results = run_in()
-    recorded = (tmp_path / "results.json").read_text()
-    # serving.json recommends one passive thread for torch: retime times in it, in a fresh process,
-    # and --env adds a setting to compare
-    passive = {"runtime": "torch", "threads": 1, "wait": "passive", "settings": {"OMP_WAIT_POLICY": "PASSIVE"}}
-    write_json(tmp_path / "serving.json", {"targets": {"torch-fp32": {"recommended": {"serving": passive}}}})
-    argv = [str(tmp_path), "--rounds", "2", "--busy", "0", "--env", "GOMP_SPINCOUNT=20000"]
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "retime.py"), *argv],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    retimed = json.loads((tmp_path / "retime.json").read_text())
-    assert retimed["env"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "20000"}  # applied where it timed
-    assert len(retimed["conv_speedup"]["rounds"]) == 2 and retimed["conv_speedup"]["min"] > 0
-    ((label, point),) = retimed["points"].items()
-    assert label == "1 thread, quiet" and point["setup"]["threads"] == 1
-    baseline, _, _ = load_models(tmp_path)
-    assert set(point["layers"]) == set(conv_names(baseline)) and len(point["conv_speedup_iqr"]) == 2
-    assert retimed["recorded"]["conv"] == results["speedup"]["conv"]["cpu"]  # the fake timing the run recorded
-    assert (tmp_path / "results.json").read_text() == recorded  # left as it was
 
 
 def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_path):

@@ -326,13 +326,26 @@ def test_a_plan_in_macs_is_labelled_apart_from_a_measured_one(tmp_path):
     assert sorted(r["label"] for r in rows[1:]) == ["plan 3x MACs s2", "plan 3x s2"]
 
 
-def test_a_run_timed_again_shows_the_median_and_range_of_its_rounds(sweep):
-    conv = {"median": 2.7, "min": 2.61, "max": 2.78, "rounds": [2.61, 2.7, 2.78]}
-    (sweep / "1" / RETIMED).write_text(json.dumps({"conv_speedup": conv}))
+CONV = {"median": 2.7, "min": 2.61, "max": 2.78, "rounds": [2.61, 2.7, 2.78]}
+
+
+@pytest.mark.parametrize(
+    "retimed",
+    [{"convs": {"conv_speedup": CONV}, "network": {"targets": {}}}, {"conv_speedup": CONV}],
+    ids=["python -m lrx.retime", "scripts/retime.py, before the sections"],
+)
+def test_a_run_timed_again_shows_the_median_and_range_of_its_rounds(sweep, retimed):
+    (sweep / "1" / RETIMED).write_text(json.dumps(retimed))
     rows, _ = report_rows.collect([sweep])
     retimed = {r["conv_speedup_cpu"]: r["retimed"] for r in rows}
     assert retimed == {1.0: None, 1.6: None, 2.5: None, 2.9: "2.70 [2.61-2.78]"}  # job 1 is S2, at 2.9x
     assert "| 2.70 [2.61-2.78] |" in report_rows.table_markdown(rows)
+
+
+def test_a_run_timed_again_only_in_its_targets_shows_no_re_timed_conv_speed_up(sweep):
+    (sweep / "1" / RETIMED).write_text(json.dumps({"network": {"targets": {}}}))
+    rows, _ = report_rows.collect([sweep])
+    assert [r["retimed"] for r in rows] == [None] * len(rows)
 
 
 def test_every_committed_run_is_reported():
@@ -497,6 +510,16 @@ def test_older_runs_are_read_from_the_file_beside_results_json(sweep):
     assert rows["s1 M8"]["deploy"] == DEPLOYMENT and rows["s1 M8"]["best_dense"] == "torch-bf16"
     assert rows["s2 K32"]["best_dense"] == "torch-fp32" and rows["s2 K32"]["vs_best_dense"] == pytest.approx(2.0)
     assert rows["plan 2.5x s1+s2"]["deploy"] is None and rows["plan 2.5x s1+s2"]["best_dense_text"] is None
+
+
+def test_a_run_deployed_again_by_python_m_lrx_retime_is_read_from_retime_json(sweep):
+    other = deployment({"torch-fp32": (30.0, 87.56, 15.0, 87.0)}, ("torch-fp32", "torch-fp32"))
+    (sweep / "0" / RETIMED).write_text(json.dumps({"convs": {}, "deploy": DEPLOYMENT}))
+    (sweep / "0" / DEPLOYED).write_text(json.dumps(other))  # older: the re-deployment wins
+    (sweep / "1" / RETIMED).write_text(json.dumps({"convs": {}}))  # not deployed again
+    (sweep / "1" / DEPLOYED).write_text(json.dumps(other))
+    rows = {r["label"]: r for r in report_rows.collect([sweep])[0]}
+    assert rows["s1 M8"]["deploy"] == DEPLOYMENT and rows["s2 K32"]["deploy"] == other
 
 
 def test_a_deployment_without_a_best_dense_leaves_the_headline_blank(sweep, tmp_path):

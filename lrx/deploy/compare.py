@@ -6,7 +6,7 @@ The best dense deployment is the fastest baseline target whose acc@1 is within `
 (0.5) of the baseline's float32 acc@1 in PyTorch; the final network's is its fastest target. The
 two are then timed again for the headline (:func:`time_best`): as a pair in one runtime, each
 alone across two.
-:func:`compare_deployments` does it all, for a run's stage and for ``scripts/deploy_table.py``.
+:func:`compare_deployments` does it all, for a run's stage and for ``python -m lrx.retime --deploy``.
 """
 
 from __future__ import annotations

@@ -129,3 +129,16 @@ def busy_neighbours(count: int):
         for p in spinners:
             p.kill()
             p.wait()
+
+
+def quiet_and_busy(measure_once, rounds: int, busy: int) -> dict[str, list]:
+    """``rounds`` results of ``measure_once()`` on a quiet machine and, where ``busy`` > 0, as many
+    next to ``busy`` neighbours (:func:`busy_neighbours`), the two taking turns so that a drift
+    hits both: ``{"quiet": [...], "busy": [...]}`` (no ``busy`` where ``busy`` is 0)."""
+    out = {"quiet": []} | ({"busy": []} if busy else {})
+    for _ in range(rounds):
+        out["quiet"].append(measure_once())
+        if busy:
+            with busy_neighbours(busy):
+                out["busy"].append(measure_once())
+    return out

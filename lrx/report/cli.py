@@ -44,7 +44,7 @@ def markdown(rows: list[dict], unfinished: list[tuple[Path, str]], dirs) -> str:
         "Model speed-up: whole-model latency, baseline / final. "
         "BN folded: both networks with every BatchNorm folded into the layer before it (latency.fold_bn=true; "
         "blank: not measured). "
-        "Re-timed: the conv speed-up measured again by scripts/retime.py (median and range over its rounds), "
+        "Re-timed: the conv speed-up measured again by python -m lrx.retime (median and range over its rounds), "
         "where the run directory has a retime.json. "
         "Best dense deployment: the fastest target of the dense network whose acc@1 there stays within "
         "the margin it records (0.5 point) of its float32 PyTorch acc@1; best final deployment: the final network's "

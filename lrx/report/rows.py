@@ -174,20 +174,25 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
 
 
 def _retimed(path: Path) -> str | None:
-    """``2.70 [2.61-2.78]``: the median and range of the conv speed-ups in ``retime.json``, if any."""
+    """``2.70 [2.61-2.78]``: the median and range of the re-timed conv speed-ups in ``retime.json``
+    (its ``convs`` section; the top level of a file from before the sections), if any."""
     if not path.is_file():
         return None
-    conv = json.loads(path.read_text())["conv_speedup"]
-    return f"{conv['median']:.2f} [{conv['min']:.2f}-{conv['max']:.2f}]"
+    retimed = json.loads(path.read_text())
+    conv = retimed.get("convs", retimed).get("conv_speedup")
+    return None if conv is None else f"{conv['median']:.2f} [{conv['min']:.2f}-{conv['max']:.2f}]"
 
 
 def _deployment(res: dict, run_dir: Path) -> dict | None:
     """The run's deployment to every target: ``results["deploy"]`` where it has ``targets``, else
-    ``deploy_targets.json`` beside results.json (older runs); None where neither has any."""
+    the ``deploy`` section of ``retime.json`` beside results.json (python -m lrx.retime --deploy),
+    else ``deploy_targets.json`` (older runs); None where none has any."""
     deploy = res.get("deploy")
     if not (isinstance(deploy, dict) and deploy.get("targets")):
-        path = run_dir / DEPLOYED
-        deploy = json.loads(path.read_text()) if path.is_file() else None
+        retimed, older = run_dir / RETIMED, run_dir / DEPLOYED
+        deploy = json.loads(retimed.read_text()).get("deploy") if retimed.is_file() else None
+        if not deploy and older.is_file():
+            deploy = json.loads(older.read_text())
     return deploy if isinstance(deploy, dict) and deploy.get("targets") else None
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 RESULTS = "results.json"  # a run's results, written last (the run is finished once it exists)
 MODEL = "model.pt"  # the final network (lrx.results.saved)
 DEPLOYED_DIR = "deployed"  # beside it: every deployment target's graphs, deployed/<target>/<side>/ (deploy.targets)
-DEPLOYED = "deploy_targets.json"  # beside it, from scripts/deploy_table.py: results["deploy"]'s shape, older runs
-SERVING = "serving.json"  # beside it, from scripts/serving_table.py: each target's serving settings, timed
-RETIMED = "retime.json"  # beside it, from scripts/retime.py: the run's networks timed again, several rounds
+DEPLOYED = "deploy_targets.json"  # beside older runs, from the former scripts/deploy_table.py: results["deploy"]'s shape
+SERVING = "serving.json"  # beside it, from deploy.serving=auto: each target's serving settings, timed
+RETIMED = "retime.json"  # beside it, from python -m lrx.retime: the run timed (and deployed) again, one section a kind
 ORT = "onnxruntime-cpu"  # the device key of ONNX Runtime timings
 FOLDED = " (BN folded)"  # "<device> (BN folded)": the timings of both networks with their BatchNorms folded
 
@@ -31,9 +31,14 @@ def read_finished(path: Path) -> tuple[dict | None, str]:
 
 
 def recommended_serving(run_dir: Path) -> dict[str, dict]:
-    """``{target: the serving setting recommended for it}`` (a Serving's fields, lrx.runtime.serving)
-    from ``serving.json`` beside a run (scripts/serving_table.py, deploy.serving=auto); {} without one."""
-    path = Path(run_dir) / SERVING
-    if not path.is_file():
-        return {}
-    return {t: v["recommended"]["serving"] for t, v in json.loads(path.read_text())["targets"].items()}
+    """``{target: the serving setting recommended for it}`` (a Serving's fields, lrx.runtime.serving):
+    where ``python -m lrx.retime`` timed a target in several settings, its recommendation
+    (``retime.json``'s ``serving`` section), else the run's (``serving.json``, deploy.serving=auto);
+    {} without either."""
+    out = {}
+    serving, retimed = Path(run_dir) / SERVING, Path(run_dir) / RETIMED
+    if serving.is_file():
+        out |= {t: v["recommended"]["serving"] for t, v in json.loads(serving.read_text())["targets"].items()}
+    if retimed.is_file():  # a file from before its sections has no serving section
+        out |= {t: v["serving"] for t, v in json.loads(retimed.read_text()).get("serving", {}).items()}
+    return out

@@ -4,8 +4,8 @@
 
 Writes ``baseline.onnx``, ``model.onnx`` and ``deploy.json`` into the run directory
 (:mod:`lrx.deploy.onnx_export`), then prints how to serve each deployment target: the threads and
-wait policy ``scripts/serving_table.py`` recommended, else those the run timed with. Needs the
-``onnx`` extra: ``pip install -e ".[onnx]"``.
+wait policy recommended for the run (:func:`lrx.results.files.recommended_serving`), else those the
+run timed with. Needs the ``onnx`` extra: ``pip install -e ".[onnx]"``.
 """
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ from lrx.deploy.onnx_export import BASELINE_ONNX, MODEL_ONNX, ExportError, deplo
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import points
-from lrx.results.files import ORT, RESULTS, SERVING, read_finished, recommended_serving
+from lrx.results.files import ORT, RESULTS, RETIMED, SERVING, read_finished, recommended_serving
 from lrx.results.saved import datamodule_of, load_models
 from lrx.runtime.onnxruntime import OPSET, require_onnx
 from lrx.runtime.serving import Serving
 
 
 def serving_lines(run_dir: Path) -> list[str]:
-    """How to serve each target of the run: the settings ``scripts/serving_table.py`` recommended
-    (``serving.json`` beside the run), else the ones its deployments were timed with."""
+    """How to serve each target of the run: the settings recommended for it (``serving.json`` or
+    ``retime.json`` beside the run), else the ones its deployments were timed with."""
     chosen = recommended_serving(run_dir)
     if chosen:
-        source = f"recommended by {SERVING}"
+        source = f"recommended by {SERVING} or {RETIMED}"
     else:
         results, _ = read_finished(Path(run_dir) / RESULTS)
         targets = ((results or {}).get("deploy") or {}).get("targets") or {}
         chosen = {t: row["final"]["serving"] for t, row in targets.items() if "serving" in row["final"]}
-        source = "as its deployments were timed (no serving.json: run scripts/serving_table.py to choose)"
+        source = "as its deployments were timed (none recommended: python -m lrx.retime --threads all --wait all)"
     return [f"serve {t} ({source}): {Serving(**s).how()}" for t, s in chosen.items()]
 
 

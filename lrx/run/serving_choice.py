@@ -1,15 +1,14 @@
 """Which thread count and wait policy serve a finished run's networks fastest on this CPU, quiet and
-next to other work (``scripts/serving_table.py``, ``deploy.serving=auto``): every setting of
+next to other work (``deploy.serving=auto``, ``python -m lrx.retime``): a setting of
 :mod:`lrx.runtime.serving` timed in its own fresh process (the settings are process-wide, some read
-at start-up), the baseline and final network BatchNorm-folded and side by side in each target by
+at start-up), the baseline and final network BatchNorm-folded and side by side in a target by
 the run's ``latency.estimator``, quiet and then with ``busy`` neighbour processes each keeping a
-core busy (``rounds`` times each, taking turns; ``scripts/runtime_table.py`` times a run's
-recommended settings this way). The recommended setting per target (:func:`recommend`) is, among
-those under which the final network keeps its advantage next to the neighbours, the one whose
-final network is never far from the fastest. ``serving.json`` beside the run keeps every point
-and the recommendation.
+core busy (``rounds`` times each, taking turns). The recommended setting per target
+(:func:`recommend`) is, among those under which the final network keeps its advantage next to the
+neighbours, the one whose final network is never far from the fastest. ``serving.json`` beside the
+run keeps every point and the recommendation.
 
-    python -m lrx.run.serving_choice JOB_JSON ...   (the timing process itself)
+    python -m lrx.run.serving_choice JOB_JSON   (the timing process itself)
 """
 
 from __future__ import annotations
@@ -34,10 +33,10 @@ from lrx.deploy.targets import Target, deploy
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator, measure
 from lrx.measure.latency import machine
-from lrx.measure.load import busy_neighbours, cores, wait_for_quiet
+from lrx.measure.load import cores, quiet_and_busy, wait_for_quiet
 from lrx.results.files import SERVING
 from lrx.results.saved import datamodule_of, load_models
-from lrx.runtime.serving import Serving, choices, openmp_env
+from lrx.runtime.serving import OPENMP_VARIABLES, Serving, choices, openmp_env
 
 
 def _timing(rounds: list) -> dict:
@@ -53,14 +52,15 @@ def _timing(rounds: list) -> dict:
     }
 
 
-def probe(run_dir: Path, target: Target, serving: Serving, busy: int, args) -> dict:
+def probe(run_dir: Path, target: Target, serving: Serving, args) -> dict:
     """In this process (whose environment holds ``serving``'s variables): both networks deployed
     to ``target`` as ``serving`` says, timed side by side ``args.rounds`` times quiet and next to
-    ``busy`` neighbours, the two taking turns."""
+    ``args.busy`` neighbours, the two taking turns (``args``: rounds, busy, batch_size,
+    calibration_images, data_root, and ``estimator`` and ``quiet_wait_s``, None for the run's)."""
     baseline, final, results = load_models(run_dir)
     lat, size = results["config"]["latency"], results["config"]["model"]["input_size"]
     x = torch.randn(args.batch_size, 3, size, size)
-    estimator = Estimator.of(lat.get("estimator"))  # the run's
+    estimator = Estimator.of(args.estimator or lat.get("estimator"))
     with torch.no_grad():
         tune(final, x, estimator, "channels_last")
     calibration = None
@@ -82,29 +82,28 @@ def probe(run_dir: Path, target: Target, serving: Serving, busy: int, args) -> d
             for side, net in {"baseline": baseline, "final": final}.items()
         }
     speedup = {"speedup": lambda r: r["baseline"] / r["final"]}
-    load = wait_for_quiet(lat.get("quiet_wait_s", 60.0), f"{target.name}, {serving.label}")
-    rounds = {"quiet": [], "busy": []}
-    for _ in range(args.rounds):
-        rounds["quiet"].append(measure(calls, speedup, estimator, serving.threads))
-        with busy_neighbours(busy):
-            rounds["busy"].append(measure(calls, speedup, estimator, serving.threads))
+    quiet_wait_s = lat.get("quiet_wait_s", 60.0) if args.quiet_wait_s is None else args.quiet_wait_s
+    load = wait_for_quiet(quiet_wait_s, f"{target.name}, {serving.label}")
+    rounds = quiet_and_busy(lambda: measure(calls, speedup, estimator, serving.threads), args.rounds, args.busy)
     return {"env": openmp_env(), "load": load, **{when: _timing(ts) for when, ts in rounds.items()}}
+
+
+def in_fresh_process(module: str, job: dict, env: dict[str, str], what: str) -> dict:
+    """``python -m module JOB_JSON`` in a fresh process whose OpenMP variables are ``env``'s and no
+    others (torch reads them at start-up); the JSON it prints last. A RuntimeError naming ``what``
+    where it fails."""
+    inherited = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
+    argv = [sys.executable, "-m", module, json.dumps(job)]
+    done = subprocess.run(argv, env={**inherited, **env}, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{what}: the timing process failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def in_own_process(run_dir: Path, target: Target, serving: Serving, args) -> dict:
     """:func:`probe` in a fresh process whose environment applies ``serving``."""
-    job = {"run_dir": str(Path(run_dir).resolve()), "target": target.name, "serving": serving.as_dict()}
-    argv = [sys.executable, "-m", __name__, json.dumps(job), *_shared_args(args)]
-    done = subprocess.run(argv, env={**os.environ, **serving.env()}, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{target.name}, {serving.label}: the timing process failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _shared_args(args) -> list[str]:
-    out = ["--busy", str(args.busy), "--batch-size", str(args.batch_size), "--rounds", str(args.rounds)]
-    out += ["--calibration-images", str(args.calibration_images)]
-    return out + (["--data-root", args.data_root] if args.data_root else [])
+    job = {"run_dir": str(Path(run_dir).resolve()), "target": target.name, "serving": serving.as_dict(), **vars(args)}
+    return in_fresh_process(__name__, job, serving.env(), f"{target.name}, {serving.label}")
 
 
 KEEPS = 0.8  # a robust setting: next to the neighbours, the final network keeps this share of its quiet speed-up
@@ -112,7 +111,9 @@ KEEPS = 0.8  # a robust setting: next to the neighbours, the final network keeps
 
 def robust(point: dict) -> bool:
     """Next to the neighbours, the final network stays faster than the dense one and keeps at least
-    KEEPS of its quiet speed-up."""
+    KEEPS of its quiet speed-up; any point timed quiet only."""
+    if "busy" not in point:
+        return True
     quiet, busy = point["quiet"]["speedup"], point["busy"]["speedup"]
     return busy > 1 and busy >= KEEPS * quiet
 
@@ -120,37 +121,12 @@ def robust(point: dict) -> bool:
 def recommend(points: list[dict]) -> dict:
     """Among the robust points (all of them where none is), the one whose final network is never
     far from the fastest, quiet or busy: the least of max(quiet ms / fastest quiet ms, busy ms /
-    fastest busy ms)."""
-    best = {when: min(p[when]["ms"]["final"] for p in points) for when in ("quiet", "busy")}
+    fastest busy ms; quiet only where the points were timed quiet only)."""
+    best = {when: min(p[when]["ms"]["final"] for p in points) for when in ("quiet", "busy") if when in points[0]}
     regret = lambda p: max(p[when]["ms"]["final"] / best[when] for when in best)  # noqa: E731
     kept = [p for p in points if robust(p)]
     chosen = min(kept or points, key=regret)
     return {"serving": chosen["serving"], "regret": regret(chosen), "robust": bool(kept)}
-
-
-def load(timing: dict) -> str:
-    """The busy cores sampled while a condition's rounds ran, e.g. ``"1.02-1.05"``."""
-    cores = [c for c in timing["busy_cores"] if c is not None]
-    return f"{min(cores):.2f}-{max(cores):.2f}" if cores else "not measured"
-
-
-def table(target: str, points: list[dict], chosen: dict) -> str:
-    lines = [
-        f"{target}:",
-        "",
-        "| setting | quiet: dense -> final ms | quiet speed-up | busy: dense -> final ms | busy speed-up "
-        "| busy keeps | busy cores (quiet / busy) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for p in points:
-        q, b = p["quiet"], p["busy"]
-        mark = " **(recommended)**" if p["serving"] == chosen["serving"] else ""
-        lines.append(
-            f"| {Serving(**p['serving']).label}{mark} | {q['ms']['baseline']:.2f} -> {q['ms']['final']:.2f} "
-            f"| {q['speedup']:.2f}x | {b['ms']['baseline']:.2f} -> {b['ms']['final']:.2f} | {b['speedup']:.2f}x "
-            f"| {b['speedup'] / q['speedup']:.0%} | {load(q)} / {load(b)} |"
-        )
-    return "\n".join(lines)
 
 
 def choose(
@@ -169,7 +145,13 @@ def choose(
     if rounds < 1:
         raise ValueError(f"rounds={rounds!r} is invalid; valid: an integer >= 1")
     args = SimpleNamespace(
-        busy=busy, batch_size=batch_size, calibration_images=calibration_images, data_root=data_root, rounds=rounds
+        busy=busy,
+        batch_size=batch_size,
+        calibration_images=calibration_images,
+        data_root=data_root,
+        rounds=rounds,
+        estimator=None,
+        quiet_wait_s=None,
     )
     out = {"date": datetime.date.today().isoformat(), "machine": machine(), "busy": busy, "targets": {}}
     out["batch_size"], out["bn_folded"] = batch_size, True
@@ -186,16 +168,10 @@ def choose(
 def main(argv: list[str] | None = None) -> int:
     """The timing process: one target in one setting, its result as JSON on the last line."""
     parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
-    parser.add_argument("job")
-    parser.add_argument("--busy", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--calibration-images", type=int, default=300)
-    parser.add_argument("--data-root")
-    args = parser.parse_args(argv)
-    job = json.loads(args.job)
-    out = probe(Path(job["run_dir"]), Target.of(job["target"]), Serving(**job["serving"]), args.busy, args)
-    print(json.dumps(out))
+    parser.add_argument("job", help="JSON: run_dir, target, serving, and probe's args")
+    job = json.loads(parser.parse_args(argv).job)
+    run_dir, target, serving = Path(job.pop("run_dir")), Target.of(job.pop("target")), Serving(**job.pop("serving"))
+    print(json.dumps(probe(run_dir, target, serving, SimpleNamespace(**job))))
     return 0
 
 
