@@ -335,6 +335,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
         (["latency.guard=false", "latency.runtime=onnxruntime"], "latency.runtime"),  # nothing times candidates
         (["decomp=plan", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),  # a MAC plan is not timed
         (["deploy.opset=20"], "deploy.opset"),  # nothing is exported
+        (["deploy.targets=[]", "deploy.check_images=4"], "deploy.check_images"),  # nothing is deployed or exported
     ],
 )
 def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(overrides, ignored, tmp_path, tiny_root):
@@ -345,6 +346,12 @@ def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(over
     with pytest.raises(config.ConfigError, match=ignored.replace(".", r"\.") + ".*no effect"):
         prepare(cfg)
     assert any(k.startswith(ignored) for k in prepare(cfg, sweep=True).ignored_keys)
+
+
+@pytest.mark.parametrize("targets", ["auto", "[torch-fp32]"])
+def test_check_images_count_for_the_deployment_targets_without_onnx_export(targets, tmp_path):
+    cfg = compose_cfg([f"deploy.targets={targets}", "deploy.check_images=4"], tmp_path)
+    assert config.check(cfg) == []  # each target's graphs are checked on them
 
 
 def test_a_runtime_without_its_extra_is_refused_naming_the_extra(tmp_path, monkeypatch):

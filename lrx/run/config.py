@@ -434,9 +434,11 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
         raise _bad("deploy.serving", "auto", "default, or auto with deploy.targets (it times the best of them)")
     if dep["onnx"]:
         _require_onnx("deploy.onnx=true")
-    else:
+        return
+    ignored += _changed_from_defaults(dep, "deploy", schema.Deploy, ["opset"], "deploy.onnx=false: nothing is exported")
+    if dep["targets"] == []:  # every deployment target checks its graphs on deploy.check_images
         ignored += _changed_from_defaults(
-            dep, "deploy", schema.Deploy, ["opset", "check_images"], "deploy.onnx=false: nothing is exported"
+            dep, "deploy", schema.Deploy, ["check_images"], "nothing is exported or deployed"
         )
 
 
