@@ -334,7 +334,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
         (["data_recon=lstsq", "data_recon.lr=0.1"], "data_recon.lr"),  # no gradient steps
         (["latency.guard=false", "latency.runtime=onnxruntime"], "latency.runtime"),  # nothing times candidates
         (["decomp=plan", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),  # a MAC plan is not timed
-        (["deploy.opset=20"], "deploy.opset"),  # nothing is exported
+        (["deploy.targets=[torch-fp32]", "deploy.opset=20"], "deploy.opset"),  # no ONNX graph
         (["deploy.targets=[]", "deploy.check_images=4"], "deploy.check_images"),  # nothing is deployed or exported
     ],
 )
@@ -352,6 +352,11 @@ def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(over
 def test_check_images_count_for_the_deployment_targets_without_onnx_export(targets, tmp_path):
     cfg = compose_cfg([f"deploy.targets={targets}", "deploy.check_images=4"], tmp_path)
     assert config.check(cfg) == []  # each target's graphs are checked on them
+
+
+@pytest.mark.parametrize("targets", ["auto", "[onnxruntime-fp32]", "[onnxruntime-int8]"])
+def test_the_opset_counts_for_the_onnx_runtime_targets_without_onnx_export(targets, tmp_path):
+    assert config.check(compose_cfg([f"deploy.targets={targets}", "deploy.opset=20"], tmp_path)) == []
 
 
 def test_a_runtime_without_its_extra_is_refused_naming_the_extra(tmp_path, monkeypatch):

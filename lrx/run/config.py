@@ -435,7 +435,10 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
     if dep["onnx"]:
         _require_onnx("deploy.onnx=true")
         return
-    ignored += _changed_from_defaults(dep, "deploy", schema.Deploy, ["opset"], "deploy.onnx=false: nothing is exported")
+    if not any(t.runtime == "onnxruntime" for t in targets_of(dep["targets"])):
+        ignored += _changed_from_defaults(
+            dep, "deploy", schema.Deploy, ["opset"], "no ONNX graph: deploy.onnx=false and no onnxruntime target"
+        )
     if dep["targets"] == []:  # every deployment target checks its graphs on deploy.check_images
         ignored += _changed_from_defaults(
             dep, "deploy", schema.Deploy, ["check_images"], "nothing is exported or deployed"

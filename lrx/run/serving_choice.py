@@ -37,6 +37,7 @@ from lrx.measure.latency import machine
 from lrx.measure.load import busy_neighbours, cores, wait_for_quiet
 from lrx.results.files import SERVING
 from lrx.results.saved import datamodule_of, load_models
+from lrx.runtime.onnxruntime import OPSET
 from lrx.runtime.serving import Serving, choices, openmp_env
 
 
@@ -59,6 +60,7 @@ def probe(run_dir: Path, target: Target, serving: Serving, busy: int, args) -> d
     ``busy`` neighbours, the two taking turns."""
     baseline, final, results = load_models(run_dir)
     lat, size = results["config"]["latency"], results["config"]["model"]["input_size"]
+    opset = (results["config"].get("deploy") or {}).get("opset", OPSET)  # the run's
     x = torch.randn(args.batch_size, 3, size, size)
     estimator = Estimator.of(lat.get("estimator"))  # the run's
     with torch.no_grad():
@@ -78,6 +80,7 @@ def probe(run_dir: Path, target: Target, serving: Serving, busy: int, args) -> d
                 calibration,
                 args.calibration_images,
                 serving,
+                opset,
             ).timer(x)
             for side, net in {"baseline": baseline, "final": final}.items()
         }
