@@ -247,10 +247,14 @@ def test_the_baseline_is_the_models_shipped_checkpoint_for_its_data(overrides, c
 
 
 def test_paths_resolve_against_the_project_from_any_working_directory(tmp_path, monkeypatch):
+    from lrx.data import default_root
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LRX_BASELINE_CACHE", raising=False)
+    monkeypatch.delenv("LRX_DATA_ROOT", raising=False)
     c = _resolved([], tmp_path)
     assert c["paths"]["root"] == str(REPO) and (REPO / "conf" / "train.yaml").is_file()
+    assert c["data"]["root"] == default_root() == str(REPO / "data")
     assert c["baseline"]["cache_dir"] == str(REPO / "outputs" / "baselines")
     assert Path(c["hydra"]["run"]["dir"]).is_relative_to(REPO / "outputs" / "runs")
     assert Path(c["baseline"]["ckpt"]).is_file()
