@@ -25,6 +25,7 @@ from lrx.deploy.targets import TARGETS, Target, TargetError, servable
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
 from lrx.results.saved import datamodule_of, load_models
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 
 OUT = "deploy_targets.json"
 
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), help=f"of {', '.join(TARGETS)}")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     parser.add_argument("--data-root", help="where the runs' dataset is, if not where they read it")
     args = parser.parse_args(argv)
     try:

@@ -35,6 +35,7 @@ from lrx.measure.latency import decide_point, machine
 from lrx.measure.load import cores
 from lrx.results.files import RESULTS, recommended_serving
 from lrx.run.serving_choice import in_own_process, load
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 from lrx.runtime.serving import Serving
 
 
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="default: the recommended setting's")
     ap.add_argument("--wait", nargs="+", default=[], metavar="RUNTIME=WAIT", help="e.g. torch=passive")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--calibration-images", type=int, default=300)
+    ap.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     ap.add_argument("--data-root", help="where the runs' dataset is, if not where they read it")
     args = ap.parse_args(argv)
     n = cores()

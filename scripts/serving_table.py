@@ -22,6 +22,7 @@ from pathlib import Path
 from lrx.deploy.targets import TargetError, servable
 from lrx.results.files import SERVING
 from lrx.run.serving_choice import choose, table
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 
 DEFAULT_TARGETS = ("torch-fp32", "onnxruntime-fp32", "openvino-int8")
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy", type=int, default=1, help="neighbour processes keeping a core busy (default 1)")
     parser.add_argument("--rounds", type=int, default=1, help="timings per setting, quiet and busy (default 1)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     parser.add_argument("--data-root", help="where the run's dataset is, if not where it read it")
     args = parser.parse_args(argv)
     try:

@@ -3,6 +3,7 @@ instantiates, a value of the wrong type or range is refused naming the key, the 
 valid, the user's own command resolves to the earlier attempt's row, the baseline defaults to the
 model's shipped checkpoint, paths resolve against the project, and a key that has no effect is refused."""
 
+import inspect
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -192,6 +193,21 @@ def test_the_yaml_users_read_states_every_key_of_its_schema_at_its_default(state
     assert {k: v for k, v in stated.items() if defaults[k] != "???"} == {
         k: v for k, v in defaults.items() if v != "???"
     }
+
+
+def test_every_default_calibration_count_is_the_one_constant():
+    """deploy.calibration_images (the YAML states the schema's: above) and the library's defaults."""
+    from lrx.deploy import compare, targets
+    from lrx.run import serving_choice
+    from lrx.runtime import onnxruntime, openvino
+    from lrx.runtime.calibration import CALIBRATION_IMAGES
+
+    counts = [(onnxruntime.quantize, "subset_size"), (openvino.quantize, "subset_size")]
+    counts += [(f, "calibration_images") for f in (targets.deploy, compare.fastest_dense, compare.compare_deployments)]
+    counts += [(serving_choice.choose, "calibration_images")]
+    defaults = {f"{f.__module__}.{f.__name__}": inspect.signature(f).parameters[p].default for f, p in counts}
+    assert defaults == dict.fromkeys(defaults, CALIBRATION_IMAGES) and len(defaults) == 6
+    assert schema.Deploy.calibration_images == CALIBRATION_IMAGES
 
 
 def test_the_decomp_options_leave_the_shared_keys_to_the_schema(tmp_path):

@@ -30,6 +30,7 @@ from lrx.measure.latency import machine
 from lrx.measure.load import timing_conditions
 from lrx.runtime import cpu
 from lrx.runtime import onnxruntime as ort
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def fastest_dense(
     estimator: Estimator = DEFAULT_ESTIMATOR,
     memory_format: torch.memory_format = torch.channels_last,
     calibration: Iterable | None = None,
-    calibration_images: int = 300,
+    calibration_images: int = CALIBRATION_IMAGES,
     opset: int = ort.OPSET,
 ) -> tuple[Target, dict[str, float]]:
     """Where ``net`` is served fastest: ``net`` (BatchNorm folded) deployed to every target and
@@ -227,7 +228,7 @@ def compare_deployments(
     estimator: Estimator = DEFAULT_ESTIMATOR,
     memory_format: torch.memory_format = torch.channels_last,
     calibration: Iterable | None = None,
-    calibration_images: int = 300,
+    calibration_images: int = CALIBRATION_IMAGES,
     quiet_wait_s: float = 60.0,
     busy: int = 0,
     keep_in: Path | None = None,

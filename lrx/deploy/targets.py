@@ -29,6 +29,7 @@ from lrx.modes import eval_mode
 from lrx.runtime import RUNTIME_PRECISIONS
 from lrx.runtime import onnxruntime as ort
 from lrx.runtime import openvino as ov
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 from lrx.runtime.serving import Serving
 
 TARGETS = tuple(f"{r}-{p}" for r, ps in RUNTIME_PRECISIONS.items() for p in ps)
@@ -171,7 +172,7 @@ def deploy(
     workdir: Path,
     memory_format: torch.memory_format = torch.channels_last,
     calibration: Iterable | None = None,
-    calibration_images: int = 300,
+    calibration_images: int = CALIBRATION_IMAGES,
     serving: Serving | None = None,
     opset: int = ort.OPSET,
 ) -> Deployed:

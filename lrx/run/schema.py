@@ -22,6 +22,7 @@ from omegaconf import MISSING, OmegaConf
 
 from lrx.io import PROJECT
 from lrx.measure.estimator import Estimator
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 
 
 def project_path(path: str | Path) -> str:
@@ -164,7 +165,7 @@ class Deploy:
     Runtime timings per conv."""
 
     targets: Any = "auto"  # "auto" (every target this installation and CPU serve), or a list of names
-    calibration_images: int = 300
+    calibration_images: int = CALIBRATION_IMAGES
     serving: str = "default"  # "default" (each runtime's own), or "auto": chosen by measurement after the run
     serving_busy: int = 1
     onnx: bool = False

@@ -37,6 +37,7 @@ from lrx.measure.latency import machine
 from lrx.measure.load import busy_neighbours, cores, wait_for_quiet
 from lrx.results.files import SERVING
 from lrx.results.saved import datamodule_of, load_models
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 from lrx.runtime.onnxruntime import OPSET
 from lrx.runtime.serving import Serving, choices, openmp_env
 
@@ -161,7 +162,7 @@ def choose(
     targets: list[Target],
     busy: int = 1,
     batch_size: int = 32,
-    calibration_images: int = 300,
+    calibration_images: int = CALIBRATION_IMAGES,
     data_root: str | None = None,
     rounds: int = 1,
 ) -> dict:
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-images", type=int, default=CALIBRATION_IMAGES)
     parser.add_argument("--data-root")
     args = parser.parse_args(argv)
     job = json.loads(args.job)
