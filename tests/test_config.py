@@ -4,6 +4,7 @@ valid, the user's own command resolves to the earlier attempt's row, the baselin
 model's shipped checkpoint, paths resolve against the project, and a key that has no effect is refused."""
 
 import inspect
+import re
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -208,6 +209,14 @@ def test_every_default_calibration_count_is_the_one_constant():
     defaults = {f"{f.__module__}.{f.__name__}": inspect.signature(f).parameters[p].default for f, p in counts}
     assert defaults == dict.fromkeys(defaults, CALIBRATION_IMAGES) and len(defaults) == 6
     assert schema.Deploy.calibration_images == CALIBRATION_IMAGES
+
+
+@pytest.mark.parametrize("path", [CONF / "deploy" / "default.yaml", REPO / "docs" / "GUIDE.md"], ids=lambda p: p.name)
+def test_the_deploy_config_and_the_guide_name_every_target(path):
+    from lrx.deploy.targets import TARGETS
+
+    named = set(re.findall(r"\b(?:torch|onnxruntime|openvino)-(?:fp32|bf16|int8)\b", path.read_text()))
+    assert named == set(TARGETS)
 
 
 def test_the_decomp_options_leave_the_shared_keys_to_the_schema(tmp_path):
