@@ -126,6 +126,16 @@ def test_the_users_command_runs_the_earlier_attempts_alexnet2_row(tmp_path):
     assert Path(compose_cfg(["model=alexnet"], tmp_path).hydra.sweep.dir).is_relative_to(REPO / "outputs")
 
 
+@pytest.mark.parametrize(
+    "overrides, key, default",
+    [
+        ([], "latency.fold_bn", True),  # every deployment folds BatchNorm: the default timing does too
+    ],
+)
+def test_the_defaults_are_what_a_user_would_choose(overrides, key, default, tmp_path):
+    assert OmegaConf.select(compose_cfg(overrides, tmp_path), key) == default
+
+
 def test_a_model_without_default_layers_decomposes_every_conv(tmp_path):
     assert _resolved(["model=resnet20_cifar"], tmp_path)["decomp"]["layers"] == "all"
 

@@ -154,7 +154,7 @@ class Latency:
     estimator: EstimatorSchema = field(default_factory=EstimatorSchema)
     quiet_wait_s: float = 60.0
     guard: bool = True
-    fold_bn: bool = False
+    fold_bn: bool = True
     runtime: str = "auto"
     precision: str = "auto"
 
