@@ -130,6 +130,7 @@ def test_the_users_command_runs_the_earlier_attempts_alexnet2_row(tmp_path):
     "overrides, key, default",
     [
         ([], "latency.fold_bn", True),  # every deployment folds BatchNorm: the default timing does too
+        (["decomp=plan"], "planner.metric", "latency"),  # the speed-up measured where it is served
     ],
 )
 def test_the_defaults_are_what_a_user_would_choose(overrides, key, default, tmp_path):
@@ -372,7 +373,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
         ),
         (["data_recon=lstsq", "data_recon.lr=0.1"], "data_recon.lr"),  # no gradient steps
         (["latency.guard=false", "latency.runtime=onnxruntime"], "latency.runtime"),  # nothing times candidates
-        (["decomp=plan", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),  # a MAC plan is not timed
+        (["decomp=plan", "planner.metric=macs", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),
         (["deploy.targets=[torch-fp32]", "deploy.opset=20"], "deploy.opset"),  # no ONNX graph
         (["deploy.targets=[]", "deploy.check_images=4"], "deploy.check_images"),  # nothing is deployed or exported
     ],

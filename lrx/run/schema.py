@@ -83,7 +83,7 @@ class Planner:
     """planner (with decomp=plan): which convs to replace by which method, with how many bases."""
 
     target_speedup: float = 2.0
-    metric: str = "macs"
+    metric: str = "latency"
     closed_loop_rounds: int = 3
     error: str = "data"
     samples: int = 256
