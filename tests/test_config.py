@@ -131,6 +131,7 @@ def test_the_users_command_runs_the_earlier_attempts_alexnet2_row(tmp_path):
     [
         ([], "latency.fold_bn", True),  # every deployment folds BatchNorm: the default timing does too
         (["decomp=plan"], "planner.metric", "latency"),  # the speed-up measured where it is served
+        (["decomp=plan"], "planner.methods", ["scheme2"]),  # Scheme 1 never won a plan: searched when asked
     ],
 )
 def test_the_defaults_are_what_a_user_would_choose(overrides, key, default, tmp_path):

@@ -87,7 +87,7 @@ class Planner:
     closed_loop_rounds: int = 3
     error: str = "data"
     samples: int = 256
-    methods: list[str] = field(default_factory=lambda: ["scheme1", "scheme2"])
+    methods: list[str] = field(default_factory=lambda: ["scheme2"])
     options: dict[str, Any] = field(default_factory=dict)
     prune: PlannerPrune = field(default_factory=PlannerPrune)
 
