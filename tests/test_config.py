@@ -400,6 +400,14 @@ def test_the_opset_counts_for_the_onnx_runtime_targets_without_onnx_export(targe
     assert config.check(compose_cfg([f"deploy.targets={targets}", "deploy.opset=20"], tmp_path)) == []
 
 
+def test_a_plan_whose_planner_group_was_emptied_is_refused(tmp_path):
+    cfg = compose_cfg(["decomp=plan"], tmp_path)
+    with open_dict(cfg):
+        cfg.planner = None  # what an experiment file stating `planner:` with no keys under it leaves
+    with pytest.raises(config.ConfigError, match="decomp=plan needs the planner group"):
+        config.check(cfg)
+
+
 def test_a_runtime_without_its_extra_is_refused_naming_the_extra(tmp_path, monkeypatch):
     from lrx.runtime import onnxruntime as onnx_graphs
 

@@ -150,7 +150,7 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
     if method == PLAN:
         _keys(d, "decomp", _names(schema.DecompPlan), " with decomp=plan (the planner chooses methods and bases)")
         _int(d, "decomp", "rank_multiple", 1)
-        if "planner" not in c:
+        if c.get("planner") is None:  # absent, or emptied by a file that states `planner:` alone
             raise ConfigError("decomp=plan needs the planner group (select decomp=plan, which adds it)")
         return
     if method == PRUNE:
