@@ -131,6 +131,7 @@ def test_residual_and_dense_networks_through_every_stage(model, tmp_path):
             "decomp=plan",
             "planner.methods=[scheme2,channel_svd]",
             "planner.target_speedup=1.5",
+            "planner.metric=macs",
             "planner.error=filter",
             "latency.guard=false",
             "data_recon=lstsq",

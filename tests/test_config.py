@@ -3,6 +3,8 @@ instantiates, a value of the wrong type or range is refused naming the key, the 
 valid, the user's own command resolves to the earlier attempt's row, the baseline defaults to the
 model's shipped checkpoint, paths resolve against the project, and a key that has no effect is refused."""
 
+import inspect
+import re
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -124,6 +126,18 @@ def test_the_users_command_runs_the_earlier_attempts_alexnet2_row(tmp_path):
     assert Path(compose_cfg(["model=alexnet"], tmp_path).hydra.sweep.dir).is_relative_to(REPO / "outputs")
 
 
+@pytest.mark.parametrize(
+    "overrides, key, default",
+    [
+        ([], "latency.fold_bn", True),  # every deployment folds BatchNorm: the default timing does too
+        (["decomp=plan"], "planner.metric", "latency"),  # the speed-up measured where it is served
+        (["decomp=plan"], "planner.methods", ["scheme2"]),  # Scheme 1 never won a plan: searched when asked
+    ],
+)
+def test_the_defaults_are_what_a_user_would_choose(overrides, key, default, tmp_path):
+    assert OmegaConf.select(compose_cfg(overrides, tmp_path), key) == default
+
+
 def test_a_model_without_default_layers_decomposes_every_conv(tmp_path):
     assert _resolved(["model=resnet20_cifar"], tmp_path)["decomp"]["layers"] == "all"
 
@@ -194,6 +208,29 @@ def test_the_yaml_users_read_states_every_key_of_its_schema_at_its_default(state
     }
 
 
+def test_every_default_calibration_count_is_the_one_constant():
+    """deploy.calibration_images (the YAML states the schema's: above) and the library's defaults."""
+    from lrx.deploy import compare, targets
+    from lrx.run import serving_choice
+    from lrx.runtime import onnxruntime, openvino
+    from lrx.runtime.calibration import CALIBRATION_IMAGES
+
+    counts = [(onnxruntime.quantize, "subset_size"), (openvino.quantize, "subset_size")]
+    counts += [(f, "calibration_images") for f in (targets.deploy, compare.fastest_dense, compare.compare_deployments)]
+    counts += [(serving_choice.choose, "calibration_images")]
+    defaults = {f"{f.__module__}.{f.__name__}": inspect.signature(f).parameters[p].default for f, p in counts}
+    assert defaults == dict.fromkeys(defaults, CALIBRATION_IMAGES) and len(defaults) == 6
+    assert schema.Deploy.calibration_images == CALIBRATION_IMAGES
+
+
+@pytest.mark.parametrize("path", [CONF / "deploy" / "default.yaml", REPO / "docs" / "GUIDE.md"], ids=lambda p: p.name)
+def test_the_deploy_config_and_the_guide_name_every_target(path):
+    from lrx.deploy.targets import TARGETS
+
+    named = set(re.findall(r"\b(?:torch|onnxruntime|openvino)-(?:fp32|bf16|int8)\b", path.read_text()))
+    assert named == set(TARGETS)
+
+
 def test_the_decomp_options_leave_the_shared_keys_to_the_schema(tmp_path):
     shared = {f.name for f in fields(schema.DecompMethod)} - {"method"}
     for option in _options("decomp"):
@@ -247,10 +284,14 @@ def test_the_baseline_is_the_models_shipped_checkpoint_for_its_data(overrides, c
 
 
 def test_paths_resolve_against_the_project_from_any_working_directory(tmp_path, monkeypatch):
+    from lrx.data import default_root
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LRX_BASELINE_CACHE", raising=False)
+    monkeypatch.delenv("LRX_DATA_ROOT", raising=False)
     c = _resolved([], tmp_path)
     assert c["paths"]["root"] == str(REPO) and (REPO / "conf" / "train.yaml").is_file()
+    assert c["data"]["root"] == default_root() == str(REPO / "data")
     assert c["baseline"]["cache_dir"] == str(REPO / "outputs" / "baselines")
     assert Path(c["hydra"]["run"]["dir"]).is_relative_to(REPO / "outputs" / "runs")
     assert Path(c["baseline"]["ckpt"]).is_file()
@@ -333,8 +374,9 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
         ),
         (["data_recon=lstsq", "data_recon.lr=0.1"], "data_recon.lr"),  # no gradient steps
         (["latency.guard=false", "latency.runtime=onnxruntime"], "latency.runtime"),  # nothing times candidates
-        (["decomp=plan", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),  # a MAC plan is not timed
-        (["deploy.opset=20"], "deploy.opset"),  # nothing is exported
+        (["decomp=plan", "planner.metric=macs", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),
+        (["deploy.targets=[torch-fp32]", "deploy.opset=20"], "deploy.opset"),  # no ONNX graph
+        (["deploy.targets=[]", "deploy.check_images=4"], "deploy.check_images"),  # nothing is deployed or exported
     ],
 )
 def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(overrides, ignored, tmp_path, tiny_root):
@@ -345,6 +387,25 @@ def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(over
     with pytest.raises(config.ConfigError, match=ignored.replace(".", r"\.") + ".*no effect"):
         prepare(cfg)
     assert any(k.startswith(ignored) for k in prepare(cfg, sweep=True).ignored_keys)
+
+
+@pytest.mark.parametrize("targets", ["auto", "[torch-fp32]"])
+def test_check_images_count_for_the_deployment_targets_without_onnx_export(targets, tmp_path):
+    cfg = compose_cfg([f"deploy.targets={targets}", "deploy.check_images=4"], tmp_path)
+    assert config.check(cfg) == []  # each target's graphs are checked on them
+
+
+@pytest.mark.parametrize("targets", ["auto", "[onnxruntime-fp32]", "[onnxruntime-int8]"])
+def test_the_opset_counts_for_the_onnx_runtime_targets_without_onnx_export(targets, tmp_path):
+    assert config.check(compose_cfg([f"deploy.targets={targets}", "deploy.opset=20"], tmp_path)) == []
+
+
+def test_a_plan_whose_planner_group_was_emptied_is_refused(tmp_path):
+    cfg = compose_cfg(["decomp=plan"], tmp_path)
+    with open_dict(cfg):
+        cfg.planner = None  # what an experiment file stating `planner:` with no keys under it leaves
+    with pytest.raises(config.ConfigError, match="decomp=plan needs the planner group"):
+        config.check(cfg)
 
 
 def test_a_runtime_without_its_extra_is_refused_naming_the_extra(tmp_path, monkeypatch):

@@ -61,6 +61,17 @@ def test_a_graph_that_disagrees_with_its_network_is_refused(nets, tmp_path):
         check(d, nets["baseline"], torch.randn(4, 3, 32, 32))
 
 
+def test_onnx_runtime_serves_the_graph_exported_at_the_configured_opset(nets, tmp_path):
+    import onnx
+
+    target, net, images = Target.of("onnxruntime-fp32"), {"baseline": nets["baseline"]}, torch.randn(2, 3, 32, 32)
+    deployed, failed = compare.deploy_both(net, [target], images, 1, torch.channels_last, None, 0, opset=20)
+    d = deployed[target.name]["baseline"]
+    d.save(tmp_path)
+    opset = {o.domain: o.version for o in onnx.load(tmp_path / "model.onnx").opset_import}[""]
+    assert failed == {} and opset == d.info["opset"] == 20
+
+
 def _timings(ms: dict[str, tuple[float, float]]) -> dict:
     """Per target a measurement as :func:`compare.time_all` returns it, every round alike:
     ``ms[target] = (baseline ms, final ms)``."""

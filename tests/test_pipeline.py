@@ -115,7 +115,8 @@ def test_the_guard_decides_in_the_configured_runtime(monkeypatch, run_in):
     at = f"onnxruntime-cpu, {_threads()}, batch 4"
     assert layer["guard"] == {"speedup": 0.5, "speedup_iqr": [0.5, 0.5], "at": at} and layer["kept"] is False
     assert at in layer["put_back_reason"]
-    assert runtimes == ["onnxruntime", "torch", "torch"]  # the guard, then the final timing at each batch size
+    # the guard, then the final timing at each batch size, unfolded and BN folded (latency.fold_bn)
+    assert runtimes == ["onnxruntime", *["torch"] * 4]
 
 
 def test_a_finetuning_that_lowers_validation_acc1_is_not_kept(monkeypatch, run_in):
@@ -184,8 +185,9 @@ def test_every_setting_where_the_final_model_is_slower_is_named(monkeypatch, run
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(conv2_speedup))
     results = run_in("latency.guard=false")  # conv2 stays, even when slower
     conv = 5 / (4 + 1 / conv2_speedup)  # five convs of 1 ms, conv2 replaced
-    slower = f"cpu, {_threads()}, batch {{}}: conv {conv:.2f}x, model 1.00x; layers slower: conv2 {conv2_speedup:.2f}x"
-    expected = [slower.format(bs) for bs in (1, 32)] if conv2_speedup < 1 else []
+    slower = f"{{}}, {_threads()}, batch {{}}: conv {conv:.2f}x, model 1.00x; layers slower: conv2 {conv2_speedup:.2f}x"
+    points = [(device, bs) for device in ("cpu", "cpu (BN folded)") for bs in (1, 32)]  # latency.fold_bn: both
+    expected = [slower.format(*point) for point in points] if conv2_speedup < 1 else []
     assert results["slower_than_baseline"] == expected
 
 
@@ -194,7 +196,8 @@ def test_every_point_records_the_speedups_its_timings_give(tmp_path, monkeypatch
     known exactly: at every point, conv2's speed-up is its parameter ratio, the conv speed-up the
     convs' (the untouched ones counting on both sides) and the model's the networks', without spread."""
     with param_clock(monkeypatch):  # Scheme 2: no execution to choose, so nothing else is timed
-        results = run_in("decomp=scheme2", "latency.guard=false", "latency.batch_sizes=[1,2]", "callbacks.cost=null")
+        overrides = ["latency.guard=false", "latency.batch_sizes=[1,2]", "callbacks.cost=null"]
+        results = run_in("decomp=scheme2", *overrides, "latency.fold_bn=false")  # the unfolded networks' figures
     baseline, final, _ = load_models(tmp_path)
     names = conv_names(baseline)
     convs = [sum(size(net.get_submodule(n)) for n in names) for net in (baseline, final)]

@@ -1,16 +1,18 @@
 """Every ``python -m lrx.train`` command the README shows composes, and passes every check a run
 makes before its work (the config schema, then the data, the model, the layers and bases); every
-figure it quotes is in the files of the committed run it names."""
+figure it quotes is in the files of the committed run it names; the README and docs/GUIDE.md list
+every option of a group, and every section the docs cite exists."""
 
 import json
 import re
 import shlex
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from omegaconf import open_dict
 
-from lrx.run import config
+from lrx.run import config, schema
 from lrx.run.job import prepare
 from tests.conftest import DATA_ROOT, REPO, compose_cfg
 
@@ -180,3 +182,37 @@ def test_a_figure_its_run_does_not_hold_or_without_a_run_is_unsourced():
         "2.27x (no run named)",
         "9.9 ms (no run named)",
     ]
+
+
+GUIDE = (REPO / "docs" / "GUIDE.md").read_text()
+DOCS = {path.name: path.read_text() for path in [REPO / "README.md", *(REPO / "docs").glob("*.md")]}
+
+
+def _options(group: str) -> set[str]:
+    return {p.stem for p in (REPO / "conf" / group).glob("*.yaml")}
+
+
+@pytest.mark.parametrize("group", ["data", "model", "experiment"])
+def test_the_guide_and_the_readme_list_every_option_of_the_group(group):
+    guide = re.search(rf"`{group}/` \(([^;)]*)", GUIDE).group(1)  # docs/GUIDE.md, Configuration
+    readme = re.search(rf"^\| `{group}` \| ([^|]*)\|", README, flags=re.M).group(1)  # the README's table
+    assert set(re.findall(r"`(\w+)`", guide)) == set(re.findall(r"`(\w+)`", readme)) == _options(group)
+
+
+@pytest.mark.parametrize("group, node", [("latency", schema.Latency), ("deploy", schema.Deploy)])
+def test_the_guide_lists_every_key_of_the_group(group, node):
+    listed = re.search(rf"`{group}\.{{([\w,]+)}}`", GUIDE).group(1).split(",")
+    assert sorted(listed) == sorted(f.name for f in fields(node))
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS))
+def test_every_section_a_doc_cites_exists(doc):
+    cited = re.findall(r"\b(DESIGN|RESULTS|LOG)\.md\)?,? sections? (\d+)", DOCS[doc])  # "DESIGN.md, section 3"
+    for name, number in cited:
+        assert re.search(rf"^## {number}\. ", DOCS[f"{name}.md"], flags=re.M), f"{doc} cites {name}.md section {number}"
+
+
+def test_no_paragraph_of_the_guide_starts_mid_sentence():
+    prose = re.sub(r"```.*?```", "", GUIDE, flags=re.S)
+    starts = [p.strip() for p in re.split(r"\n\s*\n", prose) if p.strip()]
+    assert [p[:40] for p in starts if p[0].islower()] == []

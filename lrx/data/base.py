@@ -13,14 +13,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lrx.io import PROJECT
+
 
 class DataRootError(FileNotFoundError):
     """The data root, or a folder or file expected under it, is missing or holds no data."""
 
 
 def default_root() -> str:
-    """``$LRX_DATA_ROOT`` if set, else ``./data``: the root when ``data.root`` is not given."""
-    return os.environ.get("LRX_DATA_ROOT", "./data")
+    """``$LRX_DATA_ROOT`` if set, else the project's ``data/``: the root when ``data.root`` is not given."""
+    return os.environ.get("LRX_DATA_ROOT", str(PROJECT / "data"))
 
 
 def invalid(key: str, value, valid: str) -> ValueError:

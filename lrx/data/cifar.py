@@ -107,7 +107,7 @@ def _layout_help(root: Path, spec: CifarSpec) -> str:
     return (
         f"{spec.title} data root {str(root)!r} holds neither accepted layout: "
         f"'{spec.binary_dir}/' (official binary files {binary}) or '{spec.python_dir}/' (torchvision's "
-        "download). Set data.root (by default paths.data: $LRX_DATA_ROOT, else ./data) to the folder that "
+        "download). Set data.root (by default paths.data: $LRX_DATA_ROOT, else the project's data/) to the folder that "
         "contains one of them, or data.download=true where the network allows."
     )
 

@@ -29,6 +29,8 @@ from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing, measure
 from lrx.measure.latency import machine
 from lrx.measure.load import timing_conditions
 from lrx.runtime import cpu
+from lrx.runtime import onnxruntime as ort
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ def deploy_both(
     memory_format: torch.memory_format,
     calibration: Iterable | None,
     calibration_images: int,
+    opset: int = ort.OPSET,
 ) -> tuple[dict[str, dict[str, Deployed]], dict[str, str]]:
     """``({target: {side: Deployed}}, {target: why it failed})`` for both networks: each deployed
     graph is checked against its torch network on ``images`` (validation images; the check is kept
@@ -57,7 +60,9 @@ def deploy_both(
             for side, net in nets.items():
                 folder = Path(work) / target.name / side
                 folder.mkdir(parents=True)
-                d = deploy(net, target, images, threads, folder, memory_format, calibration, calibration_images)
+                d = deploy(
+                    net, target, images, threads, folder, memory_format, calibration, calibration_images, opset=opset
+                )
                 try:
                     d.info["check"] = check(d, net, images)
                 except TargetError as e:
@@ -192,13 +197,15 @@ def fastest_dense(
     estimator: Estimator = DEFAULT_ESTIMATOR,
     memory_format: torch.memory_format = torch.channels_last,
     calibration: Iterable | None = None,
-    calibration_images: int = 300,
+    calibration_images: int = CALIBRATION_IMAGES,
+    opset: int = ort.OPSET,
 ) -> tuple[Target, dict[str, float]]:
     """Where ``net`` is served fastest: ``net`` (BatchNorm folded) deployed to every target and
     checked on ``check_images``, each graph timed alone on ``x``, one after another. Returns the
     fastest target and every target's ms (those whose check failed are left out)."""
+    baseline = {"baseline": fold_bn(net)}
     deployed, _ = deploy_both(
-        {"baseline": fold_bn(net)}, targets, check_images, threads, memory_format, calibration, calibration_images
+        baseline, targets, check_images, threads, memory_format, calibration, calibration_images, opset
     )
     if not deployed:
         raise TargetError(f"no target of {[t.name for t in targets]} serves the network")
@@ -221,20 +228,23 @@ def compare_deployments(
     estimator: Estimator = DEFAULT_ESTIMATOR,
     memory_format: torch.memory_format = torch.channels_last,
     calibration: Iterable | None = None,
-    calibration_images: int = 300,
+    calibration_images: int = CALIBRATION_IMAGES,
     quiet_wait_s: float = 60.0,
     busy: int = 0,
     keep_in: Path | None = None,
     max_batches: int | None = None,
+    opset: int = ort.OPSET,
 ) -> dict:
     """Both ``nets`` (``{"baseline", "final"}``, eval, CPU, float32), their BatchNorms folded as a
     deployment serves them, deployed to every target and checked on ``check_images``; acc@1 of each
     on ``val_loader`` where it runs; each target's two graphs timed on ``x`` (:func:`time_all`) after
     a wait for a quiet machine, next to ``busy`` neighbours that each keep a core busy; the graphs'
-    files kept under ``keep_in`` when given. Returns what results.json keeps under ``deploy``
-    (:func:`table`, plus the setup and load)."""
+    files kept under ``keep_in`` when given; ONNX Runtime's graphs exported at ONNX ``opset``.
+    Returns what results.json keeps under ``deploy`` (:func:`table`, plus the setup and load)."""
     nets = {side: fold_bn(net) for side, net in nets.items()}
-    deployed, failed = deploy_both(nets, targets, check_images, threads, memory_format, calibration, calibration_images)
+    deployed, failed = deploy_both(
+        nets, targets, check_images, threads, memory_format, calibration, calibration_images, opset
+    )
     if not deployed:
         return {"failed": failed, "targets": {}, "best": None}
     acc1 = evaluate_all(deployed, val_loader, max_batches)

@@ -29,6 +29,7 @@ from lrx.modes import eval_mode
 from lrx.runtime import RUNTIME_PRECISIONS
 from lrx.runtime import onnxruntime as ort
 from lrx.runtime import openvino as ov
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 from lrx.runtime.serving import Serving
 
 TARGETS = tuple(f"{r}-{p}" for r, ps in RUNTIME_PRECISIONS.items() for p in ps)
@@ -114,11 +115,18 @@ def _torch(net: nn.Module, precision: str, memory_format: torch.memory_format) -
 
 
 def _onnxruntime(
-    net: nn.Module, precision: str, example: torch.Tensor, serving: Serving, folder: Path, calibration, images: int
+    net: nn.Module,
+    precision: str,
+    example: torch.Tensor,
+    serving: Serving,
+    folder: Path,
+    calibration,
+    images: int,
+    opset: int,
 ) -> Deployed:
     path = folder / "graph.onnx"
     with eval_mode(net), torch.no_grad():
-        exporter = ort.write_graph(net.cpu(), example, path)
+        exporter = ort.write_graph(net.cpu(), example, path, opset)
     if precision == "int8":
         path = ort.quantize(path, folder / "graph_int8.onnx", calibration, images)
     sess = ort.session(path, serving.threads, serving.settings)
@@ -133,7 +141,7 @@ def _onnxruntime(
         partial(ort.run, sess),
         partial(ort.session_call, sess),
         save,
-        {"exporter": exporter, "runtime": f"{ort.runtime_name()}, {precision}"},
+        {"exporter": exporter, "opset": opset, "runtime": f"{ort.runtime_name()}, {precision}"},
     )
 
 
@@ -164,14 +172,15 @@ def deploy(
     workdir: Path,
     memory_format: torch.memory_format = torch.channels_last,
     calibration: Iterable | None = None,
-    calibration_images: int = 300,
+    calibration_images: int = CALIBRATION_IMAGES,
     serving: Serving | None = None,
+    opset: int = ort.OPSET,
 ) -> Deployed:
     """``net`` (eval mode, CPU, float32) served by ``target`` for inputs shaped like ``example``
     (any batch size), with ``threads`` threads and the runtime's default wait policy, or as
     ``serving`` says (lrx.runtime.serving; torch's must already be in this process's environment);
-    int8 calibrates on ``calibration`` (training images, never validation or test). ``workdir``
-    holds intermediate files."""
+    int8 calibrates on ``calibration`` (training images, never validation or test). ONNX Runtime
+    serves the graph exported at ONNX ``opset``. ``workdir`` holds intermediate files."""
     if target.precision == "int8" and calibration is None:
         raise TargetError(f"{target.name} needs calibration images (training images for its int8 quantization)")
     serving = serving or Serving.of(target.runtime, threads)
@@ -180,7 +189,7 @@ def deploy(
     if target.runtime == "torch":
         d = _torch(net, target.precision, memory_format)
     elif target.runtime == "onnxruntime":
-        d = _onnxruntime(net, target.precision, example, serving, Path(workdir), calibration, calibration_images)
+        d = _onnxruntime(net, target.precision, example, serving, Path(workdir), calibration, calibration_images, opset)
     else:
         d = _openvino(net, target.precision, example, serving, calibration, calibration_images)
     d.info["serving"] = serving.as_dict()

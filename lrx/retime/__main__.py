@@ -22,6 +22,7 @@ from lrx.results.saved import load_models
 from lrx.retime import sections
 from lrx.retime.settings import ALL, settings, thread_counts, wait_policies
 from lrx.retime.tables import text
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 from lrx.runtime.serving import Serving
 
 NONE = "none"
@@ -80,7 +81,9 @@ def parser() -> argparse.ArgumentParser:
         "--quiet-wait", type=float, default=None, help="seconds to wait for a quiet machine; default: the run's"
     )
     ap.add_argument("--fold-bn", action="store_true", help="fold both networks' BatchNorms before timing the convs")
-    ap.add_argument("--calibration-images", type=int, default=300, help="training images int8 calibrates on")
+    ap.add_argument(
+        "--calibration-images", type=int, default=CALIBRATION_IMAGES, help="training images int8 calibrates on"
+    )
     ap.add_argument(
         "--data-root",
         help="where the runs' dataset is, if not where they read it (int8 calibration, --deploy's acc@1)",

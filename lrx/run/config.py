@@ -150,7 +150,7 @@ def _check_decomp(c: dict, ignored: list[str]) -> None:
     if method == PLAN:
         _keys(d, "decomp", _names(schema.DecompPlan), " with decomp=plan (the planner chooses methods and bases)")
         _int(d, "decomp", "rank_multiple", 1)
-        if "planner" not in c:
+        if c.get("planner") is None:  # absent, or emptied by a file that states `planner:` alone
             raise ConfigError("decomp=plan needs the planner group (select decomp=plan, which adds it)")
         return
     if method == PRUNE:
@@ -437,9 +437,14 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
         raise _bad("deploy.serving", "auto", "default, or auto with deploy.targets (it times the best of them)")
     if dep["onnx"]:
         _require_onnx("deploy.onnx=true")
-    else:
+        return
+    if not any(t.runtime == "onnxruntime" for t in targets_of(dep["targets"])):
         ignored += _changed_from_defaults(
-            dep, "deploy", schema.Deploy, ["opset", "check_images"], "deploy.onnx=false: nothing is exported"
+            dep, "deploy", schema.Deploy, ["opset"], "no ONNX graph: deploy.onnx=false and no onnxruntime target"
+        )
+    if dep["targets"] == []:  # every deployment target checks its graphs on deploy.check_images
+        ignored += _changed_from_defaults(
+            dep, "deploy", schema.Deploy, ["check_images"], "nothing is exported or deployed"
         )
 
 

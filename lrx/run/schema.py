@@ -22,6 +22,7 @@ from omegaconf import MISSING, OmegaConf
 
 from lrx.io import PROJECT
 from lrx.measure.estimator import Estimator
+from lrx.runtime.calibration import CALIBRATION_IMAGES
 
 
 def project_path(path: str | Path) -> str:
@@ -82,11 +83,11 @@ class Planner:
     """planner (with decomp=plan): which convs to replace by which method, with how many bases."""
 
     target_speedup: float = 2.0
-    metric: str = "macs"
+    metric: str = "latency"
     closed_loop_rounds: int = 3
     error: str = "data"
     samples: int = 256
-    methods: list[str] = field(default_factory=lambda: ["scheme1", "scheme2"])
+    methods: list[str] = field(default_factory=lambda: ["scheme2"])
     speedups: list[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     prune: PlannerPrune = field(default_factory=PlannerPrune)
@@ -154,7 +155,7 @@ class Latency:
     estimator: EstimatorSchema = field(default_factory=EstimatorSchema)
     quiet_wait_s: float = 60.0
     guard: bool = True
-    fold_bn: bool = False
+    fold_bn: bool = True
     runtime: str = "auto"
     precision: str = "auto"
 
@@ -165,7 +166,7 @@ class Deploy:
     Runtime timings per conv."""
 
     targets: Any = "auto"  # "auto" (every target this installation and CPU serve), or a list of names
-    calibration_images: int = 300
+    calibration_images: int = CALIBRATION_IMAGES
     serving: str = "default"  # "default" (each runtime's own), or "auto": chosen by measurement after the run
     serving_busy: int = 1
     onnx: bool = False

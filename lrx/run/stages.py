@@ -97,6 +97,7 @@ def _where_to_time(s: State) -> None:
             memory_format_of(lat.memory_format),
             calibration,
             dep.calibration_images,
+            dep.opset,
         )
     s.where = {"runtime": best.runtime, "precision": best.precision, "dense_ms": ms}
     log.info(
@@ -354,6 +355,7 @@ def _deploy_targets(s: State, run_dir: Path, images: torch.Tensor) -> None:
         lat.decide_at.busy,
         run_dir / DEPLOYED_DIR,
         _limit(job.cfg.trainer.get("limit_val_batches")),
+        dep.opset,
     )
     s.deployed = {**(s.deployed or {}), **table}
     best = table["best"]

@@ -10,6 +10,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
+CALIBRATION_IMAGES = 300  # training images an int8 quantization calibrates on by default (deploy.calibration_images)
+
 
 def _images(item) -> torch.Tensor:
     """The images of a calibration item, (B, C, H, W): a batch or one (C, H, W) image, or the first

@@ -20,7 +20,7 @@ from torch import nn
 
 from lrx.modes import eval_mode
 from lrx.runtime import extras
-from lrx.runtime.calibration import first_images
+from lrx.runtime.calibration import CALIBRATION_IMAGES, first_images
 from lrx.runtime.cpu import has_vnni
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def write_graph(net: nn.Module, x: torch.Tensor, path: Path, opset: int = OPSET)
     return "torchscript"
 
 
-def quantize(path: Path, out: Path, calibration: Iterable, subset_size: int = 300) -> Path:
+def quantize(path: Path, out: Path, calibration: Iterable, subset_size: int = CALIBRATION_IMAGES) -> Path:
     """The float graph at ``path`` quantized to int8 by ONNX Runtime's static quantization (QDQ
     format, uint8 activations, int8 weights per channel, MinMax ranges) on the first
     ``subset_size`` images of ``calibration``, written to ``out``. On a CPU without VNNI the weights

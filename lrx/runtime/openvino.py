@@ -25,7 +25,7 @@ from torch import nn
 
 from lrx.modes import eval_mode
 from lrx.runtime import extras
-from lrx.runtime.calibration import first_images
+from lrx.runtime.calibration import CALIBRATION_IMAGES, first_images
 from lrx.runtime.cpu import has_vnni
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def convert(module: nn.Module, example: torch.Tensor):
     return model
 
 
-def quantize(model, calibration: Iterable, subset_size: int = 300):
+def quantize(model, calibration: Iterable, subset_size: int = CALIBRATION_IMAGES):
     """``model`` (an ``openvino.Model`` in float) quantized to int8 by NNCF post-training
     quantization (default preset, for the CPU) on the first ``subset_size`` images of
     ``calibration``: tensors shaped (B, C, H, W) or (images, labels) batches such as a DataLoader's.

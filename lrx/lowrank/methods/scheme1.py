@@ -329,8 +329,11 @@ class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", al
         return c * bases * (kh + kw + n)
 
     @classmethod
-    def planner_ranks(cls, geometry: ConvGeometry) -> list[int]:
-        """M = 1 .. min(kh*kw - 1, MAX_PLANNER_BASES): every M, the grid being small."""
+    def planner_ranks(cls, geometry: ConvGeometry, speedups=None) -> list[int]:
+        """M = 1 .. min(kh*kw - 1, MAX_PLANNER_BASES): every M, the grid being small; with
+        ``speedups``, the M of each."""
+        if speedups:
+            return super().planner_ranks(geometry, speedups)
         kh, kw = geometry.kernel_size
         return list(range(1, min(kh * kw - 1, MAX_PLANNER_BASES) + 1))
 
