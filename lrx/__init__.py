@@ -11,5 +11,6 @@ Packages by concern; each imports only those above it in this list (tests/test_a
 - ``lrx.deploy``: export, check and time the deployed networks;
 - ``lrx.results``: a run's folder: the results file and the saved networks;
 - ``lrx.run``: the run itself (``python -m lrx.train``, ``python -m lrx.export``);
-- ``lrx.report``: tables and plots from results files alone (no torch).
+- ``lrx.report``: tables and plots from results files alone (no torch);
+- ``lrx.retime``: re-time finished runs (``python -m lrx.retime``).
 """

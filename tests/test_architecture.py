@@ -29,7 +29,7 @@ LAYERS = [
     ("lrx.deploy",),
     ("lrx.results",),
     ("lrx.run",),
-    ("lrx.report", "lrx.train", "lrx.export"),  # the report, and the entry shims of lrx.run
+    ("lrx.report", "lrx.retime", "lrx.train", "lrx.export"),  # the report, re-timing, the entry shims of lrx.run
 ]
 LEVEL = {package: level for level, packages in enumerate(LAYERS) for package in packages}
 

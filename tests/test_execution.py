@@ -12,10 +12,10 @@ from lrx.compress import execution
 from lrx.compress.execution import has_choice, reset_strategies, select, tune
 from lrx.lowrank import METHODS
 from lrx.lowrank.methods import cp
-from lrx.lowrank.methods.scheme1 import STRATEGIES, LowRankExpConvV1
+from lrx.lowrank.methods.scheme1 import STRATEGIES, Scheme1Conv
 from tests.helpers.timing import QUICK
 
-LAYERS_AND_STRATEGIES = [(LowRankExpConvV1, s) for s in sorted(STRATEGIES)] + [(cp.CPConv, s) for s in cp.STRATEGIES]
+LAYERS_AND_STRATEGIES = [(Scheme1Conv, s) for s in sorted(STRATEGIES)] + [(cp.CPConv, s) for s in cp.STRATEGIES]
 CHOOSERS = [name for name, cls in METHODS.items() if cls.default_strategy is not None]
 
 
@@ -81,11 +81,11 @@ def test_a_choice_is_cached_per_shape_and_thread_count(monkeypatch):
     another layer of the same shape; another shape or thread count is timed and chosen on its own."""
     fastest = {"name": "last"}
     timed = _fake_times(monkeypatch, lambda calls: calls[-1] if fastest["name"] == "last" else calls[0])
-    layer = LowRankExpConvV1(8, 16, 5, 2, padding=2).eval()
+    layer = Scheme1Conv(8, 16, 5, 2, padding=2).eval()
     names = sorted(layer.executions(torch.randn(2, 8, 12, 12)))
     x = torch.randn(2, 8, 12, 12)
     assert select(layer, x, QUICK) == {"strategy": names[-1], "times_ms": {n: 2.0 for n in names} | {names[-1]: 1.0}}
-    twin = LowRankExpConvV1(8, 16, 5, 2, padding=2).eval()
+    twin = Scheme1Conv(8, 16, 5, 2, padding=2).eval()
     assert twin.strategy == twin.default_strategy != names[-1]
     assert select(twin, x, QUICK) == {"strategy": names[-1], "times_ms": {}} and twin.strategy == names[-1]
     assert len(timed) == 1  # from the cache

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lrx.compress.guard import put_back_slower
-from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import compare, conv_names, decide_point, layer_inputs, points
 from lrx.models import AlexNetCIFAR
@@ -37,7 +37,7 @@ def _net_and_approx() -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     net = AlexNetCIFAR(widths=(16, 24, 32, 32, 24)).eval()
     approx = copy.deepcopy(net)
-    approx.conv3 = LowRankExpConvV2.from_conv(net.conv3, 4)
+    approx.conv3 = Scheme2Conv.from_conv(net.conv3, 4)
     return net, approx
 
 
@@ -101,7 +101,7 @@ def test_the_decide_at_point_defaults_to_the_largest_batch_and_thread_count():
 def test_compare_times_both_networks_on_cuda():
     net = AlexNetCIFAR().eval()
     approx = copy.deepcopy(net)
-    approx.conv3 = LowRankExpConvV2.from_conv(net.conv3, 8)
+    approx.conv3 = Scheme2Conv.from_conv(net.conv3, 8)
     out = compare(net, approx, 32, batch_size=2, device="cuda", estimator=QUICK)
     assert out["setup"]["device"] == torch.cuda.get_device_name() and out["conv_speedup"] > 0
     assert next(net.parameters()).device.type == "cpu"  # compare hands the networks back on their own device
@@ -117,7 +117,7 @@ def test_guard_restores_the_original_conv_with_its_exact_weights_unless_its_lowe
     net = AlexNetCIFAR().eval()
     approx = copy.deepcopy(net)
     for name in ("conv2", "conv3", "conv4"):
-        approx.set_submodule(name, LowRankExpConvV2.from_conv(net.get_submodule(name), 4))
+        approx.set_submodule(name, Scheme2Conv.from_conv(net.get_submodule(name), 4))
     records = [{"name": "conv2"}, {"name": "conv3"}, {"name": "conv4"}]
     timings = {  # conv3: faster by its median, not confidently
         "conv2": {"speedup": 0.8, "speedup_iqr": [0.75, 0.85]},
@@ -127,7 +127,7 @@ def test_guard_restores_the_original_conv_with_its_exact_weights_unless_its_lowe
     assert put_back_slower(approx, net, records, timings, "cpu, 2 threads, batch 32") == ["conv2", "conv3"]
     assert isinstance(approx.conv2, nn.Conv2d) and approx.conv2 is not net.conv2
     assert torch.equal(approx.conv2.weight, net.conv2.weight)
-    assert isinstance(approx.conv4, LowRankExpConvV2)
+    assert isinstance(approx.conv4, Scheme2Conv)
     assert records[0]["kept"] is False and "0.80x" in records[0]["put_back_reason"]
     assert "lower quartile 0.97x" in records[1]["put_back_reason"] and "batch 32" in records[1]["put_back_reason"]
     assert records[2]["kept"] is True and records[2]["guard"]["speedup_iqr"] == [1.6, 1.8]

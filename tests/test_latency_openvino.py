@@ -15,7 +15,7 @@ from lrx.compress import planner
 from lrx.deploy.targets import TOLERANCE
 from lrx.lowrank import decompose
 from lrx.lowrank.base import DecompositionError
-from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from lrx.measure.latency import call_of, check_runtime, compare, conv_names
 from lrx.models import AlexNetCIFAR
 from lrx.run import config
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _layers() -> tuple[nn.Conv2d, nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 16, 3, padding=1).eval()
-    return conv, LowRankExpConvV2.from_conv(conv, 4).eval(), torch.randn(4, 8, 8, 8)
+    return conv, Scheme2Conv.from_conv(conv, 4).eval(), torch.randn(4, 8, 8, 8)
 
 
 def _rel(out, ref: torch.Tensor) -> float:

@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lrx.lowrank import METHODS, DecompositionError
 from lrx.lowrank.base import PLANNER_TARGETS, ConvGeometry, dense_macs
-from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
-from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.scheme1 import Scheme1Conv
+from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from lrx.lowrank.methods.tucker2 import Tucker2Conv
 from tests.helpers.convs import GEOMETRIES, conv_like, geometry_of, make_conv
 from tests.helpers.methods import NAMES, exact_at_full_rank, fast_options, int_rank, one_thread  # noqa: F401
@@ -96,9 +96,9 @@ def test_from_conv_keeps_device_dtype_and_reports(method, device):
 
 def test_solver_info_in_the_reports():
     conv = nn.Conv2d(3, 4, 3, padding=1)
-    s1 = LowRankExpConvV1.from_conv(conv, 2, **fast_options("scheme1")).report
+    s1 = Scheme1Conv.from_conv(conv, 2, **fast_options("scheme1")).report
     assert len(s1["rank1_energy"]) == 2 and s1["lambda"]["schedule"] == "ascending"
-    assert LowRankExpConvV2.from_conv(conv, 2).report["lambda"] is None
+    assert Scheme2Conv.from_conv(conv, 2).report["lambda"] is None
     assert Tucker2Conv.from_conv(conv, 2).report["hooi_iters"] >= 0
     assert METHODS["cp"].from_conv(conv, 2).report["iters"] >= 1
 
@@ -232,9 +232,9 @@ def test_refuses_unknown_options(method):
 def test_onnx_export():
     onnx = pytest.importorskip("onnx", reason="the onnx package is not installed (pip install onnx)")
     model = nn.Sequential(
-        LowRankExpConvV1.from_conv(nn.Conv2d(3, 8, 3, padding=1), 2, **fast_options("scheme1")),
+        Scheme1Conv.from_conv(nn.Conv2d(3, 8, 3, padding=1), 2, **fast_options("scheme1")),
         nn.ReLU(),
-        LowRankExpConvV2.from_conv(nn.Conv2d(8, 6, 3, stride=2, dilation=2), 4),
+        Scheme2Conv.from_conv(nn.Conv2d(8, 6, 3, stride=2, dilation=2), 4),
     ).eval()
     x = torch.randn(1, 3, 16, 12)
     buffer = io.BytesIO()

@@ -6,7 +6,7 @@ import torch
 from lrx.lowrank import DecompositionError
 from lrx.lowrank.methods import scheme1
 from lrx.lowrank.methods.channel_svd import solve_channel_svd
-from lrx.lowrank.methods.scheme1 import LowRankExpConvV1, solve_scheme1
+from lrx.lowrank.methods.scheme1 import Scheme1Conv, solve_scheme1
 from lrx.lowrank.methods.scheme2 import solve_scheme2
 from tests.helpers.methods import one_thread  # noqa: F401
 from tests.helpers.run_if import run_if
@@ -129,13 +129,13 @@ def test_scheme1_refuses_bad_options(opts, words):
 
 
 def test_scheme1_options_are_merged_with_the_defaults_and_named_as_the_caller_calls_them():
-    merged = LowRankExpConvV1.check_options({"lam_start": 0.01, "iters": 3})
+    merged = Scheme1Conv.check_options({"lam_start": 0.01, "iters": 3})
     assert merged == {**scheme1.DEFAULTS, "lam_start": 0.01, "iters": 3}
     assert scheme1.DEFAULTS["lam_start"] != 0.01  # the defaults themselves are left alone
     assert scheme1.check_options(dict(scheme1.DEFAULTS), name=str) is None
     names = {"lam_start": "decomp.lam_start", "lam_schedule": "decomp.lam_schedule"}
     with pytest.raises(DecompositionError, match=r"^decomp\.lam_start=-1: must be a number >= 0"):
-        LowRankExpConvV1.check_options({"lam_start": -1}, names=names)
+        Scheme1Conv.check_options({"lam_start": -1}, names=names)
     with pytest.raises(DecompositionError, match=r"decomp\.lam_start=0.*use decomp\.lam_schedule=fixed"):
         scheme1.check_options({**scheme1.DEFAULTS, "lam_start": 0}, name=lambda k: names.get(k, k))
 

@@ -14,7 +14,7 @@ from torch import nn
 import lrx.measure.latency
 import lrx.run.stages
 from lrx.io import PROJECT
-from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
+from lrx.lowrank.methods.scheme1 import Scheme1Conv
 from lrx.measure.complexity import complexity
 from lrx.measure.latency import conv_names, machine
 from lrx.results.saved import load_models
@@ -150,7 +150,7 @@ def test_the_final_network_is_saved_and_loads_back(tmp_path, monkeypatch, run_in
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
     results = run_in()
     baseline, final, loaded = load_models(tmp_path)
-    assert isinstance(final.conv2, LowRankExpConvV1) and type(baseline.conv2) is nn.Conv2d
+    assert isinstance(final.conv2, Scheme1Conv) and type(baseline.conv2) is nn.Conv2d
     assert not final.training and not baseline.training
     assert complexity(final, 32)["macs"] == results["final"]["macs"] == loaded["final"]["macs"]
     assert complexity(baseline, 32)["macs"] == results["baseline"]["macs"]

@@ -13,8 +13,8 @@ from lrx.compress.planner import Candidate, check_request, choose, plan
 from lrx.lowrank import DecompositionError
 from lrx.lowrank.base import PLANNER_TARGETS, ConvGeometry
 from lrx.lowrank.methods.cp import CP_PLANNER_TARGETS, CPConv
-from lrx.lowrank.methods.scheme1 import MAX_PLANNER_BASES, LowRankExpConvV1
-from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.scheme1 import MAX_PLANNER_BASES, Scheme1Conv
+from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from lrx.measure.estimator import Ratio, Timing
 from lrx.measure.latency import conv_names
 from lrx.models import AlexNetCIFAR
@@ -302,9 +302,9 @@ def test_cp_candidates_start_at_2x_where_the_others_start_at_1_25x():
     assert min(CP_PLANNER_TARGETS) == 2.0 and max(CP_PLANNER_TARGETS) == max(PLANNER_TARGETS) == 16.0
     assert max(cp) == CPConv.bases_for_speedup(g, 2.0) and min(cp) == CPConv.bases_for_speedup(g, 16.0)
     assert CPConv.theoretical_speedup(g, max(cp)) >= 2.0 > CPConv.theoretical_speedup(g, max(cp) + 1)
-    assert max(s2) == LowRankExpConvV2.bases_for_speedup(g, 1.25) and min(PLANNER_TARGETS) == 1.25
+    assert max(s2) == Scheme2Conv.bases_for_speedup(g, 1.25) and min(PLANNER_TARGETS) == 1.25
     assert s1 == list(range(1, MAX_PLANNER_BASES + 1))  # every M up to the cap (5x5: 24 > 12)
-    assert LowRankExpConvV1.planner_ranks(ConvGeometry.of(8, 8, 3)) == list(range(1, 9))  # 3x3: below kh*kw
+    assert Scheme1Conv.planner_ranks(ConvGeometry.of(8, 8, 3)) == list(range(1, 9))  # 3x3: below kh*kw
 
 
 def test_planner_speedups_choose_the_ranks_tried():
@@ -312,7 +312,7 @@ def test_planner_speedups_choose_the_ranks_tried():
     g = ConvGeometry.of(conv.in_channels, conv.out_channels, conv.kernel_size)
     grid = planner._grid(conv, ("scheme2", "cp"), speedups=(2.0, 4.0))
     assert [(cls.method, b) for cls, b in grid] == [
-        (cls.method, cls.bases_for_speedup(g, s)) for cls in (LowRankExpConvV2, CPConv) for s in (4.0, 2.0)
+        (cls.method, cls.bases_for_speedup(g, s)) for cls in (Scheme2Conv, CPConv) for s in (4.0, 2.0)
     ]
 
 

@@ -15,14 +15,14 @@ from lrx.lowrank.base import ALIASES, dense_macs
 from lrx.lowrank.methods import discover
 from lrx.lowrank.methods.channel_svd import ChannelSVDConv
 from lrx.lowrank.methods.cp import CPConv
-from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
-from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.scheme1 import Scheme1Conv
+from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from lrx.lowrank.methods.tucker2 import Tucker2Conv
 from tests.helpers.convs import small_model
 
 BUILT_IN = {
-    "scheme1": LowRankExpConvV1,
-    "scheme2": LowRankExpConvV2,
+    "scheme1": Scheme1Conv,
+    "scheme2": Scheme2Conv,
     "tucker2": Tucker2Conv,
     "cp": CPConv,
     "channel_svd": ChannelSVDConv,
@@ -113,12 +113,12 @@ def test_every_method_is_registered_under_its_own_name():
 @pytest.mark.parametrize(
     "name, cls",
     [
-        (1, LowRankExpConvV1),
-        ("1", LowRankExpConvV1),
-        ("scheme1", LowRankExpConvV1),
-        (2, LowRankExpConvV2),
-        ("2", LowRankExpConvV2),
-        ("scheme2", LowRankExpConvV2),
+        (1, Scheme1Conv),
+        ("1", Scheme1Conv),
+        ("scheme1", Scheme1Conv),
+        (2, Scheme2Conv),
+        ("2", Scheme2Conv),
+        ("scheme2", Scheme2Conv),
         ("tucker2", Tucker2Conv),
         ("cp", CPConv),
         ("channel_svd", ChannelSVDConv),
@@ -155,13 +155,13 @@ def test_a_name_registered_twice_is_refused():
         toy = define_toy()
         with pytest.raises(ValueError, match=r"ToyDense: the method name or alias 'toy_dense' is already registered"):
             define_toy()
-        assert METHODS["scheme1"] is LowRankExpConvV1 and METHODS["toy_dense"] is toy
+        assert METHODS["scheme1"] is Scheme1Conv and METHODS["toy_dense"] is toy
     assert "toy_dense" not in METHODS
 
 
 @pytest.mark.parametrize(
     "name, aliases, taken, owner",
-    [("toy_dense", (1,), 1, LowRankExpConvV1), ("toy_dense", ("cp",), "cp", CPConv), ("2", (), "2", LowRankExpConvV2)],
+    [("toy_dense", (1,), 1, Scheme1Conv), ("toy_dense", ("cp",), "cp", CPConv), ("2", (), "2", Scheme2Conv)],
 )
 def test_a_name_or_alias_already_taken_is_refused(name, aliases, taken, owner):
     with registry_restored():
@@ -173,10 +173,10 @@ def test_a_name_or_alias_already_taken_is_refused(name, aliases, taken, owner):
 def test_a_subclass_without_a_name_is_not_a_method():
     with registry_restored():
 
-        class Faster(LowRankExpConvV2):
+        class Faster(Scheme2Conv):
             pass
 
-        assert Faster.method == "scheme2" and METHODS["scheme2"] is LowRankExpConvV2
+        assert Faster.method == "scheme2" and METHODS["scheme2"] is Scheme2Conv
         assert Faster not in METHODS.values()
 
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from lrx.lowrank import METHODS, DecompositionError, decompose, resolve_bases, select_convs, skipped_convs, validate
-from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
-from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.scheme1 import Scheme1Conv
+from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from lrx.lowrank.surgery import layer_record
 from lrx.models import AlexNet, AlexNetCIFAR
 from tests.helpers.methods import one_thread  # noqa: F401
@@ -179,7 +179,7 @@ def test_decompose_alexnet_cifar():
     conv2_shape = list(model.conv2.weight.shape)
     records = decompose(model, [3, 4, 5], 2, [64, 32, 32])  # indices first: replacing changes the count
     records = decompose(model, "conv2", 1, 4, **FAST) + records
-    assert isinstance(model.conv2, LowRankExpConvV1) and isinstance(model.conv5, LowRankExpConvV2)
+    assert isinstance(model.conv2, Scheme1Conv) and isinstance(model.conv5, Scheme2Conv)
     assert model(x).shape == before.shape
     json.dumps(records)
     assert [r["name"] for r in records] == ["conv2", "conv3", "conv4", "conv5"]
@@ -193,7 +193,7 @@ def test_decompose_alexnet_cifar():
 
 def test_layer_record_is_the_report_without_the_history():
     conv = nn.Conv2d(3, 4, 3)
-    layer = LowRankExpConvV1.from_conv(conv, 2, **FAST)
+    layer = Scheme1Conv.from_conv(conv, 2, **FAST)
     record = layer_record("features.0", conv, layer)
     assert "history" in layer.report and "history" not in record
     assert record == {
@@ -214,7 +214,7 @@ def test_decompose_passes_the_options_to_the_method():
 def test_decompose_nested_names():
     model = mixed()
     decompose(model, "all", 2, 3)
-    assert isinstance(model.block.conv, LowRankExpConvV2) and isinstance(model.block.reduce, nn.Conv2d)
+    assert isinstance(model.block.conv, Scheme2Conv) and isinstance(model.block.reduce, nn.Conv2d)
     assert model(torch.randn(1, 3, 8, 8)).shape == (1, 6, 8, 8)
 
 

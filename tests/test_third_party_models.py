@@ -7,8 +7,8 @@ from torch import nn
 from torchvision.models import resnet18, vgg11
 
 from lrx.lowrank import DecompositionError, decompose, validate
-from lrx.lowrank.methods.scheme1 import LowRankExpConvV1
-from lrx.lowrank.methods.scheme2 import LowRankExpConvV2
+from lrx.lowrank.methods.scheme1 import Scheme1Conv
+from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from tests.helpers.methods import one_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,7 +43,7 @@ def test_resnet18_every_spatial_conv_by_scheme2_at_full_rank():
     records = decompose(model, "all", 2, full)  # 'all' skips the 1x1 convs
 
     assert [r["name"] for r in records] == spatial
-    assert all(isinstance(model.get_submodule(name), LowRankExpConvV2) for name in spatial)
+    assert all(isinstance(model.get_submodule(name), Scheme2Conv) for name in spatial)
     assert all(type(model.get_submodule(name)) is nn.Conv2d for name in pointwise)
     assert max(r["rel_error"] for r in records) < 1e-5
     _assert_close(_outputs(model, x), ref)
@@ -64,6 +64,6 @@ def test_vgg11_convs_by_scheme1_at_full_rank():
     records = decompose(model, layers, 1, 9, lam_steps=3)  # M = kh * kw
 
     assert [r["name"] for r in records] == layers
-    assert all(isinstance(model.get_submodule(name), LowRankExpConvV1) for name in layers)
+    assert all(isinstance(model.get_submodule(name), Scheme1Conv) for name in layers)
     assert max(r["rel_error"] for r in records) < 1e-5
     _assert_close(_outputs(model, x), ref)

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrx.compress.fold import fold_bn
-from lrx.deploy.targets import AUTO, TARGETS, Deployed, Target, TargetError, accuracy, check, deploy, servable
+from lrx.deploy.targets import AUTO, TARGETS, Deployed, Target, TargetError, check, deploy, deployed_accuracy, servable
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing, measure
 from lrx.measure.latency import machine
 from lrx.measure.load import timing_conditions
@@ -147,7 +147,7 @@ def time_best(deployed: dict[str, dict[str, Deployed]], best: dict, x: torch.Ten
 def evaluate_all(deployed: dict[str, dict[str, Deployed]], loader, max_batches=None) -> dict[str, dict[str, float]]:
     """acc@1 of every deployed graph on ``loader`` (the validation split), where it runs."""
     return {
-        t: {side: accuracy(d, loader, max_batches, desc=f"{side} acc@1 in {t}") for side, d in sides.items()}
+        t: {side: deployed_accuracy(d, loader, max_batches, desc=f"{side} acc@1 in {t}") for side, d in sides.items()}
         for t, sides in deployed.items()
     }
 

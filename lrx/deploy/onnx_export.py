@@ -64,7 +64,7 @@ def export_checked(net: nn.Module, path: Path, images: torch.Tensor, opset: int 
     }
 
 
-def deploy(
+def export_and_time(
     baseline: nn.Module,
     final: nn.Module,
     run_dir: Path,

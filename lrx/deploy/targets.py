@@ -223,7 +223,7 @@ def check(deployed: Deployed, net: nn.Module, images: torch.Tensor) -> dict:
     }
 
 
-def accuracy(deployed: Deployed, loader, max_batches: int | None = None, desc: str = "acc@1") -> float:
+def deployed_accuracy(deployed: Deployed, loader, max_batches: int | None = None, desc: str = "acc@1") -> float:
     """acc@1 in percent of the deployed network over ``loader``, computed where it runs."""
     correct = total = 0
     n = len(loader) if max_batches is None else min(max_batches, len(loader))

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from lrx.compress.execution import reset_strategies
-from lrx.deploy.onnx_export import BASELINE_ONNX, MODEL_ONNX, ExportError, deploy
+from lrx.deploy.onnx_export import BASELINE_ONNX, MODEL_ONNX, ExportError, export_and_time
 from lrx.io import write_json
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import points
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         reset_strategies(final)
         images = next(iter(datamodule_of(results, args.data_root).val_dataloader()))[0][: args.images]
         lat = results["config"]["latency"]
-        exported, timings = deploy(
+        exported, timings = export_and_time(
             baseline,
             final,
             args.run_dir,

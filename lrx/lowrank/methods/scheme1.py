@@ -184,7 +184,7 @@ def solve_scheme1(weight: torch.Tensor, bases: int, **solver_options):
     refine_iters, rank1_energy (M floats) and history (per stage: lam, objective / ||W||^2 per
     round; the ALS refinement has lam None and the fit alone).
     """
-    o = LowRankExpConvV1.check_options(solver_options)
+    o = Scheme1Conv.check_options(solver_options)
     check_bases(bases, weight.shape[2] * weight.shape[3], "scheme1", "weight")
     with single_thread(weight.device):
         return _solve_scheme1(weight, bases, o)
@@ -284,7 +284,7 @@ STRATEGIES: dict[str, Callable] = {
 DEFAULT = "textbook"
 
 
-class LowRankExpConvV1(LowRankConv, method="scheme1", label="s1", letter="M", aliases=(1, "1"), order=1):
+class Scheme1Conv(LowRankConv, method="scheme1", label="s1", letter="M", aliases=(1, "1"), order=1):
     """Scheme 1 with parameters v (M, kh), h (M, kw), a (N, C, M) and optional bias (N).
 
     Forward (textbook execution, three standard convs):

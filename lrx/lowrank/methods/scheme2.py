@@ -45,7 +45,7 @@ def solve_scheme2(weight: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch
     return vertical, horizontal
 
 
-class LowRankExpConvV2(LowRankConv, method="scheme2", label="s2", letter="K", aliases=(2, "2"), order=2):
+class Scheme2Conv(LowRankConv, method="scheme2", label="s2", letter="K", aliases=(2, "2"), order=2):
     """Scheme 2: ``vertical`` nn.Conv2d C -> K (kh x 1, row stride/padding/dilation, no bias), then
     ``horizontal`` nn.Conv2d K -> N (1 x kw, column stride/padding/dilation, the bias).
 
