@@ -109,7 +109,8 @@ def test_two_job_multirun_logs_offline_wandb_reports_and_skips_finished_jobs(tmp
 
     rep = subprocess.run([sys.executable, "-m", "lrx.report", str(sweep)], capture_output=True, text=True)
     assert rep.returncode == 0, rep.stderr
-    rows = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| alexnet_cifar")]
+    every_run = (sweep / "report.md").read_text().split("## Every run")[1].split("\n## ")[0]
+    rows = [line for line in every_run.splitlines() if line.startswith("| alexnet_cifar")]
     assert len(rows) == 3  # the baseline and the two jobs
     assert plt.imread(sweep / "report.png").shape[0] > 100
 

@@ -305,7 +305,7 @@ def _deploy(s: State, run_dir: Path, images: torch.Tensor, timings: dict) -> Non
     if not dep.onnx:
         return
     images = images[: dep.check_images]
-    exported, timings[ORT] = export.deploy(
+    exported, timings[ORT] = export.export_and_time(
         s.net,
         s.approx,
         run_dir,
