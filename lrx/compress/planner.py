@@ -139,6 +139,11 @@ def choose(candidates: dict[str, list[Candidate]], fixed_cost: float, budget: fl
     return min(states, key=lambda s: s[1])[2] if states else None
 
 
+def valid_speedups(speedups) -> bool:
+    """Whether ``speedups`` is None (each method's own ladder) or a non-empty list of numbers > 1."""
+    return speedups is None or (bool(speedups) and all(isinstance(s, (int, float)) and s > 1 for s in speedups))
+
+
 def check_request(
     net: nn.Module,
     layers,
@@ -162,7 +167,7 @@ def check_request(
         raise DecompositionError("planner methods=[] is invalid; valid: a non-empty list of methods")
     if not is_int(rank_multiple) or rank_multiple < 1:
         raise DecompositionError(f"rank_multiple={rank_multiple!r} is invalid; valid: an integer >= 1")
-    if speedups is not None and (not speedups or not all(isinstance(s, (int, float)) and s > 1 for s in speedups)):
+    if not valid_speedups(speedups):
         raise DecompositionError(f"speedups={speedups!r} is invalid; valid: a non-empty list of numbers > 1")
     classes = [method_class(m) for m in _lowrank(methods)]
     for name, opts in (options or {}).items():

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lrx.compress.data_recon import MODES, OPTIMIZERS
-from lrx.compress.planner import PRUNE, Pruning
+from lrx.compress.planner import PRUNE, Pruning, valid_speedups
 from lrx.compress.prune import CRITERIA
 from lrx.deploy.compare import targets_of
 from lrx.deploy.targets import AUTO, TARGETS, TargetError, servable
@@ -205,9 +205,8 @@ def _check_planner(c: dict, ignored: list[str]) -> None:
     methods = p["methods"]
     if not methods or not all(m == PRUNE or _is_method(m) for m in methods):
         raise _bad("planner.methods", methods, f"a non-empty list of {', '.join(METHODS)} or {PRUNE}")
-    speedups = p.get("speedups")
-    if speedups is not None and (not speedups or not all(s > 1 for s in speedups)):  # the schema makes them floats
-        raise _bad("planner.speedups", speedups, "null or a non-empty list of numbers > 1")
+    if not valid_speedups(p.get("speedups")):
+        raise _bad("planner.speedups", p["speedups"], "null or a non-empty list of numbers > 1")
     chosen = {method_class(m).method for m in methods if m != PRUNE}
     try:
         Pruning(tuple(p["prune"]["ratios"]), p["prune"]["criterion"]).check()
