@@ -377,6 +377,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
         (["decomp=plan", "planner.metric=macs", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),
         (["deploy.targets=[torch-fp32]", "deploy.opset=20"], "deploy.opset"),  # no ONNX graph
         (["deploy.targets=[]", "deploy.check_images=4"], "deploy.check_images"),  # nothing is deployed or exported
+        (["deploy.targets=[torch-fp32]", "deploy.calibration_images=10"], "deploy.calibration_images"),  # no int8
     ],
 )
 def test_a_key_without_effect_is_an_error_in_a_run_and_a_warning_in_a_sweep(overrides, ignored, tmp_path, tiny_root):

@@ -14,7 +14,7 @@ import lrx.run.stages
 from lrx.compress import planner
 from lrx.deploy.targets import TOLERANCE
 from lrx.lowrank import decompose
-from lrx.lowrank.base import DecompositionError
+from lrx.lowrank.checks import DecompositionError
 from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from lrx.measure.latency import call_of, check_runtime, compare, conv_names
 from lrx.models import AlexNetCIFAR

@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lrx.lowrank import METHODS, DecompositionError
-from lrx.lowrank.base import PLANNER_TARGETS, ConvGeometry, dense_macs
+from lrx.lowrank.base import PLANNER_TARGETS
+from lrx.lowrank.geometry import ConvGeometry, dense_macs
 from lrx.lowrank.methods.scheme1 import Scheme1Conv
 from lrx.lowrank.methods.scheme2 import Scheme2Conv
 from lrx.lowrank.methods.tucker2 import Tucker2Conv

@@ -157,7 +157,7 @@ def test_planner_considers_peer_methods():
     torch.manual_seed(0)
     net = small_model().eval()
     methods = (2, "tucker2", "cp", "channel_svd")
-    chosen, report = plan(net, "conv1", 1.3, input_size=8, batch_size=2, methods=methods, progress=False)
+    chosen, report = plan(net, "conv1", 1.3, "macs", input_size=8, batch_size=2, methods=methods, progress=False)
     assert set(chosen) == {"conv1"} and chosen["conv1"].method is not None
     assert report["predicted_conv_speedup"] >= 1.3
     tried = {o["method"] for options in report["candidates"].values() for o in options}

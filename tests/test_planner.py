@@ -9,9 +9,10 @@ from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from lrx.compress import planner
-from lrx.compress.planner import Candidate, check_request, choose, plan
+from lrx.compress.planner import Candidate, Timed, check_request, choose, plan
 from lrx.lowrank import DecompositionError
-from lrx.lowrank.base import PLANNER_TARGETS, ConvGeometry
+from lrx.lowrank.base import PLANNER_TARGETS
+from lrx.lowrank.geometry import ConvGeometry
 from lrx.lowrank.methods.cp import CP_PLANNER_TARGETS, CPConv
 from lrx.lowrank.methods.scheme1 import MAX_PLANNER_BASES, Scheme1Conv
 from lrx.lowrank.methods.scheme2 import Scheme2Conv
@@ -19,6 +20,7 @@ from lrx.measure.estimator import Ratio, Timing
 from lrx.measure.latency import conv_names
 from lrx.models import AlexNetCIFAR
 from tests.helpers.methods import one_thread  # noqa: F401
+from tests.helpers.timing import ON_PARAM_CLOCK, param_clock, size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,7 +60,13 @@ def test_planner_meets_its_mac_target(target):
     torch.manual_seed(0)
     net = AlexNetCIFAR(widths=SMALL).eval()
     chosen, report = plan(
-        net, "all", target, metric="macs", options={"scheme1": dict(lam_steps=3, iters=5)}, progress=False
+        net,
+        "all",
+        target,
+        metric="macs",
+        methods=("scheme1", "scheme2"),
+        options={"scheme1": dict(lam_steps=3, iters=5)},
+        progress=False,
     )
     approx = copy.deepcopy(net)
     for name, c in chosen.items():
@@ -83,7 +91,7 @@ def test_planner_refuses_unreachable_targets_and_bad_metrics():
     with pytest.raises(DecompositionError, match="target_speedup=0.5"):
         plan(net, "conv2", 0.5)
     with pytest.raises(DecompositionError, match="out of reach"):
-        plan(net, "conv1", 50.0, methods=(2,), progress=False)
+        plan(net, "conv1", 50.0, "macs", methods=(2,), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +110,7 @@ def test_check_request_refuses_bad_methods_and_options(methods, options, match):
     with pytest.raises(DecompositionError, match=match):
         check_request(AlexNetCIFAR(), "conv2", 2.0, "macs", methods, options)
     with pytest.raises(DecompositionError, match=match):  # before anything is solved or timed
-        plan(AlexNetCIFAR(), "conv2", 2.0, methods=methods, options=options, progress=False)
+        plan(AlexNetCIFAR(), "conv2", 2.0, "macs", methods=methods, options=options, progress=False)
 
 
 def test_check_request_accepts_aliases_and_returns_the_selection():
@@ -274,9 +282,9 @@ def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monk
 
     def slower(_net, _x, picks, _timed, _options=None):
         predicted = total / (total - len(picks) + sum(c.cost for c in picks))
-        return {"conv_speedup": 0.8 * predicted, "conv_speedup_iqr": [0.78 * predicted, 0.82 * predicted]}
+        return {"speedup": 0.8 * predicted, "speedup_iqr": [0.78 * predicted, 0.82 * predicted], "unstable": False}
 
-    monkeypatch.setattr(planner, "measured_conv_speedup", slower)
+    monkeypatch.setattr(planner, "measured_speedup", slower)
     layers = ["conv2", "conv3", "conv4", "conv5"]
     with caplog.at_level(logging.INFO, logger="lrx.compress.planner"):
         _, report = plan(net, layers, 2.0, "latency", methods=(2,), progress=False, closed_loop_rounds=4)
@@ -289,6 +297,21 @@ def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monk
         n: (m, b) for n, (m, b) in closest["plan"].items()
     }
     assert caplog.text.count("closed loop, round") == len(rounds)
+
+
+def test_the_closed_loop_measures_the_whole_network_against_the_dense_one(monkeypatch):
+    """On the parameter clock a network takes its parameter count: the measured speed-up is the whole
+    network's (its linear layers count too), and the network planned on is left as it was."""
+    torch.manual_seed(0)
+    net = AlexNetCIFAR(widths=SMALL).eval()
+    chosen, _ = plan(net, "all", 1.5, "macs", methods=("scheme2", "prune"), progress=False)
+    before = copy.deepcopy(net.state_dict())
+    with param_clock(monkeypatch):
+        whole = planner.measured_speedup(net, torch.randn(2, 3, 32, 32), list(chosen.values()), Timed(ON_PARAM_CLOCK))
+    approx = copy.deepcopy(net)
+    planner.apply(approx, chosen)
+    assert whole["speedup"] == pytest.approx(size(net) / size(approx))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 def test_cp_candidates_start_at_2x_where_the_others_start_at_1_25x():
@@ -337,7 +360,7 @@ def test_a_method_timed_slower_than_the_dense_conv_is_not_tried_at_larger_ranks(
 def test_the_plan_installs_the_method_it_reports():
     torch.manual_seed(0)
     net = AlexNetCIFAR(widths=(8, 16, 64, 64, 16)).eval()  # conv3 and conv4: most of the MACs
-    chosen, report = plan(net, ["conv3", "conv4"], 1.3, methods=("channel_svd", "2"), progress=False)
+    chosen, report = plan(net, ["conv3", "conv4"], 1.3, "macs", methods=("channel_svd", "2"), progress=False)
     assert set(chosen) == {"conv3", "conv4"}
     for name, c in chosen.items():
         dense = {"dense": next(o["cost"] for o in report["candidates"][name] if o["method"] is None)}

@@ -49,7 +49,8 @@ def test_every_planner_candidate_is_a_multiple(method):
 
 def test_a_plan_with_a_rank_multiple_installs_multiples_only():
     net = AlexNetCIFAR()
-    chosen, report = plan(net, ["conv3", "conv4", "conv5"], 2.0, methods=["scheme2"], progress=False, rank_multiple=16)
+    layers = ["conv3", "conv4", "conv5"]
+    chosen, report = plan(net, layers, 2.0, "macs", methods=["scheme2"], progress=False, rank_multiple=16)
     kept = [c for c in chosen.values() if c.method]
     assert kept and all(c.bases % 16 == 0 for c in kept) and report["predicted_conv_speedup"] >= 2.0
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from lrx.compress.data_recon import reconstruct
 from lrx.lowrank import METHODS, DecompositionError, LowRankConv, decompose, method_class, validate
-from lrx.lowrank.base import ALIASES, dense_macs
+from lrx.lowrank.base import ALIASES
+from lrx.lowrank.geometry import dense_macs
 from lrx.lowrank.methods import discover
 from lrx.lowrank.methods.channel_svd import ChannelSVDConv
 from lrx.lowrank.methods.cp import CPConv

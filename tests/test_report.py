@@ -672,6 +672,37 @@ def test_methods_at_equal_macs_are_the_runs_planned_for_one_mac_ratio_with_diffe
     assert "| 86.00 (-1.56) | 2.00 | 1.80 |" in lines[0]
 
 
+def test_structures_at_the_same_budget_set_each_set_of_methods_beside_the_others(tmp_path):
+    def run(methods, bases, ms, acc, epochs=8):
+        res = results("scheme2", ["conv2", "conv3"], bases, {"finetune": acc}, 2.0, target=3)
+        res["plan"] |= {"runtime": "openvino", "precision": "int8"}
+        res["config"] |= {"planner": {"methods": methods}, "finetune": {"epochs": epochs, "loss": "kd"}}
+        best = ("openvino-int8", "openvino-int8")
+        return with_deployment(res, deployment({"openvino-int8": (20.0, 87.5, ms, acc)}, best))
+
+    runs = {
+        "mix": run(["scheme2", "prune"], [32, 40], 5.0, 86.8),
+        "lowrank": run(["scheme2"], [24, 40], 8.0, 86.9),
+        "prune": run(["prune"], [24, 64], 10.0, 86.0),
+        "mix_4_epochs": run(["scheme2", "prune"], [32, 40], 5.0, 86.0, epochs=4),
+    }
+    pruned = {"method": "prune", "label": "prune", "letter": "N"}  # as lrx.compress.prune.record writes them
+    for name, layers in [("mix", [0]), ("prune", [0, 1]), ("mix_4_epochs", [0])]:
+        for i in layers:
+            runs[name]["layers"][i] |= pruned
+    runs["lowrank"]["layers"][0]["kept"] = False  # the guard put conv2 back
+    for name, res in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    lines = reference.same_budget(report_rows.collect([tmp_path])[0][1:]).splitlines()[2:]
+    assert [line.split(" | ")[1:5] for line in lines] == [
+        ["3x in openvino int8", "8 kd", "scheme2+prune", "conv2 prune N32, conv3 s2 K40"],
+        ["3x in openvino int8", "8 kd", "scheme2", "conv2 dense, conv3 s2 K40"],
+        ["3x in openvino int8", "8 kd", "prune", "conv2 prune N24, conv3 prune N64"],
+    ]
+    assert "| openvino-int8 5.00 ms, 86.80% | 0.70 | **4.00x**" in lines[0]
+
+
 def test_the_planner_table_sets_each_prediction_beside_what_was_measured(tmp_path):
     res = results("scheme2", ["conv2"], [16], {"filter": 86.0}, 2.9, target=3)
     res["plan"] |= {"predicted_conv_speedup": 3.01, "closed_loop": [{"measured": 2.7}, {"measured": 2.95}]}
@@ -679,6 +710,10 @@ def test_the_planner_table_sets_each_prediction_beside_what_was_measured(tmp_pat
     (tmp_path / "results.json").write_text(json.dumps(deployed))
     (line,) = reference.planner(report_rows.collect([tmp_path])[0][1:]).splitlines()[2:]
     assert line.startswith("| alexnet_cifar | 3x | torch fp32 | 3.01 | 2.95 (round 2) | 2.90 | 2.50 | 86.00 (-1.56) |")
+    res["plan"]["closed_loop"][-1]["measures"] = "network"
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    (line,) = reference.planner(report_rows.collect([tmp_path])[0][1:]).splitlines()[2:]
+    assert "| 3.01 | 2.95 (round 2, whole network) |" in line
     res["plan"] |= {"runtime": "openvino", "precision": "int8", "closed_loop": []}
     (tmp_path / "results.json").write_text(json.dumps(res))
     (line,) = reference.planner(report_rows.collect([tmp_path])[0][1:]).splitlines()[2:]

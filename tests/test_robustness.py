@@ -128,7 +128,7 @@ def test_non_finite_weight_stops_the_planner_too():
     with torch.no_grad():
         net.conv4.weight[0, 0, 0, 0] = float("inf")
     with pytest.raises(DecompositionError, match=r"layer 'conv4'.*NaN/Inf"):
-        plan(net, ["conv3", "conv4"], 1.5, progress=False)  # a target these two layers can reach
+        plan(net, ["conv3", "conv4"], 1.5, "macs", progress=False)  # a target these two layers can reach
 
 
 # json.dump asks the dict for its items: the process is killed half-way through writing them.

@@ -157,68 +157,64 @@ def reconstruct(
     device = _device(original, approx)
     inputs, input_bytes = _materialise(batches, holdout_batches, max_cache_bytes)
     n_total = sum(x.shape[0] for x in inputs)
-    n_holdout = sum(x.shape[0] for x in inputs[-holdout_batches:])
-    chunk = inputs[0].shape[0]
-
-    with ExitStack() as stack:
-        stack.enter_context(eval_mode(original, approx))
+    n_train = n_total - sum(x.shape[0] for x in inputs[-holdout_batches:])
+    fit = dict(lstsq=lstsq, steps=steps, lr=lr, optimizer=optimizer, batch_size=batch_size, seed=seed)
+    fit.update(revert_if_worse=revert_if_worse, progress=progress)
+    with eval_mode(original, approx):
         shapes = _probe(original, approx, names, inputs[0][:1].to(device), mode)
-        per_layer = {
-            n: n_total * (s["in_numel"] * s["in_esize"] + s["out_numel"] * s["out_esize"]) for n, s in shapes.items()
-        }
-        biggest = max(per_layer, key=per_layer.get)
-        needed = input_bytes + per_layer[biggest]
-        if needed > max_cache_bytes:
-            raise CacheLimitError(
-                f"{STAGE} needs {needed} bytes ({needed / 2**20:.1f} MiB) > max_cache_bytes={max_cache_bytes} "
-                f"({max_cache_bytes / 2**20:.1f} MiB): {input_bytes} bytes of input batches + "
-                f"{per_layer[biggest]} bytes of activations for layer {biggest!r} "
-                f"({n_total} samples); use fewer or smaller batches or raise max_cache_bytes"
-            )
+        cached = _check_cache(shapes, n_total, input_bytes, max_cache_bytes)
+        return [
+            _reconstruct_layer(original, approx, name, inputs, shapes[name], mode, device, n_train, cached[name], fit)
+            for name in names
+        ]
 
-        results = []
-        for name in names:
-            t0 = time.perf_counter()
-            X, T = _capture(original, approx, name, inputs, shapes[name], mode, device)
-            res = _optimise(
-                approx.get_submodule(name),
-                name,
-                X,
-                T,
-                n_total - n_holdout,
-                chunk,
-                lstsq=lstsq,
-                steps=steps,
-                lr=lr,
-                optimizer=optimizer,
-                batch_size=batch_size,
-                seed=seed,
-                revert_if_worse=revert_if_worse,
-                progress=progress,
-            )
-            del X, T
-            res = {
-                "name": name,
-                "mode": mode,
-                **res,
-                "time_s": time.perf_counter() - t0,
-                "cached_bytes": int(per_layer[name]),
-                "train_samples": n_total - n_holdout,
-                "holdout_samples": n_holdout,
-            }
-            log.info(
-                "%s %s (%s): held-out rel. error %.4g -> %.4g in %d steps, %.1f s%s",
-                STAGE,
-                name,
-                mode,
-                res["rel_error_before"],
-                res["rel_error_after"],
-                steps,
-                res["time_s"],
-                " (reverted: the optimisation made it worse)" if res["reverted"] else "",
-            )
-            results.append(res)
-    return results
+
+def _check_cache(shapes: dict, n_total: int, input_bytes: int, max_cache_bytes: int) -> dict[str, int]:
+    """Bytes of activations each layer caches (its inputs and targets for ``n_total`` samples);
+    CacheLimitError if the input batches and the biggest layer's cache exceed ``max_cache_bytes``."""
+    per_layer = {
+        n: n_total * (s["in_numel"] * s["in_esize"] + s["out_numel"] * s["out_esize"]) for n, s in shapes.items()
+    }
+    biggest = max(per_layer, key=per_layer.get)
+    needed = input_bytes + per_layer[biggest]
+    if needed > max_cache_bytes:
+        raise CacheLimitError(
+            f"{STAGE} needs {needed} bytes ({needed / 2**20:.1f} MiB) > max_cache_bytes={max_cache_bytes} "
+            f"({max_cache_bytes / 2**20:.1f} MiB): {input_bytes} bytes of input batches + "
+            f"{per_layer[biggest]} bytes of activations for layer {biggest!r} "
+            f"({n_total} samples); use fewer or smaller batches or raise max_cache_bytes"
+        )
+    return per_layer
+
+
+def _reconstruct_layer(original, approx, name, inputs, shape, mode, device, n_train, cached, fit) -> dict:
+    """Capture one layer's inputs and targets, optimise it (:func:`_optimise` with ``fit``), log
+    and return its record."""
+    t0 = time.perf_counter()
+    X, T = _capture(original, approx, name, inputs, shape, mode, device)
+    res = _optimise(approx.get_submodule(name), name, X, T, n_train, inputs[0].shape[0], **fit)
+    del X, T
+    res = {
+        "name": name,
+        "mode": mode,
+        **res,
+        "time_s": time.perf_counter() - t0,
+        "cached_bytes": int(cached),
+        "train_samples": n_train,
+        "holdout_samples": sum(x.shape[0] for x in inputs) - n_train,
+    }
+    log.info(
+        "%s %s (%s): held-out rel. error %.4g -> %.4g in %d steps, %.1f s%s",
+        STAGE,
+        name,
+        mode,
+        res["rel_error_before"],
+        res["rel_error_after"],
+        fit["steps"],
+        res["time_s"],
+        " (reverted: the optimisation made it worse)" if res["reverted"] else "",
+    )
+    return res
 
 
 # ---------------------------------------------------------------------------------------------

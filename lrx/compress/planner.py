@@ -38,7 +38,9 @@ from tqdm.auto import tqdm
 from lrx.compress import prune
 from lrx.compress.data_recon import refit_final, relative_error
 from lrx.compress.execution import has_choice, select
-from lrx.lowrank.base import ConvGeometry, DecompositionError, check_finite, is_int, method_class
+from lrx.lowrank.base import method_class
+from lrx.lowrank.checks import DecompositionError, check_finite, is_int
+from lrx.lowrank.geometry import ConvGeometry
 from lrx.lowrank.surgery import layer_record, select_convs
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing
 from lrx.measure.latency import (
@@ -47,7 +49,6 @@ from lrx.measure.latency import (
     conv_names,
     dense_vs_lowrank,
     layer_inputs,
-    layer_timings,
     time_modules,
 )
 from lrx.measure.load import timing_conditions
@@ -426,10 +427,10 @@ def plan(
     net: nn.Module,
     layers,
     target_speedup: float,
-    metric: str = "macs",
+    metric: str = "latency",
     input_size: int = 32,
     batch_size: int = 32,
-    methods=("scheme1", "scheme2"),
+    methods=("scheme2",),
     progress: bool = True,
     calibration: torch.Tensor | None = None,
     error: str = "data",
@@ -582,22 +583,20 @@ def plan(
     return chosen, report
 
 
-TOLERANCE = 0.05  # the closed loop stops once the measured conv speed-up is within 5% of the target
+TOLERANCE = 0.05  # the closed loop stops once the network's measured speed-up is within 5% of the target
 
 
-def measured_conv_speedup(
+def measured_speedup(
     net: nn.Module, x: torch.Tensor, picks: list[Candidate], timed: Timed, options: dict | None = None
-):
-    """The conv speed-up of ``net`` with ``picks`` installed (:func:`apply` on a copy; ``net`` is
-    untouched), measured by ``timed`` on the network input ``x``: the ``Ratio`` of
-    :func:`lrx.measure.latency.layer_timings`."""
+) -> dict:
+    """The speed-up of ``net`` with ``picks`` installed (:func:`apply` on a copy; ``net`` is
+    untouched) over ``net``, both whole, timed as a pair by ``timed`` on the network input ``x`` in
+    its runtime and precision (int8: each network quantized on ``x``), so that what the runtime
+    fuses across layers counts as a deployment measures it: ``speedup``, ``speedup_iqr``,
+    ``unstable``."""
     approx = copy.deepcopy(net)
     apply(approx, {c.name: c for c in picks}, options)
-    fmt = MEMORY_FORMATS[timed.memory_format]
-    with in_format(fmt, net, approx):
-        xs = x.contiguous(memory_format=fmt) if timed.runtime == "torch" else x
-        _, conv = layer_timings(net, approx, xs, timed.estimator, timed.runtime, timed.threads, timed.precision)
-    return conv
+    return timed.speedup(net, approx, x).ratios["speedup"].record()
 
 
 def close_loop(
@@ -612,22 +611,23 @@ def close_loop(
     max_rounds: int,
     options: dict | None = None,
 ) -> tuple[list[Candidate], list[dict]]:
-    """Measure the assembled network's conv speed-up; while it misses ``target`` by more than
-    TOLERANCE, aim the choice at target * target / measured (so a plan that measures slower
+    """Measure the assembled network's speed-up, whole (:func:`measured_speedup`); while it misses
+    ``target`` by more than TOLERANCE, aim the choice at target * target / measured (so a plan that measures slower
     than its parts predicted asks for cheaper candidates, one that measures faster for better
     ones) and measure again, for at most ``max_rounds`` measurements. Each round is logged and
     returned (``aim``, ``predicted``, ``measured`` with its IQR, the plan); the picks are the
     round measured closest to the target."""
     rounds, aim = [], target
     for i in range(max_rounds):
-        conv = measured_conv_speedup(net, x, picks, timed, options)
-        measured = conv["conv_speedup"]
+        whole = measured_speedup(net, x, picks, timed, options)
+        measured = whole["speedup"]
         rounds.append(
             {
                 "aim": aim,
                 "predicted": total / (fixed + sum(c.cost for c in picks)),
                 "measured": measured,
-                "measured_iqr": conv["conv_speedup_iqr"],
+                "measured_iqr": whole["speedup_iqr"],
+                "measures": "network",
                 "plan": {c.name: [c.method, c.bases] for c in picks},
                 "picks": picks,
             }

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lrx.lowrank.base import DecompositionError
+from lrx.lowrank.checks import DecompositionError
 from lrx.modes import eval_mode
 
 METHOD, LABEL, LETTER = "prune", "prune", "N"  # a record's method, the report's label, and what "bases" counts

@@ -6,7 +6,9 @@ Hydra, Lightning or W&B. Importing it discovers every method: each module of
 :mod:`lrx.lowrank.methods` declares a ``LowRankConv`` subclass with ``method=...``.
 """
 
-from lrx.lowrank.base import METHODS, ConvGeometry, DecompositionError, LowRankConv, method_class
+from lrx.lowrank.base import METHODS, LowRankConv, method_class
+from lrx.lowrank.checks import DecompositionError
+from lrx.lowrank.geometry import ConvGeometry
 from lrx.lowrank.methods import discover
 from lrx.lowrank.surgery import decompose, resolve_bases, select_convs, skipped_convs, validate
 

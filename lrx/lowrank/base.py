@@ -1,155 +1,14 @@
-"""What every low-rank layer shares: the error type, the checks on the original conv, the split of
-its geometry into a vertical (kh x 1) and a horizontal (1 x kw) pass, small solver helpers, and
-the base class that builds a layer from a conv (``from_conv``) and reports on it.
-
-Zero padding, stride and dilation are separable: padding / striding / dilating the rows in the
-vertical pass and the columns in the horizontal pass gives exactly the 2-D conv's output, as long
-as no bias is added between the passes (the bias always goes on the last pass).
-"""
+"""The base class of every low-rank layer, which builds a layer from a conv (``from_conv``) and
+reports on it, and the registry of methods its subclasses join."""
 
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.utils import _pair
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-
-class DecompositionError(ValueError):
-    """A layer, rank or solver option that lrx cannot decompose; the message names the bad value
-    and what would be valid."""
-
-
-def check_conv(conv: nn.Module, name: str = "conv") -> None:
-    """Raise DecompositionError unless ``conv`` is an nn.Conv2d that lrx can decompose:
-    groups == 1, zero padding, and a kernel with both sides > 1."""
-    if not isinstance(conv, nn.Conv2d):
-        raise DecompositionError(
-            f"{name!r} is a {type(conv).__name__}, not an nn.Conv2d: only 2-D convs can be decomposed"
-        )
-    if conv.groups != 1:
-        raise DecompositionError(f"{name!r} has groups={conv.groups}: only groups=1 convs can be decomposed")
-    if conv.padding_mode != "zeros":
-        raise DecompositionError(f"{name!r} has padding_mode={conv.padding_mode!r}: only 'zeros' is supported")
-    check_kernel(conv.kernel_size, name)
-
-
-def check_kernel(kernel_size, name: str = "conv") -> None:
-    kh, kw = _pair(kernel_size)
-    if kh == 1 and kw == 1:
-        raise DecompositionError(f"{name!r} has a 1x1 kernel: nothing to separate")
-    if min(kh, kw) == 1:
-        raise DecompositionError(f"{name!r} has a {kh}x{kw} kernel: both kernel sides must be > 1 to separate it")
-
-
-def check_finite(conv: nn.Module, name: str = "conv") -> None:
-    """DecompositionError naming the layer if its weight or bias holds a NaN/Inf."""
-    bad = sum(int((~p.isfinite()).sum()) for p in conv.parameters())
-    if bad:
-        raise DecompositionError(
-            f"filter reconstruction of layer {name!r}: {bad} NaN/Inf value(s) in its weight or bias; "
-            "the baseline is broken (check its checkpoint or training)"
-        )
-
-
-def is_decomposable(conv: nn.Module) -> bool:
-    try:
-        check_conv(conv)
-    except DecompositionError:
-        return False
-    return True
-
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_bases(bases, full_rank: int, method: str, name: str = "conv") -> None:
-    if not is_int(bases) or not 1 <= bases <= full_rank:
-        raise DecompositionError(
-            f"{name!r}: bases={bases!r} is invalid for method {method!r}; valid: an integer in [1, {full_rank}]"
-        )
-
-
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Shape and geometry of the original conv: weight (N, C, kh, kw), stride, padding, dilation."""
-
-    in_channels: int  # C
-    out_channels: int  # N
-    kernel_size: tuple[int, int]  # (kh, kw)
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] | str = (0, 0)  # ints, or 'same' / 'valid' as nn.Conv2d accepts
-    dilation: tuple[int, int] = (1, 1)
-
-    @classmethod
-    def of(cls, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1) -> "ConvGeometry":
-        """Normalise nn.Conv2d-style arguments (int or pair) to pairs."""
-        check_kernel(kernel_size)
-        return cls(
-            in_channels,
-            out_channels,
-            _pair(kernel_size),
-            _pair(stride),
-            padding if isinstance(padding, str) else _pair(padding),
-            _pair(dilation),
-        )
-
-    def spatial(self) -> dict:
-        """Conv kwargs of a pass with the whole kh x kw kernel: the stride / padding / dilation."""
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
-
-    def vertical(self) -> dict:
-        """Conv kwargs of the (kh x 1) pass: the row stride / padding / dilation."""
-        pad = self.padding if isinstance(self.padding, str) else (self.padding[0], 0)
-        return dict(stride=(self.stride[0], 1), padding=pad, dilation=(self.dilation[0], 1))
-
-    def horizontal(self) -> dict:
-        """Conv kwargs of the (1 x kw) pass: the column stride / padding / dilation."""
-        pad = self.padding if isinstance(self.padding, str) else (0, self.padding[1])
-        return dict(stride=(1, self.stride[1]), padding=pad, dilation=(1, self.dilation[1]))
-
-
-def solve_dtype(device: torch.device) -> torch.dtype:
-    """Solvers work in float64 (the problems are small, and it keeps Gram matrices accurate), except
-    on devices without float64 (MPS)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-@contextmanager
-def single_thread(device: torch.device):
-    """Run tiny-matrix solver loops on one CPU thread. Threads cannot speed up (M, M) or (P, P)
-    ops, and on a busy CPU every multi-threaded LAPACK call waits for a descheduled thread:
-    milliseconds instead of microseconds (docs/SOLVERS.md)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def solve_psd(mat: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """mat^-1 rhs for a symmetric positive semi-definite ``mat``, with a tiny relative jitter."""
-    jitter = 1e-12 * mat.diagonal().mean() * torch.eye(mat.shape[0], dtype=mat.dtype, device=mat.device)
-    return torch.linalg.solve(mat + jitter, rhs)
-
-
-def converged(objective: list[float], tol: float) -> bool:
-    """The last round lowered the objective by less than tol (relative)."""
-    return len(objective) > 1 and objective[-2] - objective[-1] <= tol * abs(objective[-1])
-
-
-def top_left_singular_vectors(mat: torch.Tensor, k: int) -> torch.Tensor:
-    """The k leading left singular vectors of ``mat`` (rows, cols) as columns (all ``rows`` of them
-    if k > rows), from the eigendecomposition of the (rows, rows) Gram matrix."""
-    return torch.linalg.eigh(mat @ mat.T)[1].flip(1)[:, :k]
-
+from lrx.lowrank.checks import DecompositionError, check_bases, check_conv, round_rank
+from lrx.lowrank.geometry import ConvGeometry, dense_macs
 
 # The registry: every LowRankConv subclass declared with ``method=`` is a decomposition method,
 # found by that name (or an alias) by surgery, the planner, the config checks and the reports.
@@ -191,24 +50,6 @@ def method_class(name) -> type["LowRankConv"]:
             f"method {name!r} is unknown; valid: {', '.join(METHODS)} (aliases: {', '.join(f'{a!r}' for a in ALIASES)})"
         )
     return METHODS[key]
-
-
-def round_rank(rank: int, multiple: int, full: int, name: str = "conv") -> int:
-    """``rank`` rounded to the nearest multiple of ``multiple`` in [multiple, full rounded down];
-    DecompositionError when no multiple fits the full rank."""
-    if multiple == 1:
-        return rank
-    if full < multiple:
-        raise DecompositionError(
-            f"{name!r}: its full rank {full} holds no multiple of rank_multiple={multiple}; "
-            f"valid: rank_multiple <= {full}"
-        )
-    return min(max(multiple, round(rank / multiple) * multiple), full // multiple * multiple)
-
-
-def dense_macs(geometry: ConvGeometry) -> int:
-    """N*C*kh*kw: the dense conv's MACs per output pixel."""
-    return geometry.out_channels * geometry.in_channels * geometry.kernel_size[0] * geometry.kernel_size[1]
 
 
 class LowRankConv(nn.Module):

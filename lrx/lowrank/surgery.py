@@ -15,7 +15,9 @@ from fnmatch import fnmatchcase
 from torch import nn
 from tqdm.auto import tqdm
 
-from lrx.lowrank.base import ConvGeometry, DecompositionError, check_conv, check_finite, is_decomposable, method_class
+from lrx.lowrank.base import method_class
+from lrx.lowrank.checks import DecompositionError, check_conv, check_finite, is_decomposable
+from lrx.lowrank.geometry import ConvGeometry
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from lrx.lowrank.base import single_thread
+from lrx.lowrank.linalg import single_thread
 
 SEARCH_STEPS = 80  # golden-section steps: the bracket shrinks by 0.618^80 ~ 2e-17, float64 precision
 

@@ -37,6 +37,13 @@ def sections(rows: list[dict]) -> str:
             best_against_dense(jobs),
         ),
         (
+            "Structures at the same budget",
+            "Runs planned for the same measured speed-up in the same runtime with the same fine-tuning, "
+            "each allowed a different set of methods (planner.methods): what each conv became (dense where "
+            "the planner or the guard kept it), and the deployed network against the best dense deployment.",
+            same_budget(jobs),
+        ),
+        (
             "Methods at equal MACs",
             "Runs whose planner aimed at the same MAC ratio with different methods; speed-ups measured in "
             "PyTorch eager float32 on the run's machine.",
@@ -44,9 +51,10 @@ def sections(rows: list[dict]) -> str:
         ),
         (
             "The planner's predictions against measurements",
-            "Runs planned for a measured conv speed-up: the plan's prediction, the closed loop's last measurement "
-            "(- where the run predates it), the final network's conv speed-up in the runtime it was planned in "
-            "(not measured: only timed whole, as a deployment), and the whole network against dense in that "
+            "Runs planned for a measured speed-up: the plan's prediction, the closed loop's last measurement "
+            "(of the convs, or of the whole network where it says so; - where the run predates the loop), the "
+            "final network's conv speed-up in the runtime it was planned in (not measured: only timed whole, "
+            "as a deployment), and the whole network against dense in that "
             "deployment target where the run deployed it on its own machine.",
             planner(jobs),
         ),
@@ -89,13 +97,47 @@ def best_against_dense(jobs: list[dict]) -> str:
                 f"{r['best_dense']} {r['best_dense_ms']:.2f} ms, {r['best_dense_acc1']:.2f}%",
                 f"{r['best_final']} {r['best_final_ms']:.2f} ms, {r['best_final_acc1']:.2f}%",
                 f"{_dense_loss(r):.2f}",
-                f"**{r['vs_best_dense']:.2f}x**" + (f" ({r['vs_best_dense_iqr']})" if r["vs_best_dense_iqr"] else ""),
+                _speedup_vs_dense(r),
                 *_where(r["deploy_where"], r),
             ]
         )
     header = ["model", "data", "network", "best dense", "best final", "points lost", "speed-up (IQR)", *WHERE]
     table = markdown_table(header, lines) if lines else ""
     return table + "".join(f"\n{note}\n" for note in notes)
+
+
+def same_budget(jobs: list[dict]) -> str:
+    """The latency-planned runs that share a model, target, runtime and fine-tuning budget, where
+    more than one set of methods was allowed; fastest against dense first."""
+    planned = [r for r in jobs if r["plan"] and r["plan"]["metric"] == "latency" and r["vs_best_dense"] is not None]
+    lines = []
+    for (model, target, runtime, epochs), group in _grouped(
+        planned,
+        lambda r: (
+            r["model"],
+            r["plan"]["target_speedup"],
+            f"{r['plan'].get('runtime') or 'torch'} {r['plan'].get('precision') or 'fp32'}",
+            r["epochs"],
+        ),
+    ):
+        if len({r["allowed"] for r in group}) < 2:
+            continue
+        for r in sorted(group, key=lambda r: -r["vs_best_dense"]):
+            lines.append(
+                [
+                    model,
+                    f"{target:g}x in {runtime}",
+                    epochs,
+                    r["allowed"],
+                    r["choices"],
+                    f"{r['best_final']} {r['best_final_ms']:.2f} ms, {r['best_final_acc1']:.2f}%",
+                    f"{_dense_loss(r):.2f}",
+                    _speedup_vs_dense(r),
+                    *_where(r["deploy_where"], r),
+                ]
+            )
+    header = ["model", "target", "fine-tuning", "methods allowed", "each conv", "best final", "points lost"]
+    return markdown_table([*header, "vs best dense (IQR)", *WHERE], lines) if lines else ""
 
 
 def equal_macs(jobs: list[dict]) -> str:
@@ -140,7 +182,7 @@ def planner(jobs: list[dict]) -> str:
                 f"{plan['target_speedup']:g}x",
                 f"{runtime} {precision}",
                 _num(plan["predicted_conv_speedup"]),
-                f"{loop[-1]['measured']:.2f} (round {len(loop)})" if loop else "-",
+                _loop_text(loop),
                 _final_conv(r, runtime, precision),
                 _in_target(r, f"{runtime}-{precision}"),
                 _acc(r),
@@ -237,6 +279,20 @@ def _where(where: dict, r: dict) -> list[str]:
         f"`{r['run']}`",
         command if command == NOT_RECORDED else f"`{command}`",
     ]
+
+
+def _speedup_vs_dense(r: dict) -> str:
+    """``**2.66x** (2.60-2.75)``: the speed-up against the best dense deployment, with its IQR."""
+    return f"**{r['vs_best_dense']:.2f}x**" + (f" ({r['vs_best_dense_iqr']})" if r["vs_best_dense_iqr"] else "")
+
+
+def _loop_text(loop: list[dict] | None) -> str:
+    """``2.95 (round 2)``: the closed loop's last measurement, ``whole network`` added where it
+    timed the network whole; - without a loop."""
+    if not loop:
+        return "-"
+    whole = ", whole network" if loop[-1].get("measures") == "network" else ""
+    return f"{loop[-1]['measured']:.2f} (round {len(loop)}{whole})"
 
 
 def _num(value: float | None) -> str:

@@ -147,10 +147,11 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
             base = {**_measures(b), "batch_size": _batch_size(res)}
             job = None
             if res["layers"]:
-                deploy, where = _deployment(res, path.parent), provenance.of_run(res, path.parent)
+                retimed = _retime_file(path.parent)
+                deploy, where = _deployment(res, path.parent, retimed), provenance.of_run(res, path.parent)
                 extra = {
                     "run": path.parent,
-                    "retimed": _retimed(path.parent / RETIMED),
+                    "retimed": _retimed(retimed),
                     "deploy": deploy,
                     "where": where,
                     "deploy_where": deploy and _deployed_where(deploy, res, where),
@@ -173,24 +174,26 @@ def collect(dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
     return rows, unfinished
 
 
-def _retimed(path: Path) -> str | None:
+def _retime_file(run_dir: Path) -> dict:
+    """The run's ``retime.json`` (python -m lrx.retime), ``{}`` where it has none."""
+    path = run_dir / RETIMED
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _retimed(retimed: dict) -> str | None:
     """``2.70 [2.61-2.78]``: the median and range of the re-timed conv speed-ups in ``retime.json``
     (its ``convs`` section; the top level of a file from before the sections), if any."""
-    if not path.is_file():
-        return None
-    retimed = json.loads(path.read_text())
     conv = retimed.get("convs", retimed).get("conv_speedup")
     return None if conv is None else f"{conv['median']:.2f} [{conv['min']:.2f}-{conv['max']:.2f}]"
 
 
-def _deployment(res: dict, run_dir: Path) -> dict | None:
+def _deployment(res: dict, run_dir: Path, retimed: dict) -> dict | None:
     """The run's deployment to every target: ``results["deploy"]`` where it has ``targets``, else
     the ``deploy`` section of ``retime.json`` beside results.json (python -m lrx.retime --deploy),
     else ``deploy_targets.json`` (older runs); None where none has any."""
     deploy = res.get("deploy")
     if not (isinstance(deploy, dict) and deploy.get("targets")):
-        retimed, older = run_dir / RETIMED, run_dir / DEPLOYED
-        deploy = json.loads(retimed.read_text()).get("deploy") if retimed.is_file() else None
+        deploy, older = retimed.get("deploy"), run_dir / DEPLOYED
         if not deploy and older.is_file():
             deploy = json.loads(older.read_text())
     return deploy if isinstance(deploy, dict) and deploy.get("targets") else None
@@ -324,12 +327,30 @@ def _job_row(res: dict, key: tuple) -> dict:
         "model_speedup_ort": speedup["model"].get(ORT),
         "stages": {name: s["acc1"] for name, s in res["stages"].items()},
         "plan": plan,
+        "allowed": "+".join(map(str, res["config"].get("planner", {}).get("methods", []))) if plan else None,
+        "epochs": _epochs(res),
+        "choices": _choices(res["layers"]),
         "batch_size": _batch_size(res),
         "stages_text": " → ".join(f"{name} {s['acc1']:.2f}" for name, s in res["stages"].items())
         + (" (reverted: lower)" if res.get("finetune_reverted") else ""),
         # filter reconstruction of the layers kept (the first pruning runs recorded no time for their prunings)
         "solve_s": sum(r.get("solve_time_s", 0.0) for r in kept),
     }
+
+
+def _choices(layers: list[dict]) -> str:
+    """``conv1 prune N32, conv2 s2 K40``: what each replaced conv became (``dense`` if put back)."""
+
+    def became(r: dict) -> str:
+        return f"{r['label']} {r['letter']}{rank_text(r['bases'])}" if r.get("kept", True) else "dense"
+
+    return ", ".join(f"{r['name']} {became(r)}" for r in layers)
+
+
+def _epochs(res: dict) -> str:
+    """The fine-tuning budget: ``8 kd`` (epochs and loss), ``none`` without fine-tuning."""
+    ft = res["config"].get("finetune") or {}
+    return f"{ft['epochs']} {ft.get('loss', 'ce')}" if ft.get("epochs") else "none"
 
 
 def _iqr_text(speedup: dict, where: str) -> str | None:

@@ -21,6 +21,7 @@ from lrx.compress.prune import pruned_shapes, resize
 from lrx.io import PROJECT, save_torch
 from lrx.lowrank import LowRankConv
 from lrx.results.files import MODEL, RESULTS, read_finished
+from lrx.runtime.onnxruntime import OPSET
 
 FORMAT = 1
 
@@ -136,6 +137,11 @@ def load_models(run_dir: str | Path) -> tuple[nn.Module, nn.Module, dict]:
     baseline = instantiate(OmegaConf.create(results["config"]["model"]["net"]))
     load_state_dict(baseline, checkpoint)
     return baseline.eval(), final, results
+
+
+def opset_of(results: dict) -> int:
+    """The ONNX opset a finished run deployed with (its ``deploy.opset``; lrx's default if unset)."""
+    return (results["config"].get("deploy") or {}).get("opset", OPSET)
 
 
 def datamodule_of(results: dict, root: str | None = None):

@@ -22,9 +22,8 @@ from lrx.deploy.compare import compare_deployments
 from lrx.deploy.targets import Target
 from lrx.measure.estimator import Estimator
 from lrx.measure.latency import memory_format_of
-from lrx.results.saved import datamodule_of, load_models
+from lrx.results.saved import datamodule_of, load_models, opset_of
 from lrx.run.serving_choice import in_fresh_process
-from lrx.runtime.onnxruntime import OPSET
 
 CHECK_IMAGES = 16  # validation images each graph is checked on, where the run's config names none
 
@@ -55,7 +54,7 @@ def deploy_run(run_dir: Path, targets: list[Target], threads: int, args) -> dict
         args.calibration_images,
         args.quiet_wait_s,
         (lat.get("decide_at") or {}).get("busy", 0),
-        opset=(cfg.get("deploy") or {}).get("opset", OPSET),  # the run's
+        opset=opset_of(results),
     )
 
 

@@ -28,7 +28,7 @@ from lrx.compress.prune import CRITERIA
 from lrx.deploy.compare import targets_of
 from lrx.deploy.targets import AUTO, TARGETS, TargetError, servable
 from lrx.lowrank import METHODS, method_class
-from lrx.lowrank.base import DecompositionError, is_int
+from lrx.lowrank.checks import DecompositionError, is_int
 from lrx.measure.estimator import FIELDS as ESTIMATOR_KEYS
 from lrx.measure.latency import MEMORY_FORMATS, PRECISIONS, RUNTIMES, thread_counts, unsupported
 from lrx.measure.load import cores
@@ -426,7 +426,7 @@ def _check_deploy(c: dict, ignored: list[str]) -> None:
     _keys(dep, "deploy", _names(schema.Deploy))
     _int(dep, "deploy", "opset", MIN_OPSET)
     _int(dep, "deploy", "check_images", 1)
-    _check_targets(dep)
+    _check_targets(dep, ignored)
     _choice(dep, "deploy", "serving", SERVING_CHOICES)
     if not is_int(dep["serving_busy"]) or not 0 <= dep["serving_busy"] < cores():
         raise _bad(
@@ -469,9 +469,9 @@ def _check_where(c: dict) -> None:
         )
 
 
-def _check_targets(dep: Mapping) -> None:
+def _check_targets(dep: Mapping, ignored: list[str]) -> None:
     """``deploy.targets``: "auto" or a list of distinct targets that this installation and CPU serve;
-    int8 needs ``deploy.calibration_images`` >= 1."""
+    int8 needs ``deploy.calibration_images`` >= 1, which nothing else reads."""
     targets, valid = dep["targets"], f'"auto", [] (none) or a list of distinct names of {", ".join(TARGETS)}'
     if targets == AUTO:
         names = []
@@ -489,6 +489,10 @@ def _check_targets(dep: Mapping) -> None:
             "deploy.calibration_images",
             dep["calibration_images"],
             f"an integer >= 1: {', '.join(int8)} calibrate NNCF's quantization on that many training images",
+        )
+    if not int8:
+        ignored += _changed_from_defaults(
+            dep, "deploy", schema.Deploy, ["calibration_images"], "no int8 target in deploy.targets to calibrate"
         )
 
 

@@ -35,9 +35,8 @@ from lrx.measure.estimator import Estimator, measure
 from lrx.measure.latency import machine
 from lrx.measure.load import cores, quiet_and_busy, wait_for_quiet
 from lrx.results.files import SERVING
-from lrx.results.saved import datamodule_of, load_models
+from lrx.results.saved import datamodule_of, load_models, opset_of
 from lrx.runtime.calibration import CALIBRATION_IMAGES
-from lrx.runtime.onnxruntime import OPSET
 from lrx.runtime.serving import OPENMP_VARIABLES, Serving, choices, openmp_env
 
 
@@ -61,7 +60,6 @@ def probe(run_dir: Path, target: Target, serving: Serving, args) -> dict:
     calibration_images, data_root, and ``estimator`` and ``quiet_wait_s``, None for the run's)."""
     baseline, final, results = load_models(run_dir)
     lat, size = results["config"]["latency"], results["config"]["model"]["input_size"]
-    opset = (results["config"].get("deploy") or {}).get("opset", OPSET)  # the run's
     x = torch.randn(args.batch_size, 3, size, size)
     estimator = Estimator.of(args.estimator or lat.get("estimator"))
     with torch.no_grad():
@@ -81,7 +79,7 @@ def probe(run_dir: Path, target: Target, serving: Serving, args) -> dict:
                 calibration,
                 args.calibration_images,
                 serving,
-                opset,
+                opset_of(results),
             ).timer(x)
             for side, net in {"baseline": baseline, "final": final}.items()
         }

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lrx.deploy.onnx_export import ExportError
 from lrx.io import PROJECT, check_writable, write_json
-from lrx.lowrank.base import DecompositionError
+from lrx.lowrank.checks import DecompositionError
 from lrx.results.files import RESULTS, read_finished
 from lrx.run.job import prepare
 from lrx.run.stages import run

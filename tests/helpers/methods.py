@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lrx.lowrank import METHODS
-from lrx.lowrank.base import is_int
+from lrx.lowrank.checks import is_int
 from lrx.lowrank.methods import cp
 
 NAMES = list(METHODS)  # every registered method, as collected

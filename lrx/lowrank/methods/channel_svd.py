@@ -15,7 +15,10 @@ Both passes are ordinary dense convs, the kind a CPU library runs best.
 import torch
 from torch import nn
 
-from lrx.lowrank.base import ConvGeometry, PointwiseOutConv, check_bases, single_thread, solve_dtype
+from lrx.lowrank.base import PointwiseOutConv
+from lrx.lowrank.checks import check_bases
+from lrx.lowrank.geometry import ConvGeometry
+from lrx.lowrank.linalg import single_thread, solve_dtype
 
 
 def solve_channel_svd(weight: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch.Tensor]:

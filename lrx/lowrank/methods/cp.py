@@ -34,16 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lrx.lowrank.base import (
-    ConvGeometry,
-    PointwiseOutConv,
-    check_bases,
-    converged,
-    single_thread,
-    solve_dtype,
-    solve_psd,
-    top_left_singular_vectors,
-)
+from lrx.lowrank.base import PointwiseOutConv
+from lrx.lowrank.checks import check_bases
+from lrx.lowrank.geometry import ConvGeometry
+from lrx.lowrank.linalg import converged, single_thread, solve_dtype, solve_psd, top_left_singular_vectors
 
 # ALS rounds at most, and the stop: a round that lowers ||W - W_hat||^2 by less than TOL
 # (relative); how they were chosen: docs/SOLVERS.md.

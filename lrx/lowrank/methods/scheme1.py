@@ -62,16 +62,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from lrx.lowrank.base import (
-    ConvGeometry,
-    DecompositionError,
-    LowRankConv,
-    check_bases,
-    converged,
-    single_thread,
-    solve_dtype,
-    solve_psd,
-)
+from lrx.lowrank.base import LowRankConv
+from lrx.lowrank.checks import DecompositionError, check_bases
+from lrx.lowrank.geometry import ConvGeometry
+from lrx.lowrank.linalg import converged, single_thread, solve_dtype, solve_psd
 
 DEFAULTS = dict(
     lam_schedule="ascending",

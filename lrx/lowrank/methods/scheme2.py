@@ -11,7 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from lrx.lowrank.base import ConvGeometry, LowRankConv, check_bases, single_thread, solve_dtype
+from lrx.lowrank.base import LowRankConv
+from lrx.lowrank.checks import check_bases
+from lrx.lowrank.geometry import ConvGeometry
+from lrx.lowrank.linalg import single_thread, solve_dtype
 
 
 def solve_scheme2(weight: torch.Tensor, bases: int) -> tuple[torch.Tensor, torch.Tensor]:

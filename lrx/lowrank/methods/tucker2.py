@@ -20,17 +20,10 @@ import math
 import torch
 from torch import nn
 
-from lrx.lowrank.base import (
-    ConvGeometry,
-    DecompositionError,
-    PointwiseOutConv,
-    converged,
-    is_int,
-    round_rank,
-    single_thread,
-    solve_dtype,
-    top_left_singular_vectors,
-)
+from lrx.lowrank.base import PointwiseOutConv
+from lrx.lowrank.checks import DecompositionError, is_int, round_rank
+from lrx.lowrank.geometry import ConvGeometry
+from lrx.lowrank.linalg import converged, single_thread, solve_dtype, top_left_singular_vectors
 from lrx.lowrank.vbmf import tucker2_ranks
 
 VBMF = "vbmf"  # bases that VBMF chooses per layer from its weight (Kim et al.)
