@@ -5,6 +5,7 @@ import datetime
 import json
 import re
 import shlex
+import subprocess
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from lrx.measure.latency import conv_names, machine
 from lrx.results.saved import load_models
 from lrx.run.job import prepare
 from lrx.run.stages import run
-from tests.conftest import compose_cfg
+from tests.conftest import REPO, compose_cfg
 from tests.helpers.data import smoke_args
 from tests.helpers.methods import one_thread  # noqa: F401
 from tests.helpers.timing import QUICK, QUICK_OVERRIDES, param_clock, size
@@ -156,7 +157,7 @@ def test_the_final_network_is_saved_and_loads_back(tmp_path, monkeypatch, run_in
     assert complexity(baseline, 32)["macs"] == results["baseline"]["macs"]
 
 
-def test_a_run_records_the_command_that_makes_it_again_its_date_and_machine(tmp_path, monkeypatch, run_in):
+def test_a_run_records_the_command_that_makes_it_again_its_code_date_and_machine(tmp_path, monkeypatch, run_in):
     monkeypatch.setattr(lrx.measure.latency, "compare", _fake_compare(2.0))
     results = run_in("decomp.bases=2")
     words = shlex.split(results["command"])
@@ -167,6 +168,8 @@ def test_a_run_records_the_command_that_makes_it_again_its_date_and_machine(tmp_
     assert OmegaConf.to_container(again, resolve=True) == results["config"]
     assert datetime.datetime.fromisoformat(results["date"]).date() == datetime.date.today()
     assert results["machine"] == machine()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert (results["code"] or "").removesuffix("-dirty") == head[:12]  # this checkout's commit (None: no git)
 
 
 def test_loading_a_directory_without_a_finished_run_names_what_is_missing(tmp_path):

@@ -59,6 +59,7 @@ def finished_run(tmp_path, tiny_root):
     return tmp_path
 
 
+@pytest.mark.slow  # a process per setting and target
 def test_a_run_is_retimed_in_torch_and_in_a_target_each_setting_in_its_own_process(finished_run, monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # this process's: no timing process inherits it
     recorded = (finished_run / "results.json").read_text()
@@ -82,6 +83,7 @@ def test_a_run_is_retimed_in_torch_and_in_a_target_each_setting_in_its_own_proce
     assert (finished_run / "results.json").read_text() == recorded  # left as it was
 
 
+@pytest.mark.slow  # the deployment runs in its own process
 def test_a_run_is_deployed_again_with_its_acc1_in_each_target_beside_the_network_timings(finished_run):
     argv = [str(finished_run), "--targets", "torch-fp32", "--no-convs", "--deploy", "--rounds", "1", "--busy", "0"]
     assert main(argv) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import subprocess
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -18,6 +19,7 @@ from lrx.compress import fold, planner, prune, torch_pruning_peer
 from lrx.compress.planner import PRUNE
 from lrx.deploy.compare import targets_of
 from lrx.deploy.targets import Target
+from lrx.io import PROJECT
 from lrx.lowrank import DecompositionError, method_class
 from lrx.lowrank.surgery import validate
 from lrx.modes import eval_mode
@@ -36,6 +38,7 @@ class Job:
     datamodule: L.LightningDataModule
     net: torch.nn.Module
     ignored_keys: list[str] = field(default_factory=list)
+    code: str | None = None  # the code that runs it (code_version), as this process loaded it
 
     @property
     def method(self) -> str:
@@ -107,6 +110,18 @@ def _instantiate(node: DictConfig):
         raise
 
 
+def code_version() -> str | None:
+    """The project's git commit, ``-dirty`` appended where files differ from it (``git describe
+    --always --dirty``); None outside a git checkout or without git."""
+    try:
+        res = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=PROJECT, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
 def prepare(cfg: DictConfig, sweep: bool = False) -> Job:
     """Check the config, build the data module and the network, check the request against them;
     writes nothing. Keys without effect are an error, or (``sweep``) a warning kept in results."""
@@ -131,7 +146,7 @@ def prepare(cfg: DictConfig, sweep: bool = False) -> Job:
         loaded = copy.deepcopy(net)
         load_state_dict(loaded, cfg.baseline.ckpt, "baseline.ckpt")
         check_finite_network(loaded, f"baseline (baseline.ckpt={cfg.baseline.ckpt})")
-    job = Job(cfg, datamodule, net, ignored)
+    job = Job(cfg, datamodule, net, ignored, code_version())
     if cfg.latency.fold_bn:
         fold.foldable(net)  # a network torch.fx cannot read is refused now, not after the work
     if job.decomposes:

@@ -132,6 +132,7 @@ def results_of(s: State, timings: dict) -> dict:
         "timed_in": s.where,  # where the guard and the planner timed candidates
         "load": s.load,
         "command": command(),
+        "code": s.job.code,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
         "cpu_flags": cpu.flags(),  # the features that decide int8 and bf16 speed (lrx.runtime.cpu)
