@@ -116,7 +116,7 @@ def same_budget(jobs: list[dict]) -> str:
         lambda r: (
             r["model"],
             r["plan"]["target_speedup"],
-            f"{r['plan'].get('runtime') or 'torch'} {r['plan'].get('precision') or 'fp32'}",
+            " ".join(_planned_in(r["plan"])),
             r["epochs"],
         ),
     ):
@@ -174,7 +174,7 @@ def planner(jobs: list[dict]) -> str:
         (r for r in jobs if r["plan"] and r["plan"]["metric"] == "latency"), key=lambda r: (r["model"], str(r["run"]))
     ):
         plan = r["plan"]
-        runtime, precision = plan.get("runtime") or "torch", plan.get("precision") or "fp32"
+        runtime, precision = _planned_in(plan)
         loop = plan.get("closed_loop")
         lines.append(
             [
@@ -279,6 +279,12 @@ def _where(where: dict, r: dict) -> list[str]:
         f"`{r['run']}`",
         command if command == NOT_RECORDED else f"`{command}`",
     ]
+
+
+def _planned_in(plan: dict) -> tuple[str, str]:
+    """``(runtime, precision)`` a latency plan timed its candidates in; PyTorch fp32 for the runs
+    that predate the record."""
+    return plan.get("runtime") or "torch", plan.get("precision") or "fp32"
 
 
 def _speedup_vs_dense(r: dict) -> str:
