@@ -5,6 +5,7 @@ model's shipped checkpoint, paths resolve against the project, and a key that ha
 
 import inspect
 import re
+import shlex
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 
 from lrx.lowrank import METHODS
 from lrx.run import config, schema
-from tests.conftest import CONF, REPO, compose_cfg, run_train
+from tests.conftest import CONF, DATA_ROOT, REPO, compose_cfg, run_train
 
 GROUPS = [
     "data",
@@ -563,3 +564,30 @@ def test_networks_with_auxiliary_logits_return_plain_logits_in_training(arch, tm
     cfg = compose_cfg(["model=torchvision", f"model.arch={arch}", "data=fake", "data.input_size=80"], tmp_path)
     net = instantiate(cfg.model.net).train()
     assert isinstance(net(torch.zeros(2, 3, 80, 80)), torch.Tensor)
+
+
+def _experiment_commands() -> list[list[str]]:
+    """The overrides of each ``python -m lrx.train`` command an experiment's comments show."""
+    commands = []
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        for line in path.read_text().splitlines():
+            command = line[line.find("python -m lrx.train") :].split("&&")[0].split("`")[0]
+            words = shlex.split(command) if "python -m lrx.train" in line else []
+            if words[:3] == ["python", "-m", "lrx.train"]:
+                commands.append([w.replace("../shared/data", str(DATA_ROOT)) for w in words[3:] if w != "-m"])
+    return commands
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        *_experiment_commands(),
+        # plan_mix's comments: the same budget for one structure alone
+        ["experiment=plan_mix", "planner.methods=[prune]"],
+        ["experiment=plan_mix", "planner.methods=[scheme2]"],
+        ["experiment=plan_mix", "planner.methods=[scheme2,channel_svd]"],
+    ],
+    ids=" ".join,
+)
+def test_every_command_an_experiment_documents_composes_and_checks(words, tmp_path):
+    assert config.check(compose_cfg(words, tmp_path)) == []  # no key without effect either

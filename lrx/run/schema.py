@@ -74,7 +74,7 @@ class DecompPrune(DecompPlan):
 class PlannerPrune:
     """planner.prune: the pruning candidates, when prune is among planner.methods."""
 
-    ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    ratios: list[float] = field(default_factory=lambda: [0.25, 0.375, 0.5, 0.625, 0.75])
     criterion: str = "l1"
 
 
