@@ -371,3 +371,58 @@ def test_the_plan_installs_the_method_it_reports():
     assert records  # 1.3x needs at least one of the two replaced
     assert [r["name"] for r in records] == [n for n, c in chosen.items() if c.method is not None]
     assert all(r["method"] == chosen[r["name"]].method and "history" not in r for r in records)
+
+
+def test_outside_torch_each_dense_conv_and_the_dense_network_are_converted_once_per_plan(monkeypatch):
+    """Converting a module for ONNX Runtime or OpenVINO (int8: quantizing it) costs as much as timing
+    it: each dense conv is converted once however many candidates it is timed against, the dense
+    network once however many closed-loop rounds measure it; each candidate is converted itself."""
+    converted = []
+
+    def convert(module, x, runtime, threads, precision):
+        converted.append(module)
+        return (module, runtime, precision)
+
+    def pair(dense, lowrank, x, estimator, runtime, threads, precision, dense_call):
+        assert dense_call == (dense, runtime, precision)  # the dense side's call, made by call_of
+        return _fake_timing({"dense": 1.0, "lowrank": 0.8}, 1.25)
+
+    monkeypatch.setattr(planner, "check_runtime", lambda *a: None)
+    monkeypatch.setattr(planner, "call_of", convert)
+    monkeypatch.setattr(planner, "dense_vs_lowrank", pair)
+    monkeypatch.setattr(planner, "time_modules", lambda modules, *a, **k: _fake_timing({"dense": 1.0}))
+    net = AlexNetCIFAR(widths=SMALL)
+    timed = planner.Timed(runtime="openvino", precision="int8")
+    _, report = plan(net, ["conv2", "conv3"], 1.1, methods=(2,), progress=False, timed=timed, closed_loop_rounds=3)
+    tried = sum(len(c) - 1 for c in report["candidates"].values())  # the first of each: the conv kept
+    assert tried > 4 and len(report["closed_loop"]) >= 2  # 1.25x measured for a 1.1x target: re-aimed
+    dense = [m for m in converted if m is not net]
+    assert len(dense) == len({id(m) for m in dense}) == len(conv_names(net))  # each conv once: its cost
+    assert sum(m is net for m in converted) == 1
+    assert not timed._dense_calls  # the caller's Timed keeps nothing
+
+
+def test_a_latency_target_beyond_the_summed_timings_is_measured_whole_from_the_cheapest_plan(monkeypatch, caplog):
+    """The per-conv timings add up to less than the network whole runs (the runtime fuses across
+    layers): with the closed loop, a target they cannot reach starts from the cheapest plan, which
+    the loop measures; without it, the target is refused."""
+    net = AlexNetCIFAR(widths=SMALL)
+    monkeypatch.setattr(planner, "time_modules", lambda modules, *a, **k: _fake_timing({"dense": 1.0}))
+    monkeypatch.setattr(
+        planner,
+        "dense_vs_lowrank",
+        lambda d, lowrank, *a, **k: _fake_timing({"dense": 1.0}, lowrank.report["macs_speedup"]),
+    )
+    monkeypatch.setattr(
+        planner, "measured_speedup", lambda *a, **k: {"speedup": 9.0, "speedup_iqr": [9, 9], "unstable": False}
+    )
+    layers, target = ["conv2", "conv3"], 50.0
+    with pytest.raises(DecompositionError, match="target_speedup=50.0 is out of reach"):
+        plan(net, layers, target, "latency", methods=(2,), progress=False)
+    with caplog.at_level(logging.WARNING, logger="lrx.compress.planner"):
+        chosen, report = plan(net, layers, target, "latency", methods=(2,), progress=False, closed_loop_rounds=2)
+    cheapest = {n: min(c["cost"] for c in opts) for n, opts in report["candidates"].items()}
+    assert {n: c.cost for n, c in chosen.items()} == cheapest
+    first = report["closed_loop"][0]
+    assert first["aim"] == pytest.approx(first["predicted"]) and first["aim"] < target
+    assert "out of reach of the per-conv timings" in caplog.text

@@ -29,7 +29,7 @@ import copy
 import logging
 import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ from lrx.lowrank.surgery import layer_record, select_convs
 from lrx.measure.estimator import DEFAULT_ESTIMATOR, Estimator, Timing
 from lrx.measure.latency import (
     MEMORY_FORMATS,
+    call_of,
     check_runtime,
     conv_names,
     dense_vs_lowrank,
@@ -392,6 +393,22 @@ class Timed:
     quiet_wait_s: float = 0.0
     precision: str = "fp32"
     busy: int = 0
+    _dense_calls: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def fresh(self) -> Timed:
+        """The same settings, no dense call kept (one per plan: a kept call holds its conv)."""
+        return replace(self)
+
+    def _dense_call(self, conv: nn.Module, x: torch.Tensor, contiguous_x: torch.Tensor):
+        """``conv``'s call on ``x`` outside torch, made once and kept: in ONNX Runtime and OpenVINO
+        each candidate is timed against the same dense conv, whose conversion (int8: quantization)
+        would otherwise be made again for each (None in torch, where a call costs nothing to make)."""
+        if self.runtime == "torch":
+            return None
+        key = (id(conv), id(x))
+        if key not in self._dense_calls:  # conv and x kept with the call, so that their ids stay theirs
+            self._dense_calls[key] = (conv, x, call_of(conv, contiguous_x, self.runtime, self.threads, self.precision))
+        return self._dense_calls[key][2]
 
     def _run(self, modules: dict[str, nn.Module], x: torch.Tensor, timing) -> Timing:
         """``timing(x)`` with the modules' weights and ``x`` in ``memory_format`` in torch (weights
@@ -409,16 +426,19 @@ class Timed:
         return timing(x.contiguous())
 
     def dense_ms(self, conv: nn.Module, x: torch.Tensor) -> float:
-        def run(x: torch.Tensor) -> Timing:
+        def run(xf: torch.Tensor) -> Timing:
+            dense = self._dense_call(conv, x, xf)
+            built = {} if dense is None else {"dense": dense}
             return time_modules(
-                {"dense": conv}, x, self.estimator, self.runtime, self.threads, precision=self.precision
+                {"dense": conv}, xf, self.estimator, self.runtime, self.threads, None, self.precision, built
             )
 
         return self._run({"dense": conv}, x, run).ms["dense"]
 
     def speedup(self, conv: nn.Module, layer: nn.Module, x: torch.Tensor) -> Timing:
-        def run(x: torch.Tensor) -> Timing:
-            return dense_vs_lowrank(conv, layer, x, self.estimator, self.runtime, self.threads, self.precision)
+        def run(xf: torch.Tensor) -> Timing:
+            dense = self._dense_call(conv, x, xf)
+            return dense_vs_lowrank(conv, layer, xf, self.estimator, self.runtime, self.threads, self.precision, dense)
 
         return self._run({"dense": conv, "lowrank": layer}, x, run)
 
@@ -454,7 +474,9 @@ def plan(
     candidate against the dense conv on its real input at ``batch_size`` as ``timed`` says
     (a candidate's cost: the dense conv's ms / its paired speed-up; once a method's rank is timed
     slower than the dense conv, its larger ranks are not tried), and with
-    ``closed_loop_rounds`` > 0 then measures the assembled network (:func:`close_loop`).
+    ``closed_loop_rounds`` > 0 then measures the assembled network (:func:`close_loop`); a target
+    out of reach of the summed timings then starts the loop from the cheapest plan (the network
+    whole can be faster than its convs' sum), where without the loop it is an error.
 
     With ``prune`` among ``methods``, every selected conv whose channels can be pruned
     (:func:`lrx.compress.prune.groups`) also has a candidate per ratio of ``pruning``. Its cost
@@ -467,6 +489,7 @@ def plan(
     Returns the chosen candidate per selected layer (method None keeps the conv) and a report
     with the predicted conv speed-up and every candidate's (method, bases, error, cost).
     """
+    timed = timed.fresh()
     if timed.memory_format not in MEMORY_FORMATS:
         raise DecompositionError(
             f"memory_format={timed.memory_format!r} is unknown; valid: {', '.join(MEMORY_FORMATS)}"
@@ -549,16 +572,26 @@ def plan(
             candidates[name] = choices
         total = sum(costs.values())
         fixed = total - sum(costs[name] for name, _ in selected)
-        picks = choose(candidates, fixed, total / target_speedup)
+        closing = metric == "latency" and closed_loop_rounds > 0
+        picks, aim = choose(candidates, fixed, total / target_speedup), target_speedup
         if picks is None:
             cheapest = fixed + sum(min(o.cost for o in opts) for opts in candidates.values())
-            raise DecompositionError(
-                f"target_speedup={target_speedup} is out of reach for layers {names}: the cheapest candidates "
-                f"give {total / cheapest:.2f}x ({metric}); select more layers or lower the target"
+            if not closing:
+                raise DecompositionError(
+                    f"target_speedup={target_speedup} is out of reach for layers {names}: the cheapest candidates "
+                    f"give {total / cheapest:.2f}x ({metric}); select more layers or lower the target"
+                )
+            aim = total / cheapest
+            log.warning(
+                "target %.2fx is out of reach of the per-conv timings (the cheapest candidates add up to %.2fx); "
+                "the closed loop measures the cheapest plan whole, where the runtime's fusions count",
+                target_speedup,
+                aim,
             )
+            picks = choose(candidates, fixed, cheapest * (1 + 1e-9))
         rounds = []
-        if metric == "latency" and closed_loop_rounds:
-            loop = (candidates, fixed, total, target_speedup, picks, timed, closed_loop_rounds, options)
+        if closing:
+            loop = (candidates, fixed, total, target_speedup, picks, timed, closed_loop_rounds, options, aim)
             picks, rounds = close_loop(net, x, *loop)
     chosen = {c.name: c for c in picks}
     report = {
@@ -610,14 +643,16 @@ def close_loop(
     timed: Timed,
     max_rounds: int,
     options: dict | None = None,
+    aim: float | None = None,
 ) -> tuple[list[Candidate], list[dict]]:
     """Measure the assembled network's speed-up, whole (:func:`measured_speedup`); while it misses
-    ``target`` by more than TOLERANCE, aim the choice at target * target / measured (so a plan that measures slower
-    than its parts predicted asks for cheaper candidates, one that measures faster for better
-    ones) and measure again, for at most ``max_rounds`` measurements. Each round is logged and
+    ``target`` by more than TOLERANCE, aim the choice at aim * target / measured (so a plan that
+    measures slower than its parts predicted asks for cheaper candidates, one that measures faster
+    for better ones) and measure again, for at most ``max_rounds`` measurements. ``aim``: what
+    ``picks`` were chosen for (default ``target``). Each round is logged and
     returned (``aim``, ``predicted``, ``measured`` with its IQR, the plan); the picks are the
     round measured closest to the target."""
-    rounds, aim = [], target
+    rounds, aim = [], aim or target
     for i in range(max_rounds):
         whole = measured_speedup(net, x, picks, timed, options)
         measured = whole["speedup"]

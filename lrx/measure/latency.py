@@ -175,10 +175,13 @@ def time_modules(
     threads: int | None = None,
     ratios: Mapping[str, Callable[[dict], float]] | None = None,
     precision: str = "fp32",
+    built: Mapping[str, Callable[[], object]] | None = None,
 ) -> Timing:
     """Each module on the same input ``x`` (eval mode), timed together in ``runtime`` and
-    ``precision`` by the estimator, with the given ``ratios`` of one round's ``{name: ms}``."""
-    calls = {k: call_of(m, x, runtime, threads, precision) for k, m in modules.items()}
+    ``precision`` by the estimator, with the given ``ratios`` of one round's ``{name: ms}``;
+    ``built``: calls already made by :func:`call_of` for some of the modules, on this ``x``."""
+    built = built or {}
+    calls = {k: built[k] if k in built else call_of(m, x, runtime, threads, precision) for k, m in modules.items()}
     with eval_mode(*modules.values()):
         return measure(calls, ratios, estimator, threads)
 
@@ -191,11 +194,15 @@ def dense_vs_lowrank(
     runtime: str = "torch",
     threads: int | None = None,
     precision: str = "fp32",
+    dense_call: Callable[[], object] | None = None,
 ) -> Timing:
     """``dense`` against ``lowrank`` on ``x`` in ``runtime`` and ``precision``: ``ms`` of both and
-    the ratio ``speedup`` (dense / lowrank)."""
+    the ratio ``speedup`` (dense / lowrank); ``dense_call``: the dense side's call, already made by
+    :func:`call_of` on this ``x``."""
     speedup = {"speedup": lambda r: r["dense"] / r["lowrank"]}
-    return time_modules({"dense": dense, "lowrank": lowrank}, x, estimator, runtime, threads, speedup, precision)
+    built = {} if dense_call is None else {"dense": dense_call}
+    modules = {"dense": dense, "lowrank": lowrank}
+    return time_modules(modules, x, estimator, runtime, threads, speedup, precision, built)
 
 
 @torch.inference_mode()
