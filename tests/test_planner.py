@@ -426,3 +426,16 @@ def test_a_latency_target_beyond_the_summed_timings_is_measured_whole_from_the_c
     first = report["closed_loop"][0]
     assert first["aim"] == pytest.approx(first["predicted"]) and first["aim"] < target
     assert "out of reach of the per-conv timings" in caplog.text
+
+
+def test_the_closed_loop_re_aims_between_the_rounds_that_bracket_the_target():
+    """The rounds of a real plan (alexnet_cifar, Scheme 2, OpenVINO int8): a ratio step from 4.34x
+    jumps to 2.33x; with both sides measured the next aim lies where the line between them crosses
+    the target, not another ratio step away from the last round."""
+    rounds = [{"aim": 2.74, "measured": 4.34}]
+    assert planner.next_aim(rounds, 3.0) == pytest.approx(2.74 * 3.0 / 4.34)
+    rounds.append({"aim": 1.89, "measured": 2.33})
+    aim = planner.next_aim(rounds, 3.0)
+    assert aim == pytest.approx(1.89 + (3.0 - 2.33) * (2.74 - 1.89) / (4.34 - 2.33)) and 1.89 < aim < 2.74
+    rounds.append({"aim": aim, "measured": 2.8})  # still below: the closer one below takes 2.33's place
+    assert aim < planner.next_aim(rounds, 3.0) < 2.74

@@ -632,6 +632,20 @@ def measured_speedup(
     return timed.speedup(net, approx, x).ratios["speedup"].record()
 
 
+def next_aim(rounds: list[dict], target: float) -> float:
+    """The next round's aim. Once rounds measured on both sides of ``target``: where the line through
+    the closest of each side, (aim, measured), crosses it (the measured speed-up rises with the aim,
+    not in proportion, so a ratio step can jump over the target again and again); before: the last
+    round's aim x target / measured."""
+    below = [r for r in rounds if r["measured"] < target]
+    above = [r for r in rounds if r["measured"] > target]
+    if below and above:
+        lo = max(below, key=lambda r: r["measured"])
+        hi = min(above, key=lambda r: r["measured"])
+        return lo["aim"] + (target - lo["measured"]) * (hi["aim"] - lo["aim"]) / (hi["measured"] - lo["measured"])
+    return rounds[-1]["aim"] * target / rounds[-1]["measured"]
+
+
 def close_loop(
     net: nn.Module,
     x: torch.Tensor,
@@ -646,10 +660,10 @@ def close_loop(
     aim: float | None = None,
 ) -> tuple[list[Candidate], list[dict]]:
     """Measure the assembled network's speed-up, whole (:func:`measured_speedup`); while it misses
-    ``target`` by more than TOLERANCE, aim the choice at aim * target / measured (so a plan that
-    measures slower than its parts predicted asks for cheaper candidates, one that measures faster
-    for better ones) and measure again, for at most ``max_rounds`` measurements. ``aim``: what
-    ``picks`` were chosen for (default ``target``). Each round is logged and
+    ``target`` by more than TOLERANCE, re-aim the choice (:func:`next_aim`: a plan that measures
+    slower than the target asks for cheaper candidates, one that measures faster for better ones)
+    and measure again, for at most ``max_rounds`` measurements, never the same candidates twice.
+    ``aim``: what ``picks`` were chosen for (default ``target``). Each round is logged and
     returned (``aim``, ``predicted``, ``measured`` with its IQR, the plan); the picks are the
     round measured closest to the target."""
     rounds, aim = [], aim or target
@@ -677,10 +691,10 @@ def close_loop(
         )
         if abs(measured / target - 1) <= TOLERANCE:
             break
-        aim *= target / measured
+        aim = next_aim(rounds, target)
         next_picks = choose(candidates, fixed, total / aim)
-        if next_picks is None or next_picks == picks:
-            why = "no cheaper candidates" if next_picks is None else "the same candidates"
+        if next_picks is None or any(next_picks == r["picks"] for r in rounds):
+            why = "no cheaper candidates" if next_picks is None else "candidates already measured"
             log.warning("closed loop stops after round %d: aiming at %.2fx gives %s", i + 1, aim, why)
             break
         picks = next_picks

@@ -84,7 +84,7 @@ class Planner:
 
     target_speedup: float = 2.0
     metric: str = "latency"
-    closed_loop_rounds: int = 3
+    closed_loop_rounds: int = 5
     error: str = "data"
     samples: int = 256
     methods: list[str] = field(default_factory=lambda: ["scheme2"])
