@@ -19,6 +19,16 @@ CONF = REPO / "conf"
 DATA_ROOT = Path(os.environ.get("LRX_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``-n``), each worker computes on its share of the cores: torch's default,
+    every core per process, would have the workers take each other's cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(items) -> None:
     """A test marked ``run_if(cuda=True)`` (tests/helpers/run_if.py) carries the ``cuda`` marker too,

@@ -166,6 +166,7 @@ def test_the_report_imports_neither_torch_nor_lightning():
     assert "lrx" in loaded and not loaded & {"torch", "lightning"}
 
 
+@pytest.mark.slow
 def test_lowrank_needs_neither_lightning_nor_hydra_nor_wandb():
     loaded = modules_loaded_by("import lrx.lowrank")
     assert "torch" in loaded and not loaded & {"lightning", "hydra", "omegaconf", "wandb"}
@@ -230,6 +231,7 @@ def with_new_method(tmp_path_factory) -> tuple[Path, str]:
     return root, name
 
 
+@pytest.mark.slow
 def test_a_new_method_module_is_discovered(with_new_method):
     root, name = with_new_method
     check = "import lrx, lrx.lowrank; print(lrx.__file__); print(*lrx.lowrank.METHODS)"

@@ -375,7 +375,7 @@ def test_a_key_forced_in_with_plus_is_still_refused(overrides, words, tmp_path):
         ),
         (["data_recon=lstsq", "data_recon.lr=0.1"], "data_recon.lr"),  # no gradient steps
         (["latency.guard=false", "latency.runtime=onnxruntime"], "latency.runtime"),  # nothing times candidates
-        (["decomp=plan", "planner.metric=macs", "planner.closed_loop_rounds=5"], "planner.closed_loop_rounds"),
+        (["decomp=plan", "planner.metric=macs", "planner.closed_loop_rounds=7"], "planner.closed_loop_rounds"),
         (["deploy.targets=[torch-fp32]", "deploy.opset=20"], "deploy.opset"),  # no ONNX graph
         (["deploy.targets=[]", "deploy.check_images=4"], "deploy.check_images"),  # nothing is deployed or exported
         (["deploy.targets=[torch-fp32]", "deploy.calibration_images=10"], "deploy.calibration_images"),  # no int8
@@ -466,6 +466,7 @@ def test_every_seed_table_row_composes(tmp_path):
 ALEXNET_CONVS = ["conv2", "conv3", "conv4", "conv5"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "experiment, methods, targets, metric, layers, guard",
     [

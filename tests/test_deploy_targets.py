@@ -61,6 +61,7 @@ def test_a_graph_that_disagrees_with_its_network_is_refused(nets, tmp_path):
         check(d, nets["baseline"], torch.randn(4, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_onnx_runtime_serves_the_graph_exported_at_the_configured_opset(nets, tmp_path):
     import onnx
 

@@ -51,6 +51,7 @@ def dynamo_fails(monkeypatch):
     monkeypatch.setattr(torch.onnx, "export", export_without_dynamo)
 
 
+@pytest.mark.slow
 def test_every_method_exports_and_agrees_with_torch_at_any_batch_size(mixed_net, tmp_path):
     images = torch.randn(6, 3, 32, 32)
     record = export.export_checked(mixed_net, tmp_path / "model.onnx", images)
@@ -79,6 +80,7 @@ def test_the_torchscript_exporter_is_the_fallback(tmp_path, dynamo_fails, caplog
     assert "dynamo ONNX exporter failed (RuntimeError: unsupported op)" in caplog.text
 
 
+@pytest.mark.slow
 def test_each_layer_runs_as_its_own_graph_and_computes_what_torch_does(mixed_net):
     x = torch.randn(3, 3, 32, 32)
     inputs = layer_inputs(mixed_net, list(METHODS), x)

@@ -150,6 +150,7 @@ def test_memory_format_hands_the_modules_back_contiguous():
     assert all(p.is_contiguous() for p in net.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the check runs in full (minutes)")
 def test_the_cuda_check_exits_at_once_without_cuda_saying_so():
     import subprocess

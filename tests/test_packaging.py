@@ -56,4 +56,5 @@ def test_the_test_extra_installs_every_other_extra_by_name():
     (self_ref,) = [r for r in extras["test"] if _name(r) == "lrx"]
     named = set(re.search(r"\[(.*)\]", self_ref).group(1).split(","))
     assert named == set(extras) - {"test"}
-    assert {_name(r) for r in extras["test"]} == {"lrx", "pytest", "ruff"}  # no pin of an extra repeated
+    # no pin of an extra repeated
+    assert {_name(r) for r in extras["test"]} == {"lrx", "pytest", "pytest-xdist", "ruff"}

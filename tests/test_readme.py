@@ -220,3 +220,12 @@ def test_no_paragraph_of_the_guide_starts_mid_sentence():
     prose = re.sub(r"```.*?```", "", GUIDE, flags=re.S)
     starts = [p.strip() for p in re.split(r"\n\s*\n", prose) if p.strip()]
     assert [p[:40] for p in starts if p[0].islower()] == []
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
+    ci = (REPO / ".ci" / "run").read_text()
+    setup = re.search(r"```bash\n(.*?)```", README, flags=re.S).group(1)
+    install = re.search(r"^(pip install [^&\n]+?)\s*&&", setup, flags=re.M).group(1)
+    tests = re.search(r"(python -m pytest[^\n]*)", setup).group(1)
+    lint = re.search(r"^(ruff check [^\n]+?)\s*&&\s*LRX_DATA_ROOT", setup, flags=re.M).group(1)
+    assert all(line in ci.splitlines() for line in (install, tests, lint))

@@ -32,6 +32,7 @@ def test_the_choices_are_one_thread_then_every_wait_at_each_larger_count():
     assert got == [(1, "spin"), *[(t, w) for t in (2, 3) for w in WAITS["torch"]]]
 
 
+@pytest.mark.slow
 def test_a_fresh_process_gets_torchs_wait_policy_in_its_environment():
     serving = Serving.of("torch", 2, "passive")
     code = "import os, torch; print(os.environ.get('OMP_WAIT_POLICY'), torch.get_num_threads() > 0)"
@@ -45,6 +46,7 @@ def _net():
     return AlexNetCIFAR(num_classes=10).eval()
 
 
+@pytest.mark.slow
 @run_if(onnxruntime=True)
 def test_onnx_runtime_applies_the_wait_policy_to_its_session(tmp_path):
     serving = Serving.of("onnxruntime", 2, "passive")
@@ -54,6 +56,7 @@ def test_onnx_runtime_applies_the_wait_policy_to_its_session(tmp_path):
     assert options.intra_op_num_threads == 2 and d.info["serving"]["wait"] == "passive"
 
 
+@pytest.mark.slow
 @run_if(openvino=True)
 def test_openvino_applies_the_pinning_to_its_compiled_model(tmp_path):
     for wait, pinned in (("unpinned", False), ("pinned", True)):

@@ -24,6 +24,7 @@ def _assert_close(out: torch.Tensor, ref: torch.Tensor) -> None:
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
+@pytest.mark.slow
 def test_resnet18_every_spatial_conv_by_scheme2_at_full_rank():
     torch.manual_seed(0)
     model = resnet18(weights=None, num_classes=10).eval()
@@ -54,6 +55,7 @@ def test_resnet18_refuses_an_explicit_1x1_conv():
         validate(resnet18(weights=None, num_classes=10), ["layer2.0.downsample.0"], 2, 4)
 
 
+@pytest.mark.slow
 def test_vgg11_convs_by_scheme1_at_full_rank():
     torch.manual_seed(0)
     model = vgg11(weights=None, num_classes=10).eval()
