@@ -267,17 +267,22 @@ def test_a_plan_for_a_shared_cpu_times_every_candidate_next_to_busy_neighbours(m
     assert report["load"]["neighbours"] == 1 and not spinning
 
 
-def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monkeypatch, caplog):
-    """Every dense conv costs 1 and a candidate its MAC share; the assembled network measures 20%
-    slower than the plan predicts. The loop aims the next choice at target * target / measured,
-    logs and records each round, and keeps the round measured closest to the target."""
-    net = AlexNetCIFAR(widths=SMALL)
+def _time_by_macs(monkeypatch) -> None:
+    """The planner's timings, faked: every dense conv costs 1 and a candidate runs its MAC speed-up."""
     monkeypatch.setattr(planner, "time_modules", lambda modules, *a, **k: _fake_timing({"dense": 1.0}))
     monkeypatch.setattr(
         planner,
         "dense_vs_lowrank",
         lambda dense, lowrank, *a, **k: _fake_timing({"dense": 1.0}, lowrank.report["macs_speedup"]),
     )
+
+
+def test_the_closed_loop_re_aims_a_plan_that_measures_slower_than_predicted(monkeypatch, caplog):
+    """Every dense conv costs 1 and a candidate its MAC share; the assembled network measures 20%
+    slower than the plan predicts. The loop aims the next choice at target * target / measured,
+    logs and records each round, and keeps the round measured closest to the target."""
+    net = AlexNetCIFAR(widths=SMALL)
+    _time_by_macs(monkeypatch)
     total = len(conv_names(net))
 
     def slower(_net, _x, picks, _timed, _options=None):
@@ -407,12 +412,7 @@ def test_a_latency_target_beyond_the_summed_timings_is_measured_whole_from_the_c
     layers): with the closed loop, a target they cannot reach starts from the cheapest plan, which
     the loop measures; without it, the target is refused."""
     net = AlexNetCIFAR(widths=SMALL)
-    monkeypatch.setattr(planner, "time_modules", lambda modules, *a, **k: _fake_timing({"dense": 1.0}))
-    monkeypatch.setattr(
-        planner,
-        "dense_vs_lowrank",
-        lambda d, lowrank, *a, **k: _fake_timing({"dense": 1.0}, lowrank.report["macs_speedup"]),
-    )
+    _time_by_macs(monkeypatch)
     monkeypatch.setattr(
         planner, "measured_speedup", lambda *a, **k: {"speedup": 9.0, "speedup_iqr": [9, 9], "unstable": False}
     )
