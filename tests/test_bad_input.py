@@ -353,6 +353,7 @@ def test_a_folder_that_cannot_be_written_is_named(tmp_path):
     assert check_writable(tmp_path / "new") == tmp_path / "new" and list((tmp_path / "new").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_failed_final_write_names_the_file_and_leaves_no_results(tmp_path, tiny_root, monkeypatch):
     job = _job(tmp_path, *smoke_args(tiny_root), "decomp=none", f"baseline.ckpt={SHIPPED}", "latency.batch_sizes=[1]")
     monkeypatch.setattr(stages, "_timings", _timings)

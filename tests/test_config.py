@@ -63,6 +63,7 @@ def test_every_method_has_its_config_file():
     assert set(METHODS) <= set(_options("decomp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", _options("model"))
 def test_models_and_data_instantiate(model, tmp_path):
     cfg = compose_cfg([f"model={model}", *REQUIRED.get(model, [])], tmp_path)
@@ -444,6 +445,7 @@ def test_every_launcher_composes(launcher, target, tmp_path):
     assert cfg.hydra.launcher._target_.endswith(target)
 
 
+@pytest.mark.slow
 def test_every_seed_table_row_composes(tmp_path):
     group = "table/seed_table"
     rows = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
@@ -495,6 +497,7 @@ def test_comparison_sweeps_run_all_three_stages_at_their_targets(
             assert config.check(job_cfg) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method_args", [[], ["decomp=scheme2", "decomp.bases={conv2: 43, conv3: 82, conv4: 80, conv5: 102}"]]
 )
@@ -560,6 +563,7 @@ def test_pretrained_weights_offline_say_how_to_pass_a_local_file(tmp_path, monke
         _instantiate(compose_cfg(["model=torchvision", "model.weights=DEFAULT"], tmp_path).model.net)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["googlenet", "inception_v3"])
 def test_networks_with_auxiliary_logits_return_plain_logits_in_training(arch, tmp_path):
     cfg = compose_cfg(["model=torchvision", f"model.arch={arch}", "data=fake", "data.input_size=80"], tmp_path)

@@ -40,6 +40,7 @@ def _rel(out, ref: torch.Tensor) -> float:
     return float((torch.as_tensor(out, dtype=torch.float32) - ref).norm() / ref.norm())
 
 
+@pytest.mark.slow
 @run_if(openvino=True)
 @torch.no_grad()
 def test_an_openvino_fp32_call_computes_the_module():
@@ -49,6 +50,7 @@ def test_an_openvino_fp32_call_computes_the_module():
         assert _rel(out[0], module(x)) < 1e-4
 
 
+@pytest.mark.slow
 @run_if(openvino=True)
 def test_an_int8_call_compiles_the_module_quantized_on_its_own_input(monkeypatch):
     compiled, calibrated, real_compile, real_quantize = [], [], ov.compile, ov.quantize

@@ -55,6 +55,7 @@ def _conv_macs(net: nn.Module, names) -> float:
     return sum(by_module[n] for n in names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [2.0, 4.0])
 def test_planner_meets_its_mac_target(target):
     torch.manual_seed(0)
