@@ -389,8 +389,8 @@ def test_outside_torch_each_dense_conv_and_the_dense_network_are_converted_once_
         converted.append(module)
         return (module, runtime, precision)
 
-    def pair(dense, lowrank, x, estimator, runtime, threads, precision, dense_call):
-        assert dense_call == (dense, runtime, precision)  # the dense side's call, made by call_of
+    def pair(dense, lowrank, x, estimator, runtime, threads, precision, built):
+        assert built == {"dense": (dense, runtime, precision)}  # the dense side's call, made by call_of
         return _fake_timing({"dense": 1.0, "lowrank": 0.8}, 1.25)
 
     monkeypatch.setattr(planner, "check_runtime", lambda *a: None)

@@ -399,16 +399,17 @@ class Timed:
         """The same settings, no dense call kept (one per plan: a kept call holds its conv)."""
         return replace(self)
 
-    def _dense_call(self, conv: nn.Module, x: torch.Tensor, contiguous_x: torch.Tensor):
-        """``conv``'s call on ``x`` outside torch, made once and kept: in ONNX Runtime and OpenVINO
-        each candidate is timed against the same dense conv, whose conversion (int8: quantization)
-        would otherwise be made again for each (None in torch, where a call costs nothing to make)."""
+    def _dense_built(self, conv: nn.Module, x: torch.Tensor, contiguous_x: torch.Tensor) -> dict:
+        """``{"dense": conv's call on x}`` outside torch, made once and kept: in ONNX Runtime and
+        OpenVINO each candidate is timed against the same dense conv, whose conversion (int8:
+        quantization) would otherwise be made again for each (``{}`` in torch, where a call costs
+        nothing to make)."""
         if self.runtime == "torch":
-            return None
+            return {}
         key = (id(conv), id(x))
         if key not in self._dense_calls:  # conv and x kept with the call, so that their ids stay theirs
             self._dense_calls[key] = (conv, x, call_of(conv, contiguous_x, self.runtime, self.threads, self.precision))
-        return self._dense_calls[key][2]
+        return {"dense": self._dense_calls[key][2]}
 
     def _run(self, modules: dict[str, nn.Module], x: torch.Tensor, timing) -> Timing:
         """``timing(x)`` with the modules' weights and ``x`` in ``memory_format`` in torch (weights
@@ -427,8 +428,7 @@ class Timed:
 
     def dense_ms(self, conv: nn.Module, x: torch.Tensor) -> float:
         def run(xf: torch.Tensor) -> Timing:
-            dense = self._dense_call(conv, x, xf)
-            built = {} if dense is None else {"dense": dense}
+            built = self._dense_built(conv, x, xf)
             return time_modules(
                 {"dense": conv}, xf, self.estimator, self.runtime, self.threads, None, self.precision, built
             )
@@ -437,8 +437,8 @@ class Timed:
 
     def speedup(self, conv: nn.Module, layer: nn.Module, x: torch.Tensor) -> Timing:
         def run(xf: torch.Tensor) -> Timing:
-            dense = self._dense_call(conv, x, xf)
-            return dense_vs_lowrank(conv, layer, xf, self.estimator, self.runtime, self.threads, self.precision, dense)
+            built = self._dense_built(conv, x, xf)
+            return dense_vs_lowrank(conv, layer, xf, self.estimator, self.runtime, self.threads, self.precision, built)
 
         return self._run({"dense": conv, "lowrank": layer}, x, run)
 

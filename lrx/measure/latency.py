@@ -194,13 +194,11 @@ def dense_vs_lowrank(
     runtime: str = "torch",
     threads: int | None = None,
     precision: str = "fp32",
-    dense_call: Callable[[], object] | None = None,
+    built: Mapping[str, Callable[[], object]] | None = None,
 ) -> Timing:
     """``dense`` against ``lowrank`` on ``x`` in ``runtime`` and ``precision``: ``ms`` of both and
-    the ratio ``speedup`` (dense / lowrank); ``dense_call``: the dense side's call, already made by
-    :func:`call_of` on this ``x``."""
+    the ratio ``speedup`` (dense / lowrank); ``built``: calls already made, as :func:`time_modules`."""
     speedup = {"speedup": lambda r: r["dense"] / r["lowrank"]}
-    built = {} if dense_call is None else {"dense": dense_call}
     modules = {"dense": dense, "lowrank": lowrank}
     return time_modules(modules, x, estimator, runtime, threads, speedup, precision, built)
 

@@ -31,10 +31,8 @@ def fix_planner_speedups(monkeypatch) -> list[dict]:
 
     timed, real_pair, real_alone = [], planner.dense_vs_lowrank, planner.time_modules
 
-    def dense_vs_lowrank(
-        dense, lowrank, x, estimator, runtime="torch", threads=None, precision="fp32", dense_call=None
-    ):
-        real = real_pair(dense, lowrank, x, estimator, runtime, threads, precision, dense_call)
+    def dense_vs_lowrank(dense, lowrank, x, estimator, runtime="torch", threads=None, precision="fp32", built=None):
+        real = real_pair(dense, lowrank, x, estimator, runtime, threads, precision, built)
         timed.append({"runtime": runtime, "threads": threads, "precision": precision, "calls": set(real.ms)})
         return Timing(real.ms, {"speedup": Ratio(2.0, 2.0, 2.0, 0.1)}, 2, 0.0, 1, 0.0)
 
